@@ -1,0 +1,206 @@
+"""Django settings for Sluice.
+
+Everything configurable comes from the environment through ``config.env`` helpers;
+defaults are safe for local use. ``DATABASE_URL`` and ``REDIS_URL`` are required in
+practice: ``make run`` / ``make test`` export them for the embedded servers when unset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+
+from config.env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+# The "django-insecure-" prefix makes `manage.py check --deploy` flag the default; real
+# deployments set DJANGO_SECRET_KEY or DJANGO_SECRET_KEY_FILE (see .env.example).
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "django-insecure-sluice-local-development-only")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "channels",
+    "pipelines",
+    "ingestion",
+    "backoffice",
+    "workers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+DATABASE_URL = env_str("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/sluice")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
+DATABASES["default"]["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "test_sluice")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+MEDIA_ROOT = Path(env_str("SLUICE_MEDIA_ROOT", str(BASE_DIR / ".var" / "media")))
+
+# --- Redis: broker, result backend, channel layer --------------------------------------
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Tasks may legitimately run for a long time (1 GB ingests); an unacked message is
+# redelivered after this, so it must exceed the longest job. The PostgreSQL heartbeat
+# reaper recovers dead workers long before it (see NOTES: visibility timeout).
+VISIBILITY_TIMEOUT = env_int("SLUICE_VISIBILITY_TIMEOUT", 3600, minimum=60)
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": VISIBILITY_TIMEOUT}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": VISIBILITY_TIMEOUT}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_EXPIRES = env_int("CELERY_RESULT_EXPIRES", 86400, minimum=60)
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = False
+CELERY_TASK_ALWAYS_EAGER = False
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [env_str("CHANNELS_REDIS_URL", REDIS_URL)],
+            # Raised from 100: a console client behind on a burst would otherwise drop
+            # events silently; gaps are still detected by seq and resynced.
+            "capacity": env_int("SLUICE_CHANNEL_CAPACITY", 2000, minimum=10),
+            "expiry": 60,
+            "prefix": env_str("SLUICE_CHANNEL_PREFIX", "sluice"),
+        },
+    }
+}
+
+# --- Sluice engine -------------------------------------------------------------------------
+SLUICE_QUEUES = ["ingest", "recalc", "aggregate", "default"]
+# job_type -> queue; a job type absent here uses the queue its handler registered.
+SLUICE_QUEUE_ROUTES: dict[str, str] = {
+    "csv_ingest": env_str("SLUICE_QUEUE_CSV_INGEST", "ingest"),
+    "factor_ingest": env_str("SLUICE_QUEUE_FACTOR_INGEST", "ingest"),
+    "unit_sync": env_str("SLUICE_QUEUE_UNIT_SYNC", "default"),
+    "emission_recalc": env_str("SLUICE_QUEUE_EMISSION_RECALC", "recalc"),
+    "aggregation": env_str("SLUICE_QUEUE_AGGREGATION", "aggregate"),
+}
+# Modules whose import registers job handlers (the plug-in point for new job kinds).
+SLUICE_HANDLER_MODULES = env_list(
+    "SLUICE_HANDLER_MODULES", ["pipelines.builtin_handlers", "ingestion.handlers"]
+)
+SLUICE_HEARTBEAT_SECONDS = env_float("SLUICE_HEARTBEAT_SECONDS", 5.0, minimum=0.05)
+SLUICE_STALE_AFTER_SECONDS = env_float("SLUICE_STALE_AFTER_SECONDS", 30.0, minimum=0.2)
+SLUICE_REDISPATCH_AFTER_SECONDS = env_float("SLUICE_REDISPATCH_AFTER_SECONDS", 60.0, minimum=0.2)
+SLUICE_REAPER_INTERVAL_SECONDS = env_float("SLUICE_REAPER_INTERVAL_SECONDS", 10.0, minimum=0.5)
+SLUICE_MAX_ATTEMPTS = env_int("SLUICE_MAX_ATTEMPTS", 3, minimum=1)
+SLUICE_PROGRESS_MIN_INTERVAL_SECONDS = env_float("SLUICE_PROGRESS_MIN_INTERVAL_SECONDS", 0.25)
+SLUICE_RETENTION_DAYS = env_int("SLUICE_RETENTION_DAYS", 90, minimum=1)
+SLUICE_PUBLISH_EVENTS = env_bool("SLUICE_PUBLISH_EVENTS", True)
+
+CELERY_BEAT_SCHEDULE = {
+    "sluice-reaper": {
+        "task": "sluice.reap",
+        "schedule": SLUICE_REAPER_INTERVAL_SECONDS,
+        "options": {"queue": "default", "expires": SLUICE_REAPER_INTERVAL_SECONDS},
+    },
+    "sluice-purge": {
+        "task": "sluice.purge",
+        "schedule": 3600.0,
+        "options": {"queue": "default"},
+    },
+}
+
+# --- Uploads -------------------------------------------------------------------------------
+SLUICE_UPLOAD_MAX_BYTES = env_int("SLUICE_UPLOAD_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024  # larger uploads stream to a temp file
+
+# --- API -----------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 25,
+    "DEFAULT_THROTTLE_RATES": {"token": env_str("SLUICE_TOKEN_THROTTLE", "600/min")},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Sluice API",
+    "DESCRIPTION": "Back-office data ingestion pipelines: years, uploads, pipelines, jobs.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Ingestion -----------------------------------------------------------------------------
+SLUICE_DIRECTORY_SOURCE = env_str(
+    "SLUICE_DIRECTORY_SOURCE", str(BASE_DIR / "ingestion" / "samples" / "units.csv")
+)
+
+LOG_LEVEL = env_str("SLUICE_LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "structured": {
+            "()": "pipelines.logging.StructuredFormatter",
+        }
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

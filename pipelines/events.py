@@ -1,0 +1,196 @@
+"""The append-only event history and the small messages pushed to live clients.
+
+Every state change, progress step and message of a job is one ``JobEvent``. The same
+dict is stored as the event's payload, replayed to reconnecting clients, streamed over
+SSE and pushed over WebSockets, so all paths agree byte for byte.
+
+Ordering contract (see ``EventCounter``): :func:`append` must be the last statement of
+the transaction that made the change; it takes the global counter row lock, so events
+become visible in ``seq`` order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from django.db import connection, transaction
+
+from pipelines.models import Job, JobEvent, Pipeline
+
+# Only these meta keys travel with live events and list responses: counts, never
+# multi-kilobyte row-error arrays.
+COUNT_KEYS = (
+    "rows_total",
+    "rows_loaded",
+    "rows_rejected",
+    "rows_processed",
+    "rows_skipped",
+    "rows_without_factor",
+    "units_synced",
+    "reports_created",
+    "totals_written",
+    "factors_upserted",
+    "factors_stale",
+    "duplicate_of_upload",
+)
+
+
+class ProgressDict(TypedDict):
+    processed: int
+    total: int | None
+    percent: float | None
+    phase: str
+
+
+class JobDict(TypedDict):
+    id: int
+    job_type: str
+    det: str
+    queue: str
+    state: str
+    result: str | None
+    status_message: str
+    progress: ProgressDict
+    counts: dict[str, Any]
+    attempts: int
+
+
+class PipelineDict(TypedDict):
+    id: str
+    kind: str
+    year: int | None
+    module: str
+    status: str
+    progress: ProgressDict
+    jobs_total: int
+    jobs_finished: int
+    error_count: int
+
+
+def counts_of(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: meta[k] for k in COUNT_KEYS if k in meta}
+
+
+def job_dict(job: Job) -> JobDict:
+    pct = job.progress_percent
+    return {
+        "id": job.pk,
+        "job_type": job.job_type,
+        "det": job.det,
+        "queue": job.queue,
+        "state": job.state,
+        "result": job.result,
+        "status_message": job.status_message,
+        "progress": {
+            "processed": job.progress_processed,
+            "total": job.progress_total,
+            "percent": None if pct is None else round(pct, 1),
+            "phase": job.phase,
+        },
+        "counts": counts_of(job.meta or {}),
+        "attempts": job.attempts,
+    }
+
+
+def pipeline_dict(pipeline: Pipeline) -> PipelineDict:
+    return {
+        "id": str(pipeline.pk),
+        "kind": pipeline.kind,
+        "year": pipeline.year,
+        "module": pipeline.module,
+        "status": pipeline.status,
+        "progress": {
+            "processed": pipeline.jobs_finished,
+            "total": pipeline.jobs_total,
+            "percent": pipeline.progress_percent,
+            "phase": pipeline.phase,
+        },
+        "jobs_total": pipeline.jobs_total,
+        "jobs_finished": pipeline.jobs_finished,
+        "error_count": pipeline.error_count,
+    }
+
+
+def append(
+    pipeline: Pipeline,
+    *,
+    jobs: list[tuple[Job, str]] = (),  # type: ignore[assignment]
+    pipeline_changed: bool = False,
+    kind_for_pipeline: str = "state",
+) -> list[dict[str, Any]]:
+    """Record one ``job.update`` per (job, kind) and optionally a ``pipeline.update``.
+
+    The caller holds the pipeline row lock and saves ``pipeline.event_count`` itself
+    (it is updated here in memory and in the same UPDATE as the counter below).
+    Publishing is deferred to ``on_commit``.
+    """
+    count = len(jobs) + (1 if pipeline_changed else 0)
+    if count == 0:
+        return []
+    with connection.cursor() as cursor:
+        # The last lock of the transaction: see the module docstring.
+        cursor.execute(
+            "UPDATE pipelines_eventcounter SET value = value + %s WHERE id = 1 RETURNING value",
+            [count],
+        )
+        row = cursor.fetchone()
+        if row is None:
+            cursor.execute("INSERT INTO pipelines_eventcounter (id, value) VALUES (1, %s) RETURNING value", [count])
+            row = cursor.fetchone()
+    last_seq = int(row[0])
+    seq = last_seq - count
+    pdict = pipeline_dict(pipeline)
+    rows: list[JobEvent] = []
+    messages: list[dict[str, Any]] = []
+    base_pseq = pipeline.event_count
+    for offset, (job, kind) in enumerate(jobs, start=1):
+        seq += 1
+        message = {
+            "type": "job.update",
+            "seq": seq,
+            "pipeline_seq": base_pseq + offset,
+            "pipeline_id": str(pipeline.pk),
+            "kind": kind,
+            "job": job_dict(job),
+            "pipeline": pdict,
+        }
+        messages.append(message)
+        rows.append(_row(pipeline, job, seq, base_pseq + offset, "job.update", kind, message))
+    if pipeline_changed:
+        seq += 1
+        pseq = base_pseq + len(jobs) + 1
+        message = {
+            "type": "pipeline.update",
+            "seq": seq,
+            "pipeline_seq": pseq,
+            "pipeline_id": str(pipeline.pk),
+            "kind": kind_for_pipeline,
+            "job": None,
+            "pipeline": pdict,
+        }
+        messages.append(message)
+        rows.append(_row(pipeline, None, seq, pseq, "pipeline.update", kind_for_pipeline, message))
+    JobEvent.objects.bulk_create(rows)
+    pipeline.event_count = base_pseq + count
+    Pipeline.objects.filter(pk=pipeline.pk).update(event_count=pipeline.event_count)
+
+    from pipelines import publish
+
+    transaction.on_commit(lambda: publish.publish(messages))
+    return messages
+
+
+def _row(
+    pipeline: Pipeline, job: Job | None, seq: int, pseq: int, type_: str, kind: str, message: dict[str, Any]
+) -> JobEvent:
+    return JobEvent(
+        seq=seq,
+        pipeline=pipeline,
+        job=job,
+        pipeline_seq=pseq,
+        type=type_,
+        kind=kind,
+        year=pipeline.year,
+        module=pipeline.module,
+        payload=message,
+    )

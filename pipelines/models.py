@@ -1,0 +1,248 @@
+"""Pipelines, jobs, their event history, operator actions and queue pause state.
+
+PostgreSQL is the source of truth for every job; Celery messages only say "look at
+job N now". State changes go through ``pipelines.services`` (compare-and-set), never
+through ``save()`` on a loaded row.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class JobState(models.TextChoices):
+    NOT_STARTED = "not_started"
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class JobResult(models.TextChoices):
+    SUCCESS = "success"
+    WARNING = "warning"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+class PipelineStatus(models.TextChoices):
+    NOT_STARTED = "not_started"
+    RUNNING = "running"
+    SUCCESS = "success"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobType(models.TextChoices):
+    """Known job types. The column is not constrained to these: handlers plug in."""
+
+    CSV_INGEST = "csv_ingest"
+    FACTOR_INGEST = "factor_ingest"
+    UNIT_SYNC = "unit_sync"
+    EMISSION_RECALC = "emission_recalc"
+    AGGREGATION = "aggregation"
+    NOOP = "noop"
+
+
+DONE_STATUSES = (
+    PipelineStatus.SUCCESS,
+    PipelineStatus.PARTIAL,
+    PipelineStatus.FAILED,
+    PipelineStatus.CANCELLED,
+)
+
+
+class Pipeline(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=40)
+    year = models.IntegerField(null=True, blank=True)
+    module = models.CharField(max_length=40, blank=True, default="")
+    status = models.CharField(
+        max_length=20, choices=PipelineStatus.choices, default=PipelineStatus.NOT_STARTED
+    )
+    params = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    # Denormalised from the jobs on every transition (under this row's lock) so the
+    # console's list needs no aggregate over a million jobs.
+    jobs_total = models.IntegerField(default=0)
+    jobs_finished = models.IntegerField(default=0)
+    error_count = models.IntegerField(default=0)
+    warning_count = models.IntegerField(default=0)
+    progress_percent = models.FloatField(default=0.0)
+    phase = models.CharField(max_length=200, blank=True, default="")
+    last_error = models.TextField(blank=True, default="")
+    # Per-pipeline event counter: allocated under this row's lock, so gapless and in
+    # commit order within a pipeline (clients detect dropped messages by a jump).
+    event_count = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["-created_at", "-id"], name="pipeline_newest"),
+            models.Index(fields=["year", "module", "status"], name="pipeline_scope"),
+            models.Index(fields=["status", "-created_at"], name="pipeline_status_newest"),
+            models.Index(fields=["kind", "-created_at"], name="pipeline_kind_newest"),
+        ]
+
+    def __str__(self) -> str:
+        scope = "/".join(str(p) for p in (self.year, self.module) if p)
+        return f"{self.kind} {scope} {str(self.id)[:8]}"
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in DONE_STATUSES
+
+
+class Job(models.Model):
+    pipeline = models.ForeignKey(Pipeline, on_delete=models.CASCADE, related_name="jobs")
+    job_type = models.CharField(max_length=40)
+    queue = models.CharField(max_length=40)
+    det = models.CharField(max_length=60, blank=True, default="")
+    depends_on = models.ManyToManyField(
+        "self", symmetrical=False, related_name="dependents", blank=True
+    )
+    params = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=20, choices=JobState.choices, default=JobState.NOT_STARTED)
+    result = models.CharField(max_length=20, choices=JobResult.choices, null=True, blank=True)
+    status_message = models.TextField(blank=True, default="")
+    phase = models.CharField(max_length=120, blank=True, default="")
+    progress_processed = models.BigIntegerField(default=0)
+    progress_total = models.BigIntegerField(null=True, blank=True)
+    meta = models.JSONField(default=dict, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    attempts = models.IntegerField(default=0)
+    max_attempts = models.IntegerField(default=3)
+    celery_task_id = models.CharField(max_length=64, blank=True, default="")
+    worker = models.CharField(max_length=200, blank=True, default="")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    # Set in the same transaction as the job's durable effect (a data load), together
+    # with the outcome: a redelivered message then finishes the job from it instead of
+    # applying the effect a second time.
+    effect_committed = models.BooleanField(default=False)
+    effect_outcome = models.JSONField(null=True, blank=True)
+    # A canvas message reached the job before its upstream finished (a duplicate, or
+    # a chord fired by a member that was re-queued): it was dropped, so the engine
+    # sends one itself when the job becomes ready instead of waiting for the reaper.
+    dispatch_when_ready = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["state", "queue"], name="job_state_queue"),
+            models.Index(fields=["state", "heartbeat_at"], name="job_state_heartbeat"),
+            models.Index(fields=["job_type", "-created_at"], name="job_type_newest"),
+            models.Index(fields=["-created_at"], name="job_newest"),
+            models.Index(fields=["result", "-created_at"], name="job_result_newest"),
+        ]
+
+    def __str__(self) -> str:
+        det = f"[{self.det}]" if self.det else ""
+        return f"#{self.pk} {self.job_type}{det}"
+
+    @property
+    def progress_percent(self) -> float | None:
+        if self.state == JobState.FINISHED:
+            return 100.0
+        if self.progress_total:
+            return min(100.0, 100.0 * self.progress_processed / self.progress_total)
+        return None
+
+
+class EventCounter(models.Model):
+    """One row: the global event sequence.
+
+    ``UPDATE … RETURNING`` on it is the last statement before an event-writing
+    transaction commits, so the row lock orders commits: a client that has seen seq N
+    can never later be handed an event < N (a bigserial would allow that; NOTES).
+    """
+
+    id = models.SmallIntegerField(primary_key=True, default=1)
+    value = models.BigIntegerField(default=0)
+
+
+class JobEvent(models.Model):
+    seq = models.BigIntegerField(unique=True)
+    pipeline = models.ForeignKey(Pipeline, on_delete=models.CASCADE, related_name="events")
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
+    pipeline_seq = models.BigIntegerField()
+    type = models.CharField(max_length=30)
+    kind = models.CharField(max_length=30)  # state | progress | message | control
+    year = models.IntegerField(null=True, blank=True)
+    module = models.CharField(max_length=40, blank=True, default="")
+    payload = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["seq"]
+        indexes = [
+            models.Index(fields=["pipeline", "seq"], name="event_pipeline_seq"),
+            models.Index(fields=["year", "seq"], name="event_year_seq"),
+            models.Index(fields=["job", "seq"], name="event_job_seq"),
+            models.Index(fields=["created_at"], name="event_created"),
+        ]
+
+
+class OperatorActionKind(models.TextChoices):
+    CANCEL = "cancel"
+    RETRY = "retry"
+    RECOVER = "recover"
+    PAUSE = "pause"
+    RESUME = "resume"
+    OPEN_YEAR = "open_year"
+    CLOSE_YEAR = "close_year"
+    CREATE_YEAR = "create_year"
+    CONFIGURE_YEAR = "configure_year"
+    UPLOAD = "upload"
+    START_PIPELINE = "start_pipeline"
+    ISSUE_TOKEN = "issue_token"
+    REVOKE_TOKEN = "revoke_token"
+
+
+class OperatorAction(models.Model):
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Kept even if the user is deleted: the audit trail must still say who.
+    actor_name = models.CharField(max_length=150)
+    action = models.CharField(max_length=30, choices=OperatorActionKind.choices)
+    target_type = models.CharField(max_length=30)
+    target_id = models.CharField(max_length=64)
+    pipeline = models.ForeignKey(
+        Pipeline, null=True, blank=True, on_delete=models.SET_NULL, related_name="operator_actions"
+    )
+    reason = models.TextField(blank=True, default="")
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["target_type", "target_id"], name="action_target")]
+
+    def __str__(self) -> str:
+        return f"{self.actor_name} {self.action} {self.target_type}:{self.target_id}"
+
+
+class QueueState(models.Model):
+    """Persistent pause flag per queue: survives worker restarts (unlike cancel_consumer)."""
+
+    name = models.CharField(max_length=40, primary_key=True)
+    paused = models.BooleanField(default=False)
+    changed_at = models.DateTimeField(auto_now=True)
+    changed_by = models.CharField(max_length=150, blank=True, default="")

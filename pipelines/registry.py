@@ -1,0 +1,87 @@
+"""job_type → handler. Any job kind plugs in by registering a function here.
+
+A handler receives a :class:`pipelines.engine.JobContext` and returns an
+:class:`Outcome` (or ``None`` for a plain success). Modules that register handlers are
+listed in ``settings.SLUICE_HANDLER_MODULES`` and imported when the app is ready, so a
+worker knows every kind the web process can plan.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+
+from pipelines.models import JobResult
+
+if TYPE_CHECKING:
+    from pipelines.engine import JobContext
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: str = JobResult.SUCCESS
+    message: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"result": str(self.result), "message": self.message, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Outcome:
+        return cls(result=data["result"], message=data.get("message", ""), meta=data.get("meta", {}))
+
+
+Handler = Callable[["JobContext"], "Outcome | None"]
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    job_type: str
+    func: Handler
+    queue: str
+    max_attempts: int | None
+
+
+class UnknownJobType(LookupError):
+    pass
+
+
+_HANDLERS: dict[str, HandlerSpec] = {}
+
+
+def register(job_type: str, *, queue: str = "default", max_attempts: int | None = None) -> Callable[[Handler], Handler]:
+    def decorator(func: Handler) -> Handler:
+        _HANDLERS[job_type] = HandlerSpec(job_type=job_type, func=func, queue=queue, max_attempts=max_attempts)
+        return func
+
+    return decorator
+
+
+def get_handler(job_type: str) -> HandlerSpec:
+    try:
+        return _HANDLERS[job_type]
+    except KeyError:
+        raise UnknownJobType(f"no handler registered for job type {job_type!r}") from None
+
+
+def queue_for(job_type: str) -> str:
+    routed = settings.SLUICE_QUEUE_ROUTES.get(job_type)
+    return routed or get_handler(job_type).queue
+
+
+def max_attempts_for(job_type: str) -> int:
+    spec = get_handler(job_type)
+    return spec.max_attempts or settings.SLUICE_MAX_ATTEMPTS
+
+
+def known_job_types() -> list[str]:
+    return sorted(_HANDLERS)
+
+
+def load_handler_modules() -> None:
+    for module in settings.SLUICE_HANDLER_MODULES:
+        importlib.import_module(module)

@@ -1,0 +1,813 @@
+"""Writes of the pipelines app: planning, job transitions, operator controls, the reaper.
+
+Concurrency rules (read before changing anything here):
+
+1. Lock order is always: pipeline row → job rows → event counter row. Every
+   transition locks its pipeline first, so all writes to one DAG are serialised and
+   the per-pipeline event sequence is gapless. Work on data (ingest, aggregation)
+   takes its own advisory locks *before* reaching the pipeline lock at its commit
+   point, and transitions never take data locks, so no cycle can form.
+2. Job state changes are compare-and-set (``filter(state=old).update(...)``); zero
+   rows means someone else won and the caller backs off.
+3. An attempt is identified by ``attempts``: a worker writes only while
+   ``state=running AND attempts=<its attempt>``, so a cancelled, recovered or
+   taken-over attempt can never write a late result.
+4. Celery messages are sent only after commit (``on_commit``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from pipelines import dag, events, registry
+from pipelines.models import (
+    DONE_STATUSES,
+    Job,
+    JobResult,
+    JobState,
+    OperatorAction,
+    OperatorActionKind,
+    Pipeline,
+    PipelineStatus,
+    QueueState,
+)
+from pipelines.registry import Outcome
+
+logger = logging.getLogger(__name__)
+
+Edge = Job.depends_on.through
+
+
+class ConflictError(Exception):
+    """The object's state does not allow the operation (HTTP 409)."""
+
+    def __init__(self, message: str, code: str = "conflict") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _actor_name(actor: Any) -> str:
+    if actor is None:
+        return "system"
+    return str(actor.get_username()) if hasattr(actor, "get_username") else str(actor)
+
+
+def _actor_user(actor: Any) -> Any:
+    return actor if getattr(actor, "pk", None) is not None else None
+
+
+def operator_action_record(
+    *,
+    actor: Any,
+    action: str,
+    target_type: str,
+    target_id: str,
+    pipeline: Pipeline | None = None,
+    reason: str = "",
+    detail: dict[str, Any] | None = None,
+) -> OperatorAction:
+    return OperatorAction.objects.create(
+        actor=_actor_user(actor),
+        actor_name=_actor_name(actor),
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        pipeline=pipeline,
+        reason=reason or "",
+        detail=detail or {},
+    )
+
+
+def _lock_pipeline(pipeline_id: Any) -> Pipeline:
+    return Pipeline.objects.select_for_update().get(pk=pipeline_id)
+
+
+def _pipeline_id_of(job_id: int) -> Any:
+    pid = Job.objects.filter(pk=job_id).values_list("pipeline_id", flat=True).first()
+    if pid is None:
+        raise Job.DoesNotExist(f"job {job_id} does not exist")
+    return pid
+
+
+def _edges(pipeline_id: Any) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+    """(depends_on, dependents) adjacency of one pipeline."""
+    depends_on: dict[int, list[int]] = defaultdict(list)
+    dependents: dict[int, list[int]] = defaultdict(list)
+    for child, parent in Edge.objects.filter(from_job__pipeline_id=pipeline_id).values_list(
+        "from_job_id", "to_job_id"
+    ):
+        depends_on[child].append(parent)
+        dependents[parent].append(child)
+    return depends_on, dependents
+
+
+def _label(job: Job) -> str:
+    return f"{job.job_type}{' ' + job.det if job.det else ''} #{job.pk}"
+
+
+def _on_commit_dispatch(job_ids: list[int], *, countdown: float | None = None) -> None:
+    if not job_ids:
+        return
+    from pipelines import dispatch
+
+    ids = sorted(set(job_ids))
+    transaction.on_commit(lambda: dispatch.send(ids, countdown=countdown), robust=True)
+
+
+def _refresh_pipeline(pipeline: Pipeline, changed: list[tuple[int, str]], *, kind: str = "state") -> None:
+    """Recompute the pipeline's denormalised status from its jobs and append events.
+
+    Called last in every transition, under the pipeline lock, so the status can never
+    drift from the jobs (SPEC: recomputed on every terminal transition).
+    """
+    jobs = list(Job.objects.filter(pipeline_id=pipeline.pk).order_by("id"))
+    snaps = [
+        dag.JobSnapshot(
+            id=j.pk,
+            job_type=j.job_type,
+            state=j.state,
+            result=j.result,
+            det=j.det,
+            processed=j.progress_processed,
+            total=j.progress_total,
+            phase=j.phase,
+        )
+        for j in jobs
+    ]
+    status = dag.pipeline_status(snaps)
+    percent, phase = dag.pipeline_progress(snaps)
+    now = timezone.now()
+    errors = [j for j in jobs if j.result == JobResult.ERROR]
+    latest_error = max(errors, key=lambda j: j.finished_at or now, default=None)
+    old_status = pipeline.status
+    updates: dict[str, Any] = {
+        "status": status,
+        "progress_percent": percent,
+        "phase": phase[:200],
+        "jobs_total": len(jobs),
+        "jobs_finished": sum(1 for j in jobs if j.state == JobState.FINISHED),
+        "error_count": len(errors),
+        "warning_count": sum(1 for j in jobs if j.result == JobResult.WARNING),
+        "last_error": f"{_label(latest_error)}: {latest_error.status_message}" if latest_error else "",
+        "updated_at": now,
+    }
+    if status in (PipelineStatus.RUNNING, *DONE_STATUSES) and pipeline.started_at is None:
+        updates["started_at"] = now
+    updates["finished_at"] = (pipeline.finished_at or now) if status in DONE_STATUSES else None
+    Pipeline.objects.filter(pk=pipeline.pk).update(**updates)
+    for key, value in updates.items():
+        setattr(pipeline, key, value)
+    by_id = {j.pk: j for j in jobs}
+    events.append(
+        pipeline,
+        jobs=[(by_id[job_id], k) for job_id, k in changed if job_id in by_id],
+        pipeline_changed=status != old_status or kind == "control",
+        kind_for_pipeline=kind if kind == "control" else "state",
+    )
+
+
+def _queue_paused(queue: str) -> bool:
+    return QueueState.objects.filter(name=queue, paused=True).exists()
+
+
+def _unfinished_closure(pipeline_id: Any, roots: list[int]) -> list[int]:
+    """``roots`` plus their not-yet-finished downstream: the sub-DAG to (re)dispatch."""
+    _, dependents = _edges(pipeline_id)
+    wanted = set(roots) | dag.downstream(roots, dependents)
+    return list(
+        Job.objects.filter(pk__in=wanted).exclude(state=JobState.FINISHED).values_list("pk", flat=True)
+    )
+
+
+# --- planning -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    key: str
+    job_type: str
+    det: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()
+
+
+def pipeline_plan(
+    *,
+    kind: str,
+    specs: list[JobSpec],
+    year: int | None = None,
+    module: str = "",
+    created_by: Any = None,
+    params: dict[str, Any] | None = None,
+) -> Pipeline:
+    """Plan a whole DAG in one transaction and dispatch it as one canvas on commit.
+
+    1. Validate: unique keys, known dependencies, registered job types, no cycle.
+    2. Insert the pipeline, every job and every edge; jobs without dependencies start
+       ``queued``, the rest ``not_started``.
+    3. Append the creation events; after commit send the Celery canvas.
+    """
+    keys = [s.key for s in specs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("job keys must be unique within a pipeline")
+    index = {s.key: i for i, s in enumerate(specs)}
+    for s in specs:
+        registry.get_handler(s.job_type)
+        missing = [d for d in s.depends_on if d not in index]
+        if missing:
+            raise ValueError(f"job {s.key!r} depends on unknown job(s) {missing}")
+    dag.layers(range(len(specs)), {i: [index[d] for d in s.depends_on] for i, s in enumerate(specs)})
+
+    now = timezone.now()
+    with transaction.atomic():
+        pipeline = Pipeline.objects.create(
+            kind=kind,
+            year=year,
+            module=module,
+            created_by=_actor_user(created_by),
+            params=params or {},
+            jobs_total=len(specs),
+        )
+        jobs = Job.objects.bulk_create(
+            [
+                Job(
+                    pipeline=pipeline,
+                    job_type=s.job_type,
+                    det=s.det,
+                    queue=registry.queue_for(s.job_type),
+                    params=s.params,
+                    max_attempts=registry.max_attempts_for(s.job_type),
+                    state=JobState.NOT_STARTED if s.depends_on else JobState.QUEUED,
+                    queued_at=None if s.depends_on else now,
+                    status_message="Waiting for upstream jobs" if s.depends_on else "Waiting for a worker",
+                )
+                for s in specs
+            ]
+        )
+        Edge.objects.bulk_create(
+            [
+                Edge(from_job_id=jobs[i].pk, to_job_id=jobs[index[d]].pk)
+                for i, s in enumerate(specs)
+                for d in s.depends_on
+            ]
+        )
+        _refresh_pipeline(pipeline, [(j.pk, "state") for j in jobs])
+        # Creation is a pipeline event even though the status stays "not_started".
+        if pipeline.status == PipelineStatus.NOT_STARTED:
+            events.append(pipeline, pipeline_changed=True, kind_for_pipeline="created")
+        _on_commit_dispatch([j.pk for j in jobs])
+    return pipeline
+
+
+def pipeline_start_noop(
+    *, width: int = 3, sleep: float = 0.0, actor: Any = None, year: int | None = None
+) -> Pipeline:
+    """A 1 → width → 1 DAG of no-op jobs: smoke tests, benchmarks, a worker check."""
+    specs = [JobSpec(key="start", job_type="noop", params={"sleep": sleep})]
+    specs += [
+        JobSpec(key=f"mid{i}", job_type="noop", det=f"part{i}", params={"sleep": sleep}, depends_on=("start",))
+        for i in range(width)
+    ]
+    specs.append(JobSpec(key="end", job_type="noop", params={"sleep": sleep}, depends_on=tuple(f"mid{i}" for i in range(width))))
+    pipeline = pipeline_plan(kind="noop", specs=specs, year=year, created_by=actor)
+    operator_action_record(
+        actor=actor, action=OperatorActionKind.START_PIPELINE, target_type="pipeline",
+        target_id=str(pipeline.pk), pipeline=pipeline, detail={"kind": "noop", "width": width},
+    )
+    return pipeline
+
+
+# --- transitions driven by workers ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    job: Job | None
+    reason: str
+
+
+def job_claim(*, job_id: int, task_id: str, worker: str) -> Claim:
+    """queued → running for this delivery, or say why not.
+
+    A redelivery of the *same* Celery message while the job is still ``running`` means
+    the process that held it died (Celery requeues on worker loss): it takes over at
+    once instead of waiting for the heartbeat reaper. The exception is a job running
+    longer than the broker's visibility timeout, where a redelivery is expected while
+    the first run is alive.
+    """
+    now = timezone.now()
+    try:
+        pipeline_id = _pipeline_id_of(job_id)
+    except Job.DoesNotExist:
+        return Claim(None, "job no longer exists")
+    with transaction.atomic():
+        pipeline = _lock_pipeline(pipeline_id)
+        job = Job.objects.get(pk=job_id)
+        if job.state == JobState.NOT_STARTED:
+            Job.objects.filter(pk=job_id, state=JobState.NOT_STARTED).update(dispatch_when_ready=True)
+            return Claim(None, "upstream not finished: will be sent again when ready")
+        if job.state == JobState.FINISHED:
+            return Claim(None, f"already finished ({job.result})")
+        if _queue_paused(job.queue):
+            message = f"Waiting: queue {job.queue} is paused"
+            if job.status_message != message:
+                Job.objects.filter(pk=job_id, state=job.state).update(status_message=message)
+                _refresh_pipeline(pipeline, [(job_id, "message")], kind="message")
+            return Claim(None, "queue paused")
+        base = Job.objects.filter(pk=job_id, cancel_requested=False)
+        if job.state == JobState.RUNNING:
+            started = job.started_at or now
+            long_running = (now - started).total_seconds() > settings.VISIBILITY_TIMEOUT * 0.9
+            if job.celery_task_id != task_id or long_running:
+                return Claim(None, f"already running on {job.worker}")
+            base = base.filter(state=JobState.RUNNING, attempts=job.attempts)
+            takeover = f" (took over from lost worker {job.worker})"
+        else:
+            base = base.filter(state=JobState.QUEUED)
+            takeover = ""
+        if job.attempts >= job.max_attempts and job.state == JobState.RUNNING:
+            return _fail_exhausted(pipeline, job, "worker lost while running")
+        claimed = base.update(
+            state=JobState.RUNNING,
+            attempts=F("attempts") + 1,
+            started_at=now,
+            heartbeat_at=now,
+            worker=worker[:200],
+            celery_task_id=task_id[:64],
+            status_message=f"Running on {worker}{takeover}",
+            phase="",
+            dispatch_when_ready=False,
+        )
+        if not claimed:
+            return Claim(None, "lost the claim to another delivery")
+        _refresh_pipeline(pipeline, [(job_id, "state")])
+    return Claim(Job.objects.get(pk=job_id), "claimed")
+
+
+def _fail_exhausted(pipeline: Pipeline, job: Job, why: str) -> Claim:
+    message = f"Error: {why}; gave up after {job.attempts} attempt(s)"
+    Job.objects.filter(pk=job.pk, state=job.state, attempts=job.attempts).update(
+        state=JobState.FINISHED,
+        result=JobResult.ERROR,
+        status_message=message,
+        finished_at=timezone.now(),
+        heartbeat_at=None,
+        error={"type": "WorkerLost", "message": message, "traceback": "", "stage": "worker"},
+    )
+    changed = [(job.pk, "state"), *_after_finish(pipeline, job.pk, JobResult.ERROR)]
+    _refresh_pipeline(pipeline, changed)
+    return Claim(None, message)
+
+
+def job_heartbeat(*, job_id: int, attempt: int) -> bool:
+    """False when this attempt no longer owns the job (cancelled, recovered, taken over)."""
+    return bool(
+        Job.objects.filter(pk=job_id, state=JobState.RUNNING, attempts=attempt, cancel_requested=False).update(
+            heartbeat_at=timezone.now()
+        )
+    )
+
+
+def job_is_current(*, job_id: int, attempt: int) -> bool:
+    return Job.objects.filter(
+        pk=job_id, state=JobState.RUNNING, attempts=attempt, cancel_requested=False
+    ).exists()
+
+
+def job_progress(
+    *,
+    job_id: int,
+    attempt: int,
+    processed: int,
+    total: int | None,
+    phase: str | None = None,
+    message: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> bool:
+    pipeline_id = _pipeline_id_of(job_id)
+    with transaction.atomic():
+        pipeline = _lock_pipeline(pipeline_id)
+        updates: dict[str, Any] = {
+            "progress_processed": processed,
+            "progress_total": total,
+            "heartbeat_at": timezone.now(),
+        }
+        if phase is not None:
+            updates["phase"] = phase[:120]
+        if message is not None:
+            updates["status_message"] = message
+        if meta:
+            job = Job.objects.only("meta").get(pk=job_id)
+            updates["meta"] = {**(job.meta or {}), **meta}
+        if not Job.objects.filter(
+            pk=job_id, state=JobState.RUNNING, attempts=attempt, cancel_requested=False
+        ).update(**updates):
+            return False
+        _refresh_pipeline(pipeline, [(job_id, "progress")], kind="progress")
+    return True
+
+
+def job_commit_effect(*, job_id: int, attempt: int, outcome: Outcome) -> None:
+    """Mark the job's durable effect as committed, inside the effect's transaction.
+
+    Raises ``JobAborted`` (rolling the effect back) when the attempt lost the job.
+    """
+    from pipelines.engine import JobAborted
+
+    pipeline_id = _pipeline_id_of(job_id)
+    _lock_pipeline(pipeline_id)
+    if not Job.objects.filter(
+        pk=job_id, state=JobState.RUNNING, attempts=attempt, cancel_requested=False
+    ).update(effect_committed=True, effect_outcome=outcome.as_dict()):
+        raise JobAborted(f"job {job_id} attempt {attempt} no longer owns the job; effect rolled back")
+
+
+def job_finish(*, job_id: int, attempt: int, outcome: Outcome, error: dict[str, Any] | None = None) -> bool:
+    """running → finished with the handler's outcome; promotes or skips downstream."""
+    pipeline_id = _pipeline_id_of(job_id)
+    now = timezone.now()
+    with transaction.atomic():
+        pipeline = _lock_pipeline(pipeline_id)
+        job = Job.objects.get(pk=job_id)
+        updates: dict[str, Any] = {
+            "state": JobState.FINISHED,
+            "result": outcome.result,
+            "status_message": outcome.message,
+            "meta": {**(job.meta or {}), **outcome.meta},
+            "error": error,
+            "finished_at": now,
+            "heartbeat_at": None,
+        }
+        if outcome.result in (JobResult.SUCCESS, JobResult.WARNING) and job.progress_total:
+            updates["progress_processed"] = job.progress_total
+        if not Job.objects.filter(pk=job_id, state=JobState.RUNNING, attempts=attempt).update(**updates):
+            return False
+        changed = [(job_id, "state"), *_after_finish(pipeline, job_id, outcome.result)]
+        _refresh_pipeline(pipeline, changed)
+    return True
+
+
+def job_requeue_after_failure(
+    *, job_id: int, attempt: int, error: dict[str, Any], countdown: float
+) -> bool:
+    """A transient failure with attempts left: back to queued, re-sent after a backoff."""
+    pipeline_id = _pipeline_id_of(job_id)
+    with transaction.atomic():
+        pipeline = _lock_pipeline(pipeline_id)
+        if not Job.objects.filter(pk=job_id, state=JobState.RUNNING, attempts=attempt).update(
+            state=JobState.QUEUED,
+            queued_at=timezone.now(),
+            heartbeat_at=None,
+            worker="",
+            error=error,
+            status_message=f"Attempt {attempt} failed ({error['type']}: {error['message'][:200]}); "
+            f"retrying in {countdown:.0f}s",
+        ):
+            return False
+        _refresh_pipeline(pipeline, [(job_id, "state")])
+        _on_commit_dispatch(_unfinished_closure(pipeline_id, [job_id]), countdown=countdown)
+    return True
+
+
+def _after_finish(pipeline: Pipeline, job_id: int, result: str, *, skip_result: str = JobResult.SKIPPED, reason: str = "") -> list[tuple[int, str]]:
+    """Promote downstream jobs that became ready, or end the ones that never will."""
+    depends_on, dependents = _edges(pipeline.pk)
+    jobs = {j.pk: j for j in Job.objects.filter(pipeline_id=pipeline.pk)}
+    now = timezone.now()
+    if result in dag.OK_RESULTS:
+        ready = [
+            c
+            for c in dependents.get(job_id, ())
+            if jobs[c].state == JobState.NOT_STARTED
+            and all(jobs[d].state == JobState.FINISHED and jobs[d].result in dag.OK_RESULTS for d in depends_on[c])
+        ]
+        Job.objects.filter(pk__in=ready, state=JobState.NOT_STARTED).update(
+            state=JobState.QUEUED, queued_at=now, status_message="Waiting for a worker"
+        )
+        early = [c for c in ready if jobs[c].dispatch_when_ready]
+        if early:
+            Job.objects.filter(pk__in=early).update(dispatch_when_ready=False)
+            _on_commit_dispatch(_unfinished_closure(pipeline.pk, early))
+        return [(c, "state") for c in ready]
+    origin = jobs[job_id]
+    verb = {JobResult.CANCELLED: "was cancelled", JobResult.ERROR: "failed"}.get(result, f"ended {result}")
+    message = reason or f"Skipped: upstream {_label(origin)} {verb}"
+    doomed = [
+        j for j in dag.downstream([job_id], dependents) if jobs[j].state in (JobState.NOT_STARTED, JobState.QUEUED)
+    ]
+    Job.objects.filter(pk__in=doomed, state__in=[JobState.NOT_STARTED, JobState.QUEUED]).update(
+        state=JobState.FINISHED, result=skip_result, status_message=message, finished_at=now,
+        cancel_requested=skip_result == JobResult.CANCELLED,
+    )
+    return [(j, "state") for j in doomed]
+
+
+# --- operator controls ------------------------------------------------------------------
+
+
+def job_cancel(*, job_id: int, actor: Any = None, reason: str = "") -> Job:
+    """Cancel one job: persistent and terminal at once, whether or not a worker is alive.
+
+    A running job is finished ``cancelled`` immediately; its worker notices at its next
+    heartbeat or checkpoint and its uncommitted effect rolls back. A job whose effect
+    already committed cannot be cancelled any more (409): the data is in.
+    """
+    pipeline_id = _pipeline_id_of(job_id)
+    with transaction.atomic():
+        pipeline = _lock_pipeline(pipeline_id)
+        job = Job.objects.get(pk=job_id)
+        changed = _cancel_jobs(pipeline, [job], actor=actor, reason=reason)
+        if not changed:
+            if job.state == JobState.FINISHED:
+                raise ConflictError(f"Job {job_id} already finished ({job.result}).", "already_finished")
+            raise ConflictError(f"Job {job_id} already committed its data; it can no longer be cancelled.", "effect_committed")
+        changed += _after_finish(pipeline, job_id, JobResult.CANCELLED)
+        _refresh_pipeline(pipeline, changed)
+        operator_action_record(
+            actor=actor, action=OperatorActionKind.CANCEL, target_type="job", target_id=str(job_id),
+            pipeline=pipeline, reason=reason,
+        )
+    job.refresh_from_db()
+    return job
+
+
+def pipeline_cancel(*, pipeline_id: Any, actor: Any = None, reason: str = "") -> Pipeline:
+    with transaction.atomic():
+        pipeline = _lock_pipeline(pipeline_id)
+        jobs = list(Job.objects.filter(pipeline_id=pipeline_id).exclude(state=JobState.FINISHED).order_by("id"))
+        changed = _cancel_jobs(pipeline, jobs, actor=actor, reason=reason)
+        if not changed:
+            raise ConflictError("Nothing to cancel: every job has finished or committed its data.", "nothing_to_cancel")
+        _refresh_pipeline(pipeline, changed)
+        operator_action_record(
+            actor=actor, action=OperatorActionKind.CANCEL, target_type="pipeline",
+            target_id=str(pipeline_id), pipeline=pipeline, reason=reason,
+        )
+    pipeline.refresh_from_db()
+    return pipeline
+
+
+def _cancel_jobs(pipeline: Pipeline, jobs: list[Job], *, actor: Any, reason: str) -> list[tuple[int, str]]:
+    message = f"Cancelled by {_actor_name(actor)}" + (f": {reason}" if reason else "")
+    ids = [j.pk for j in jobs]
+    cancellable = Q(state__in=[JobState.NOT_STARTED, JobState.QUEUED]) | Q(state=JobState.RUNNING, effect_committed=False)
+    targets = list(Job.objects.filter(cancellable, pk__in=ids).values_list("pk", flat=True))
+    Job.objects.filter(pk__in=targets).filter(cancellable).update(
+        state=JobState.FINISHED,
+        result=JobResult.CANCELLED,
+        cancel_requested=True,
+        status_message=message,
+        finished_at=timezone.now(),
+        heartbeat_at=None,
+    )
+    return [(pk, "state") for pk in targets]
+
+
+def _reset_for_retry(pipeline: Pipeline, job_ids: list[int], *, actor: Any) -> list[tuple[int, str]]:
+    now = timezone.now()
+    Job.objects.filter(pk__in=job_ids).update(
+        state=JobState.NOT_STARTED,
+        result=None,
+        error=None,
+        cancel_requested=False,
+        effect_committed=False,
+        effect_outcome=None,
+        dispatch_when_ready=False,
+        progress_processed=0,
+        progress_total=None,
+        phase="",
+        meta={},
+        heartbeat_at=None,
+        started_at=None,
+        finished_at=None,
+        worker="",
+        max_attempts=F("attempts") + settings.SLUICE_MAX_ATTEMPTS,
+        status_message=f"Retry requested by {_actor_name(actor)}",
+    )
+    depends_on, _ = _edges(pipeline.pk)
+    jobs = {j.pk: j for j in Job.objects.filter(pipeline_id=pipeline.pk)}
+    roots = [
+        j for j in job_ids
+        if all(jobs[d].state == JobState.FINISHED and jobs[d].result in dag.OK_RESULTS for d in depends_on.get(j, ()))
+    ]
+    Job.objects.filter(pk__in=roots).update(state=JobState.QUEUED, queued_at=now)
+    return [(j, "state") for j in sorted(job_ids)]
+
+
+def pipeline_retry(*, pipeline_id: Any, actor: Any = None, reason: str = "") -> Pipeline:
+    """A new attempt of every failed, cancelled or skipped job and everything downstream."""
+    with transaction.atomic():
+        pipeline = _lock_pipeline(pipeline_id)
+        if Job.objects.filter(pipeline_id=pipeline_id, state=JobState.RUNNING).exists():
+            raise ConflictError("Jobs of this pipeline are still running; cancel or wait first.", "still_running")
+        failed = list(
+            Job.objects.filter(
+                pipeline_id=pipeline_id, result__in=[JobResult.ERROR, JobResult.CANCELLED, JobResult.SKIPPED]
+            ).values_list("pk", flat=True)
+        )
+        if not failed:
+            raise ConflictError("Nothing to retry: no job failed, was cancelled or skipped.", "nothing_to_retry")
+        _, dependents = _edges(pipeline_id)
+        targets = sorted(set(failed) | dag.downstream(failed, dependents))
+        changed = _reset_for_retry(pipeline, targets, actor=actor)
+        _refresh_pipeline(pipeline, changed)
+        operator_action_record(
+            actor=actor, action=OperatorActionKind.RETRY, target_type="pipeline",
+            target_id=str(pipeline_id), pipeline=pipeline, reason=reason, detail={"jobs": targets},
+        )
+        _on_commit_dispatch(targets)
+    pipeline.refresh_from_db()
+    return pipeline
+
+
+def job_retry(*, job_id: int, actor: Any = None, reason: str = "") -> Job:
+    pipeline_id = _pipeline_id_of(job_id)
+    with transaction.atomic():
+        pipeline = _lock_pipeline(pipeline_id)
+        job = Job.objects.get(pk=job_id)
+        if job.result not in (JobResult.ERROR, JobResult.CANCELLED, JobResult.SKIPPED):
+            raise ConflictError(
+                f"Only failed, cancelled or skipped jobs can be retried; job {job_id} is "
+                f"{job.result or job.state}.",
+                "not_retryable",
+            )
+        _, dependents = _edges(pipeline_id)
+        targets = sorted({job_id} | dag.downstream([job_id], dependents))
+        if Job.objects.filter(pk__in=targets, state=JobState.RUNNING).exists():
+            raise ConflictError("A downstream job is running; wait for it or cancel it first.", "still_running")
+        changed = _reset_for_retry(pipeline, targets, actor=actor)
+        _refresh_pipeline(pipeline, changed)
+        operator_action_record(
+            actor=actor, action=OperatorActionKind.RETRY, target_type="job", target_id=str(job_id),
+            pipeline=pipeline, reason=reason, detail={"jobs": targets},
+        )
+        _on_commit_dispatch(targets)
+    job.refresh_from_db()
+    return job
+
+
+def job_recover(*, job_id: int, actor: Any = None, reason: str = "", force: bool = False) -> Job:
+    """Force a stuck running job back to ``queued`` and re-send it with its downstream.
+
+    Refused while the heartbeat is fresh (the worker is alive) unless ``force``. The old
+    attempt, if it was merely slow, loses ownership and cannot write a late result.
+    """
+    pipeline_id = _pipeline_id_of(job_id)
+    stale_before = timezone.now() - timedelta(seconds=settings.SLUICE_STALE_AFTER_SECONDS)
+    with transaction.atomic():
+        pipeline = _lock_pipeline(pipeline_id)
+        job = Job.objects.get(pk=job_id)
+        if job.state != JobState.RUNNING:
+            raise ConflictError(f"Job {job_id} is {job.state}, not running: nothing to recover.", "not_running")
+        if not force and job.heartbeat_at and job.heartbeat_at >= stale_before:
+            age = (timezone.now() - job.heartbeat_at).total_seconds()
+            raise ConflictError(
+                f"Job {job_id}'s worker sent a heartbeat {age:.0f}s ago; it is alive. Use force to override.",
+                "heartbeat_fresh",
+            )
+        _requeue_running(pipeline, job, f"Recovered by {_actor_name(actor)}" + (f": {reason}" if reason else ""))
+        operator_action_record(
+            actor=actor, action=OperatorActionKind.RECOVER, target_type="job", target_id=str(job_id),
+            pipeline=pipeline, reason=reason, detail={"worker": job.worker, "attempt": job.attempts},
+        )
+    job.refresh_from_db()
+    return job
+
+
+def _requeue_running(pipeline: Pipeline, job: Job, message: str) -> None:
+    # The lost attempt's writes require state=running AND attempts=its number: both
+    # stop matching here (queued) and after the next claim (attempts + 1).
+    Job.objects.filter(pk=job.pk, state=JobState.RUNNING, attempts=job.attempts).update(
+        state=JobState.QUEUED,
+        queued_at=timezone.now(),
+        heartbeat_at=None,
+        worker="",
+        status_message=f"{message} (was on {job.worker or 'an unknown worker'}); back in the queue",
+    )
+    _refresh_pipeline(pipeline, [(job.pk, "state")])
+    _on_commit_dispatch(_unfinished_closure(pipeline.pk, [job.pk]))
+
+
+def queue_pause(*, queue: str, actor: Any = None, reason: str = "") -> QueueState:
+    return _queue_set(queue=queue, paused=True, actor=actor, reason=reason)
+
+
+def queue_resume(*, queue: str, actor: Any = None, reason: str = "") -> QueueState:
+    return _queue_set(queue=queue, paused=False, actor=actor, reason=reason)
+
+
+def _queue_set(*, queue: str, paused: bool, actor: Any, reason: str) -> QueueState:
+    if queue not in settings.SLUICE_QUEUES:
+        raise ValueError(f"unknown queue {queue!r}; known: {', '.join(settings.SLUICE_QUEUES)}")
+    with transaction.atomic():
+        state, _ = QueueState.objects.select_for_update().get_or_create(name=queue)
+        if state.paused == paused:
+            raise ConflictError(f"Queue {queue} is already {'paused' if paused else 'running'}.", "no_change")
+        state.paused = paused
+        state.changed_by = _actor_name(actor)
+        state.save(update_fields=["paused", "changed_by", "changed_at"])
+        operator_action_record(
+            actor=actor, action=OperatorActionKind.PAUSE if paused else OperatorActionKind.RESUME,
+            target_type="queue", target_id=queue, reason=reason,
+        )
+        if not paused:
+            waiting = list(Job.objects.filter(queue=queue, state=JobState.QUEUED).values_list("pk", "pipeline_id"))
+            by_pipeline: dict[Any, list[int]] = defaultdict(list)
+            for pk, pid in waiting:
+                by_pipeline[pid].append(pk)
+            for pid, ids in by_pipeline.items():
+                _on_commit_dispatch(_unfinished_closure(pid, ids))
+    return state
+
+
+# --- the reaper ---------------------------------------------------------------------------
+
+
+@dataclass
+class ReapReport:
+    recovered: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    redispatched: list[int] = field(default_factory=list)
+
+
+def reap(*, queue_depths: dict[str, int] | None = None) -> ReapReport:
+    """Run by beat: nothing stays ``running`` or ``queued`` forever.
+
+    1. Running jobs whose heartbeat is stale: back to ``queued`` and re-sent while
+       attempts remain, else finished ``error`` with the reason.
+    2. Queued jobs (upstream done, queue not paused) whose message has not been picked
+       up for ``SLUICE_REDISPATCH_AFTER_SECONDS`` while their Redis queue is empty —
+       the message was lost (Redis restarted, chord never fired) — are sent again.
+       Duplicates are harmless: the claim is a compare-and-set.
+    """
+    report = ReapReport()
+    now = timezone.now()
+    stale_before = now - timedelta(seconds=settings.SLUICE_STALE_AFTER_SECONDS)
+    for job_id in Job.objects.filter(state=JobState.RUNNING, heartbeat_at__lt=stale_before).values_list("pk", flat=True):
+        pipeline_id = _pipeline_id_of(job_id)
+        with transaction.atomic():
+            pipeline = _lock_pipeline(pipeline_id)
+            job = Job.objects.filter(pk=job_id, state=JobState.RUNNING, heartbeat_at__lt=stale_before).first()
+            if job is None:
+                continue
+            age = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else 0
+            if job.attempts >= job.max_attempts:
+                _fail_exhausted(pipeline, job, f"worker {job.worker} stopped sending heartbeats ({age:.0f}s)")
+                report.failed.append(job_id)
+            else:
+                _requeue_running(pipeline, job, f"Recovered automatically: no heartbeat for {age:.0f}s")
+                operator_action_record(
+                    actor=None, action=OperatorActionKind.RECOVER, target_type="job", target_id=str(job_id),
+                    pipeline=pipeline, reason=f"stale heartbeat ({age:.0f}s)",
+                )
+                report.recovered.append(job_id)
+
+    lost_before = now - timedelta(seconds=settings.SLUICE_REDISPATCH_AFTER_SECONDS)
+    paused = set(QueueState.objects.filter(paused=True).values_list("name", flat=True))
+    candidates = (
+        Job.objects.filter(state=JobState.QUEUED)
+        .exclude(queue__in=paused)
+        .filter(Q(dispatched_at__lt=lost_before) | Q(dispatched_at__isnull=True, queued_at__lt=lost_before))
+        .filter(Q(queued_at__lt=lost_before) | Q(queued_at__isnull=True))
+    )
+    depths = queue_depths if queue_depths is not None else _queue_depths()
+    by_pipeline: dict[Any, list[int]] = defaultdict(list)
+    for pk, pid, queue in candidates.values_list("pk", "pipeline_id", "queue"):
+        if depths.get(queue, 0) == 0:
+            by_pipeline[pid].append(pk)
+    from pipelines import dispatch
+
+    for pid, ids in by_pipeline.items():
+        dispatch.send(_unfinished_closure(pid, ids))
+        report.redispatched.extend(ids)
+    return report
+
+
+def _queue_depths() -> dict[str, int]:
+    from pipelines import dispatch
+
+    try:
+        return dispatch.queue_depths()
+    except Exception:  # noqa: BLE001 - without depths, assume busy: never flood duplicates
+        logger.warning("could not read queue depths", exc_info=True)
+        return {q: 1 for q in settings.SLUICE_QUEUES}
+
+
+def purge_old(*, days: int | None = None) -> int:
+    """Delete finished pipelines (with their jobs and events) older than the retention."""
+    cutoff = timezone.now() - timedelta(days=days or settings.SLUICE_RETENTION_DAYS)
+    deleted, _ = Pipeline.objects.filter(status__in=DONE_STATUSES, finished_at__lt=cutoff).delete()
+    return deleted
