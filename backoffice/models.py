@@ -1,0 +1,42 @@
+"""Who may see and operate what: role permissions and per-module grants."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.db.models import Q
+
+
+class ModuleGrant(models.Model):
+    """Restricts a user (directly or through a group) to the listed modules.
+
+    A user with no grant at all, directly or through a group, is not restricted: the
+    viewer/operator roles decide what they may do. A user with grants sees, uploads and
+    operates only pipelines of the granted modules.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="module_grants"
+    )
+    group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.CASCADE, related_name="module_grants")
+    module = models.CharField(max_length=40)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(user__isnull=False, group__isnull=True) | Q(user__isnull=True, group__isnull=False)),
+                name="grant_user_xor_group",
+            ),
+            models.UniqueConstraint(fields=["user", "module"], name="grant_user_module"),
+            models.UniqueConstraint(fields=["group", "module"], name="grant_group_module"),
+        ]
+        permissions = [
+            ("view_console", "Can read the console and the API (viewer)"),
+            ("operate", "Can upload, cancel, retry, recover, pause, create and open years (operator)"),
+        ]
+
+    def __str__(self) -> str:
+        who = self.user or self.group
+        return f"{who} → {self.module}"

@@ -1,0 +1,65 @@
+"""Reads of the pipelines app, shared by the API, SSE, WebSocket consumers and admin."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.db.models import QuerySet
+
+from pipelines import events
+from pipelines.models import DONE_STATUSES, Job, JobEvent, Pipeline
+
+
+def events_after(
+    *,
+    after_seq: int,
+    pipeline_id: Any = None,
+    year: int | None = None,
+    modules: Iterable[str] | None = None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """Event payloads with ``seq > after_seq`` in seq order, for replay.
+
+    Safe to use as a cursor: seq order equals commit order (see ``EventCounter``).
+    ``modules`` narrows to those modules (a module-restricted user); ``None`` = all.
+    """
+    qs: QuerySet[JobEvent] = JobEvent.objects.filter(seq__gt=after_seq)
+    if pipeline_id is not None:
+        qs = qs.filter(pipeline_id=pipeline_id)
+    if year is not None:
+        qs = qs.filter(year=year)
+    if modules is not None:
+        qs = qs.filter(module__in=list(modules))
+    return list(qs.order_by("seq").values_list("payload", flat=True)[:limit])
+
+
+def last_seq() -> int:
+    row = JobEvent.objects.order_by("-seq").values_list("seq", flat=True).first()
+    return int(row or 0)
+
+
+def pipeline_snapshot(*, pipeline_id: Any) -> dict[str, Any]:
+    """The whole DAG as live clients hold it: pipeline, jobs, edges, and the seqs it is current to."""
+    pipeline = Pipeline.objects.get(pk=pipeline_id)
+    jobs = list(Job.objects.filter(pipeline_id=pipeline_id).order_by("id"))
+    edges = list(
+        Job.depends_on.through.objects.filter(from_job__pipeline_id=pipeline_id).values_list("from_job_id", "to_job_id")
+    )
+    return {
+        "pipeline": events.pipeline_dict(pipeline),
+        "jobs": [events.job_dict(j) for j in jobs],
+        "edges": [{"job": child, "depends_on": parent} for child, parent in edges],
+        "pipeline_seq": pipeline.event_count,
+        "seq": JobEvent.objects.filter(pipeline_id=pipeline_id).order_by("-seq").values_list("seq", flat=True).first()
+        or 0,
+    }
+
+
+def active_pipeline_ids(*, year: int | None = None, module: str | None = None) -> list[str]:
+    qs = Pipeline.objects.exclude(status__in=DONE_STATUSES)
+    if year is not None:
+        qs = qs.filter(year=year)
+    if module:
+        qs = qs.filter(module=module)
+    return [str(pk) for pk in qs.order_by("-created_at").values_list("pk", flat=True)]

@@ -1,0 +1,148 @@
+"""Shared fixtures: real PostgreSQL (pytest-django's test database), real Redis, and
+real Celery workers as subprocesses pointed at the test database.
+
+Tests that talk to a worker must use ``transactional_db`` (the worker only sees
+committed rows). The session worker runs 2 prefork processes on every queue.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+QUEUES = "ingest,recalc,aggregate,default"
+
+# Handlers only tests need (failing, effect-recording jobs) plug in like any job kind.
+TEST_HANDLER_MODULES = ",".join([*settings.SLUICE_HANDLER_MODULES, "tests.support.handlers"])
+
+
+def _test_database_url() -> str:
+    db = settings.DATABASES["default"]
+    parts = urlsplit(settings.DATABASE_URL)
+    return urlunsplit(parts._replace(path="/" + quote(db["NAME"])))
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": _test_database_url(),
+        "SLUICE_HANDLER_MODULES": TEST_HANDLER_MODULES,
+        "SLUICE_HEARTBEAT_SECONDS": "0.3",
+        "SLUICE_STALE_AFTER_SECONDS": "2",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """A ``celery worker`` subprocess in its own process group (so it can be SIGKILLed whole)."""
+
+    def __init__(self, *, name: str, concurrency: int = 2, queues: str = QUEUES, **env: str) -> None:
+        self.name = name
+        # Named after the test database so parallel runs (other checkouts) never share logs.
+        self.log_path = ROOT / ".var" / "test-logs" / f"{settings.DATABASES['default']['NAME']}-{name}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-c", str(concurrency),
+            "-P", "prefork", "-n", f"{name}@%h", "-l", "info", "--without-mingle", "--without-gossip",
+        ]
+        self.log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=worker_env(**env), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            if b"ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready in {timeout}s: {self.log_path.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        """SIGKILL the whole worker (parent and pool children): a machine dying mid-job."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _purge_broker() -> None:
+    """Drop messages left by earlier runs so they cannot act on this run's database."""
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[WorkerProcess]:
+    _purge_broker()
+    worker = WorkerProcess(name="test-session")
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def worker_factory(django_db_setup: Any) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start extra, test-owned workers (for kill -9 and restart scenarios)."""
+    started: list[WorkerProcess] = []
+
+    def start(name: str, **kwargs: Any) -> WorkerProcess:
+        w = WorkerProcess(name=name, **kwargs)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 30, interval: float = 0.05, message: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+
+
+@pytest.fixture
+def wait_for_pipeline() -> Callable[..., Any]:
+    from pipelines.models import Pipeline
+
+    def wait(pipeline_id: Any, timeout: float = 30) -> Pipeline:
+        def done() -> Pipeline | None:
+            p = Pipeline.objects.get(pk=pipeline_id)
+            return p if p.is_done else None
+
+        return wait_until(done, timeout=timeout, message=f"pipeline {pipeline_id} to finish")
+
+    return wait
