@@ -20,6 +20,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pytest
 from django.conf import settings
 
+import tests.support.handlers  # noqa: F401 - the test process plans the test job kinds too
+
 ROOT = Path(__file__).resolve().parent.parent
 QUEUES = "ingest,recalc,aggregate,default"
 
@@ -146,3 +148,31 @@ def wait_for_pipeline() -> Callable[..., Any]:
         return wait_until(done, timeout=timeout, message=f"pipeline {pipeline_id} to finish")
 
     return wait
+
+
+@pytest.fixture
+def effect_table(transactional_db: Any) -> Callable[[int], list[tuple[int, int]]]:
+    """A plain table the ``test_effect`` kinds write to; returns a reader of (job_id, attempt) rows."""
+    from django.db import connection
+
+    from tests.support.handlers import EFFECT_TABLE
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE IF NOT EXISTS {EFFECT_TABLE} (job_id bigint, attempt int)")
+        cursor.execute(f"DELETE FROM {EFFECT_TABLE}")
+
+    def rows(job_id: int) -> list[tuple[int, int]]:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT job_id, attempt FROM {EFFECT_TABLE} WHERE job_id = %s", [job_id])
+            return list(cursor.fetchall())
+
+    return rows
+
+
+@pytest.fixture
+def isolated_queue(settings: Any) -> str:
+    """Lets the test process pause/resume the test-only queue."""
+    from tests.support.handlers import ISOLATED_QUEUE
+
+    settings.SLUICE_QUEUES = [*settings.SLUICE_QUEUES, ISOLATED_QUEUE]
+    return ISOLATED_QUEUE
