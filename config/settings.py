@@ -209,3 +209,30 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- API (extra) ---------------------------------------------------------------------------
+REST_FRAMEWORK["EXCEPTION_HANDLER"] = "pipelines.api.errors.exception_handler"
+REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
+    "rest_framework.authentication.TokenAuthentication",
+    "rest_framework.authentication.SessionAuthentication",
+]
+SPECTACULAR_SETTINGS["SERVE_PERMISSIONS"] = ["rest_framework.permissions.AllowAny"]
+SPECTACULAR_SETTINGS["SERVE_AUTHENTICATION"] = []
+# Token throttle counters shared by every web process (Redis), apart from the default cache.
+CACHES = {
+    **globals().get("CACHES", {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}),
+    "api_throttle": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env_str("SLUICE_THROTTLE_REDIS_URL", REDIS_URL),
+        "KEY_PREFIX": "sluice-throttle",
+    },
+}
+SLUICE_SSE_POLL_SECONDS = env_float("SLUICE_SSE_POLL_SECONDS", 0.25, minimum=0.01)
+SLUICE_SSE_PING_SECONDS = env_float("SLUICE_SSE_PING_SECONDS", 15.0, minimum=0.1)
+SLUICE_INSPECT_TIMEOUT = env_float("SLUICE_INSPECT_TIMEOUT", 1.0, minimum=0.05)
+SLUICE_ALERT_WINDOW_HOURS = env_float("SLUICE_ALERT_WINDOW_HOURS", 168.0, minimum=1.0)
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "pipelines.api.schema.AutoSchema"
+SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
+    "drf_spectacular.hooks.postprocess_schema_enums",
+    "pipelines.api.schema.add_stream_path",
+]

@@ -1,0 +1,96 @@
+"""API authentication helpers: token issue/revoke, the token throttle, SSE auth.
+
+Tokens are DRF's ``authtoken`` tokens (one per user). Issuing and revoking go through
+:func:`token_issue` / :func:`token_revoke` so the management command and the admin
+record the same operator action.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model
+from django.core.cache import caches
+from django.core.cache.backends.base import InvalidCacheBackendError
+from django.db import transaction
+from django.http import HttpRequest
+from rest_framework.authentication import TokenAuthentication
+from rest_framework.authtoken.models import Token
+from rest_framework.request import Request
+from rest_framework.throttling import SimpleRateThrottle
+
+from pipelines.models import OperatorActionKind
+from pipelines.services import operator_action_record
+
+TOKEN_THROTTLE_CACHE = "api_throttle"  # noqa: S105 - a cache alias, not a secret
+
+
+def token_issue(*, username: str, actor: Any = None, rotate: bool = False) -> Token:
+    """The user's token, created if missing; ``rotate`` replaces an existing one."""
+    user = get_user_model().objects.get(username=username)
+    with transaction.atomic():
+        if rotate:
+            Token.objects.filter(user=user).delete()
+        token, created = Token.objects.get_or_create(user=user)
+        if created:
+            operator_action_record(
+                actor=actor, action=OperatorActionKind.ISSUE_TOKEN, target_type="user", target_id=str(user.pk)
+            )
+    return token
+
+
+def token_revoke(*, username: str, actor: Any = None) -> bool:
+    user = get_user_model().objects.get(username=username)
+    with transaction.atomic():
+        deleted, _ = Token.objects.filter(user=user).delete()
+        if deleted:
+            operator_action_record(
+                actor=actor, action=OperatorActionKind.REVOKE_TOKEN, target_type="user", target_id=str(user.pk)
+            )
+    return bool(deleted)
+
+
+class TokenRateThrottle(SimpleRateThrottle):
+    """Rate-limits token-authenticated requests per token (scope ``token``).
+
+    Session users (the back office) are not throttled here. The counter lives in the
+    shared Redis cache when configured, so every web process counts the same requests.
+    """
+
+    scope = "token"
+
+    def __init__(self) -> None:
+        try:
+            self.cache = caches[TOKEN_THROTTLE_CACHE]
+        except InvalidCacheBackendError:
+            self.cache = caches["default"]
+        super().__init__()
+
+    def get_cache_key(self, request: Request, view: Any) -> str | None:
+        if not isinstance(request.auth, Token):
+            return None
+        return self.cache_format % {"scope": self.scope, "ident": request.auth.user_id}
+
+
+def _token_user(key: str) -> Any:
+    token = Token.objects.select_related("user").filter(key=key).first()
+    if token is None or not token.user.is_active:
+        return None
+    return token.user
+
+
+async def aauthenticate(request: HttpRequest) -> tuple[Any, bool]:
+    """(user or None, token_attempted) for plain async Django views (SSE).
+
+    DRF's authentication is synchronous; this mirrors it: a ``Token`` header wins (and
+    a bad one is a failure, not a fallback to the session), else the session user.
+    """
+    header = request.headers.get("Authorization", "")
+    parts = header.split()
+    if parts and parts[0].lower() == TokenAuthentication.keyword.lower():
+        if len(parts) != 2:
+            return None, True
+        return await sync_to_async(_token_user)(parts[1]), True
+    user = await request.auser()  # type: ignore[attr-defined]
+    return (user if user.is_authenticated else None), False

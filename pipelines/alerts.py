@@ -1,0 +1,211 @@
+"""Anomaly detection from job data, for ``GET /api/v1/alerts/`` and the console strip.
+
+Each alert kind is a query over jobs (never a flag someone has to remember to set), so
+an anomaly is reported even when it comes from a bug in the code meant to prevent it.
+The platform's design makes the first four impossible; the console still looks:
+
+- ``rows_all_rejected``: an ingest that finished with rows and none loaded.
+- ``transaction_poisoned``: an error raised by a statement run after a failed one
+  ("current transaction is aborted", SQLSTATE 25P02).
+- ``deadlock``: a deadlock error (40P01), typically among sibling jobs.
+- ``aggregation_amplified``: more than one aggregation job in one pipeline, or two
+  aggregations of the same year running at overlapping times.
+- ``stuck``: running with a heartbeat older than ``SLUICE_STALE_AFTER_SECONDS``.
+- ``queue_stalled``: jobs waiting in a queue that is not paused and that no live worker
+  consumes (needs a Celery inspect round trip).
+- ``slow``: far above the usual duration of its kind (``SLOW_FACTOR`` times the median of
+  recent successful runs, and at least ``SLOW_MIN_SECONDS`` more).
+
+Finished-job alerts look back ``SLUICE_ALERT_WINDOW_HOURS`` (on the ``job_newest``
+index) so the endpoint stays cheap with millions of historical jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any, TypedDict
+
+from django.conf import settings
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models.functions import Coalesce, Now
+from django.utils import timezone
+
+from pipelines.models import Job, JobResult, JobState
+from pipelines.stats import duration_medians
+
+ALERT_KINDS = (
+    "rows_all_rejected",
+    "transaction_poisoned",
+    "deadlock",
+    "aggregation_amplified",
+    "stuck",
+    "queue_stalled",
+    "slow",
+)
+INGEST_TYPES = ("csv_ingest", "factor_ingest")
+SLOW_FACTOR = 5.0
+SLOW_MIN_SECONDS = 30.0
+SLOW_MIN_SAMPLES = 5
+ITEM_LIMIT = 50
+
+
+class AlertItem(TypedDict):
+    kind: str
+    pipeline_id: str
+    job_id: int
+    job_type: str
+    year: int | None
+    module: str
+    message: str
+
+
+def _window_start() -> Any:
+    hours = float(getattr(settings, "SLUICE_ALERT_WINDOW_HOURS", 168))
+    return timezone.now() - timedelta(hours=hours)
+
+
+def _recent(jobs: QuerySet[Job]) -> QuerySet[Job]:
+    return jobs.filter(created_at__gte=_window_start())
+
+
+def alert_jobs(kind: str, jobs: QuerySet[Job] | None = None, *, workers: list[Any] | None = None) -> QuerySet[Job]:
+    """The jobs exhibiting ``kind`` among ``jobs`` (default: all jobs)."""
+    base = jobs if jobs is not None else Job.objects.all()
+    if kind == "rows_all_rejected":
+        return _recent(base).filter(
+            job_type__in=INGEST_TYPES, state=JobState.FINISHED, meta__rows_rejected__gt=0, meta__rows_loaded=0
+        )
+    if kind == "transaction_poisoned":
+        return _recent(base).filter(
+            Q(error__type="InFailedSqlTransaction")
+            | Q(error__message__icontains="current transaction is aborted")
+            | Q(status_message__icontains="current transaction is aborted")
+        )
+    if kind == "deadlock":
+        return _recent(base).filter(
+            Q(error__type="DeadlockDetected")
+            | Q(error__message__icontains="deadlock detected")
+            | Q(status_message__icontains="deadlock detected")
+        )
+    if kind == "aggregation_amplified":
+        return _aggregation_amplified(_recent(base))
+    if kind == "stuck":
+        stale = timezone.now() - timedelta(seconds=settings.SLUICE_STALE_AFTER_SECONDS)
+        return base.filter(state=JobState.RUNNING).filter(
+            Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True, started_at__lt=stale)
+        )
+    if kind == "queue_stalled":
+        return base.filter(state=JobState.QUEUED, queue__in=stalled_queues(workers=workers))
+    if kind == "slow":
+        return _slow(base)
+    raise ValueError(f"unknown alert kind {kind!r}")
+
+
+def _aggregation_amplified(jobs: QuerySet[Job]) -> QuerySet[Job]:
+    aggregations = jobs.filter(job_type="aggregation")
+    doubled = (
+        Job.objects.filter(job_type="aggregation")
+        .values("pipeline_id")
+        .annotate(n=Count("id"))
+        .filter(n__gt=1)
+        .values("pipeline_id")
+    )
+    # Another aggregation of the same year, in another pipeline, whose run interval
+    # intersects this one's (a running job's interval is open-ended: now).
+    overlapping = Job.objects.filter(
+        job_type="aggregation",
+        pipeline__year=OuterRef("pipeline__year"),
+        started_at__isnull=False,
+        started_at__lt=Coalesce(OuterRef("finished_at"), Now()),
+    ).exclude(pipeline_id=OuterRef("pipeline_id")).filter(
+        Q(finished_at__isnull=True, state=JobState.RUNNING) | Q(finished_at__gt=OuterRef("started_at"))
+    )
+    return aggregations.filter(
+        Q(pipeline_id__in=doubled) | Q(Exists(overlapping), started_at__isnull=False, pipeline__year__isnull=False)
+    )
+
+
+def _slow(jobs: QuerySet[Job]) -> QuerySet[Job]:
+    medians = duration_medians(since=_window_start(), min_samples=SLOW_MIN_SAMPLES)
+    now = timezone.now()
+    condition = Q(pk__in=[])
+    for job_type, median in medians.items():
+        limit = timedelta(seconds=max(SLOW_FACTOR * median, median + SLOW_MIN_SECONDS))
+        condition |= Q(job_type=job_type, state=JobState.RUNNING, started_at__lt=now - limit)
+        condition |= Q(
+            job_type=job_type,
+            state=JobState.FINISHED,
+            result__in=[JobResult.SUCCESS, JobResult.WARNING],
+            finished_at__gt=F("started_at") + limit,
+        )
+    return _recent(jobs).filter(condition) | jobs.filter(condition, state=JobState.RUNNING)
+
+
+def stalled_queues(*, workers: list[Any] | None = None) -> list[str]:
+    """Queues with jobs waiting longer than the stale threshold and no live consumer."""
+    from workers.selectors import queue_list, worker_list
+
+    if workers is None:
+        try:
+            workers = list(worker_list(timeout=float(getattr(settings, "SLUICE_INSPECT_TIMEOUT", 1.0))))
+        except Exception:  # noqa: BLE001 - broker unreachable: nobody consumes anything
+            workers = []
+    return [
+        q["name"]
+        for q in queue_list(workers=workers)
+        if q["queued_jobs"]
+        and not q["paused"]
+        and not q["consumers"]
+        and (q["oldest_waiting_seconds"] or 0) >= settings.SLUICE_STALE_AFTER_SECONDS
+    ]
+
+
+def _message(kind: str, job: Job) -> str:
+    if kind == "rows_all_rejected":
+        return f"All {job.meta.get('rows_rejected')} rows rejected: {job.status_message}"
+    if kind in ("transaction_poisoned", "deadlock"):
+        return str((job.error or {}).get("message") or job.status_message)[:500]
+    if kind == "stuck":
+        return f"No heartbeat since {job.heartbeat_at.isoformat() if job.heartbeat_at else 'start'} on {job.worker}"
+    if kind == "queue_stalled":
+        return f"Waiting in queue {job.queue} since {job.queued_at.isoformat() if job.queued_at else '?'}"
+    if kind == "slow":
+        end = job.finished_at or timezone.now()
+        return f"Ran {(end - job.started_at).total_seconds():.0f}s" if job.started_at else "slow"
+    return job.status_message[:500]
+
+
+def alert_summary(*, jobs: QuerySet[Job], kinds: Iterable[str] = ALERT_KINDS) -> dict[str, Any]:
+    """Counters per kind and up to ``ITEM_LIMIT`` newest items per kind."""
+    workers: list[Any] | None = None
+    counts: dict[str, int] = {}
+    items: list[AlertItem] = []
+    for kind in kinds:
+        if kind == "queue_stalled" and workers is None:
+            from workers.selectors import worker_list
+
+            try:
+                workers = list(worker_list(timeout=float(getattr(settings, "SLUICE_INSPECT_TIMEOUT", 1.0))))
+            except Exception:  # noqa: BLE001
+                workers = []
+        qs = alert_jobs(kind, jobs, workers=workers)
+        counts[kind] = qs.count()
+        for job in qs.select_related("pipeline").order_by("-created_at", "-id")[:ITEM_LIMIT]:
+            items.append(
+                {
+                    "kind": kind,
+                    "pipeline_id": str(job.pipeline_id),
+                    "job_id": job.pk,
+                    "job_type": job.job_type,
+                    "year": job.pipeline.year,
+                    "module": job.pipeline.module,
+                    "message": _message(kind, job),
+                }
+            )
+    return {"counts": counts, "total": sum(counts.values()), "items": items}
+
+
+def pipelines_with_alert(kind: str, jobs: QuerySet[Job] | None = None) -> QuerySet[Any]:
+    """Pipeline ids having a job with alert ``kind``: a subquery for the list filter."""
+    return alert_jobs(kind, jobs).values("pipeline_id")

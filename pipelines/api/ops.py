@@ -1,0 +1,150 @@
+"""Operations: job statistics, queues (pause/resume), workers, alerts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from pipelines import alerts, services, stats
+from pipelines.api import selectors
+from pipelines.api.base import ApiView
+from pipelines.api.errors import error_responses
+from pipelines.api.filters import StatsFilter, filtered
+from pipelines.api.permissions import CanOperateAllModules, CanView
+from pipelines.api.serializers import ControlInputSerializer
+from workers.selectors import queue_list, worker_list
+
+
+def _inspect_timeout() -> float:
+    return float(getattr(settings, "SLUICE_INSPECT_TIMEOUT", 1.0))
+
+
+def _workers() -> list[Any]:
+    try:
+        return list(worker_list(timeout=_inspect_timeout()))
+    except Exception:  # noqa: BLE001 - broker down: report no live worker rather than a 500
+        return []
+
+
+class DurationSerializer(serializers.Serializer):
+    count = serializers.IntegerField(required=False)
+    p50_seconds = serializers.FloatField(allow_null=True)
+    p95_seconds = serializers.FloatField(allow_null=True)
+
+
+class JobStatsView(ApiView):
+    class OutputSerializer(serializers.Serializer):
+        total = serializers.IntegerField()
+        by_state = serializers.DictField(child=serializers.IntegerField())
+        by_result = serializers.DictField(child=serializers.IntegerField())
+        by_job_type = serializers.DictField(child=serializers.IntegerField())
+        by_queue = serializers.DictField(child=serializers.IntegerField())
+        durations = serializers.DictField()
+        throughput = serializers.DictField()
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("year", int),
+            OpenApiParameter("module", str),
+            OpenApiParameter("job_type", str),
+            OpenApiParameter("queue", str),
+            OpenApiParameter("since", str, description="ISO 8601 datetime (jobs created at or after)"),
+            OpenApiParameter("until", str, description="ISO 8601 datetime (jobs created before)"),
+        ],
+        responses={200: OutputSerializer, **error_responses(400)},
+    )
+    def get(self, request: Request) -> Response:
+        jobs = filtered(StatsFilter, request.query_params, selectors.jobs_visible(user=request.user))
+        return Response(self.OutputSerializer(stats.job_stats(jobs=jobs)).data)
+
+
+class QueueSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    depth = serializers.IntegerField(allow_null=True, help_text="Messages waiting in Redis")
+    queued_jobs = serializers.IntegerField(help_text="Jobs in state queued for this queue")
+    oldest_waiting_seconds = serializers.FloatField(allow_null=True)
+    running = serializers.IntegerField()
+    paused = serializers.BooleanField()
+    consumers = serializers.ListField(child=serializers.CharField())
+
+
+class QueueListView(ApiView):
+    @extend_schema(responses={200: QueueSerializer(many=True), **error_responses()})
+    def get(self, request: Request) -> Response:
+        return Response(QueueSerializer(queue_list(workers=_workers()), many=True).data)
+
+
+class _QueueControl(ApiView):
+    permission_classes = [CanView, CanOperateAllModules]
+    paused = True
+
+    @extend_schema(request=ControlInputSerializer, responses={202: QueueSerializer, **error_responses(400, 404, 409)})
+    def post(self, request: Request, name: str) -> Response:
+        data = ControlInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        if name not in settings.SLUICE_QUEUES:
+            raise exceptions.NotFound(f"No such queue; known: {', '.join(settings.SLUICE_QUEUES)}.")
+        control = services.queue_pause if self.paused else services.queue_resume
+        control(queue=name, actor=request.user, **data.validated_data)
+        queue = next(q for q in queue_list(workers=[]) if q["name"] == name)
+        return Response(QueueSerializer(queue).data, status=status.HTTP_202_ACCEPTED)
+
+
+class QueuePauseView(_QueueControl):
+    paused = True
+
+
+class QueueResumeView(_QueueControl):
+    paused = False
+
+
+class WorkerSerializer(serializers.Serializer):
+    hostname = serializers.CharField()
+    queues = serializers.ListField(child=serializers.CharField())
+    concurrency = serializers.IntegerField(allow_null=True)
+    active = serializers.IntegerField()
+    last_heartbeat = serializers.FloatField(allow_null=True, help_text="Unix time of the last answer")
+    version = serializers.CharField(allow_blank=True)
+
+
+class WorkerListView(ApiView):
+    @extend_schema(responses={200: WorkerSerializer(many=True), **error_responses()})
+    def get(self, request: Request) -> Response:
+        return Response(WorkerSerializer(_workers(), many=True).data)
+
+
+class AlertItemSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=alerts.ALERT_KINDS)
+    pipeline_id = serializers.UUIDField()
+    job_id = serializers.IntegerField()
+    job_type = serializers.CharField()
+    year = serializers.IntegerField(allow_null=True)
+    module = serializers.CharField(allow_blank=True)
+    message = serializers.CharField(allow_blank=True)
+
+
+class AlertListView(ApiView):
+    permission_classes = [CanView]
+
+    class InputSerializer(serializers.Serializer):
+        kind = serializers.ChoiceField(choices=alerts.ALERT_KINDS, required=False)
+
+    class OutputSerializer(serializers.Serializer):
+        counts = serializers.DictField(child=serializers.IntegerField())
+        total = serializers.IntegerField()
+        items = AlertItemSerializer(many=True)
+
+    @extend_schema(parameters=[InputSerializer], responses={200: OutputSerializer, **error_responses(400)})
+    def get(self, request: Request) -> Response:
+        params = self.InputSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        kind = params.validated_data.get("kind")
+        summary = alerts.alert_summary(
+            jobs=selectors.jobs_visible(user=request.user), kinds=[kind] if kind else alerts.ALERT_KINDS
+        )
+        return Response(self.OutputSerializer(summary).data)

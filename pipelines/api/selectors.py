@@ -1,0 +1,148 @@
+"""Reads shaped for the API: the pipelines page with its jobs, details, row errors.
+
+Kept beside the views because they serve only the API's shapes; the domain reads they
+build on live in ``pipelines.selectors`` and ``pipelines.events``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from django.db.models import Func, JSONField, Prefetch, QuerySet
+from django.db.models.fields.json import KeyTransform
+from django.db.models.functions import JSONObject
+
+from backoffice import access
+from pipelines import events, selectors
+from pipelines.models import Job, Pipeline
+
+# Only the allow-listed count keys leave PostgreSQL: a job's meta may hold a thousand
+# row errors, and a page of 25 pipelines must not drag megabytes out of the database.
+
+
+def _counts_expression() -> Func:
+    return Func(
+        JSONObject(**{key: KeyTransform(key, "meta") for key in events.COUNT_KEYS}),
+        function="jsonb_strip_nulls",
+        output_field=JSONField(),
+    )
+
+_LIST_JOB_FIELDS = (
+    "id", "pipeline_id", "job_type", "det", "queue", "state", "result", "status_message", "phase",
+    "progress_processed", "progress_total", "attempts",
+)
+
+
+def slim_jobs() -> QuerySet[Job]:
+    return Job.objects.only(*_LIST_JOB_FIELDS).annotate(counts_meta=_counts_expression()).order_by("id")
+
+
+def pipelines_visible(*, user: Any) -> QuerySet[Pipeline]:
+    return access.filter_pipelines(Pipeline.objects.all(), user)
+
+
+def pipeline_list(*, user: Any) -> QuerySet[Pipeline]:
+    """Visible pipelines, newest first, each with its jobs prefetched for the page only."""
+    return (
+        pipelines_visible(user=user)
+        .select_related("created_by")
+        .prefetch_related(Prefetch("jobs", queryset=slim_jobs()))
+        .order_by("-created_at", "-id")
+    )
+
+
+def _slim_job_dict(job: Job) -> dict[str, Any]:
+    # ``meta`` is deferred; ``job_dict`` only reads the count keys, which we fetched.
+    job.meta = getattr(job, "counts_meta", None) or {}
+    return dict(events.job_dict(job))
+
+
+def _pipeline_fields(pipeline: Pipeline) -> dict[str, Any]:
+    return {
+        **events.pipeline_dict(pipeline),
+        "warning_count": pipeline.warning_count,
+        "last_error": pipeline.last_error,
+        "created_by": pipeline.created_by.get_username() if pipeline.created_by else None,
+        "created_at": pipeline.created_at,
+        "started_at": pipeline.started_at,
+        "finished_at": pipeline.finished_at,
+    }
+
+
+def pipeline_item(pipeline: Pipeline) -> dict[str, Any]:
+    return {**_pipeline_fields(pipeline), "jobs": [_slim_job_dict(j) for j in pipeline.jobs.all()]}
+
+
+def pipeline_detail(*, pipeline: Pipeline) -> dict[str, Any]:
+    snapshot = selectors.pipeline_snapshot(pipeline_id=pipeline.pk)
+    return {
+        **_pipeline_fields(pipeline),
+        "params": pipeline.params,
+        "jobs": snapshot["jobs"],
+        "edges": snapshot["edges"],
+        "seq": snapshot["seq"],
+        "pipeline_seq": snapshot["pipeline_seq"],
+    }
+
+
+def jobs_visible(*, user: Any) -> QuerySet[Job]:
+    return access.filter_jobs(Job.objects.all(), user)
+
+
+def job_list(*, user: Any) -> QuerySet[Job]:
+    return (
+        jobs_visible(user=user)
+        .select_related("pipeline")
+        .defer("meta", "error", "params", "effect_outcome")
+        .annotate(counts_meta=_counts_expression())
+        .order_by("-created_at", "-id")
+    )
+
+
+def job_list_item(job: Job) -> dict[str, Any]:
+    return {
+        **_slim_job_dict(job),
+        "pipeline_id": str(job.pipeline_id),
+        "year": job.pipeline.year,
+        "module": job.pipeline.module,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def job_detail(*, job: Job) -> dict[str, Any]:
+    return {
+        **events.job_dict(job),
+        "pipeline_id": str(job.pipeline_id),
+        "year": job.pipeline.year,
+        "module": job.pipeline.module,
+        "depends_on": sorted(job.depends_on.values_list("pk", flat=True)),
+        "params": job.params,
+        "meta": job.meta,
+        "error": job.error,
+        "max_attempts": job.max_attempts,
+        "celery_task_id": job.celery_task_id,
+        "worker": job.worker,
+        "heartbeat_at": job.heartbeat_at,
+        "cancel_requested": job.cancel_requested,
+        "created_at": job.created_at,
+        "queued_at": job.queued_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def job_row_errors(*, job: Job) -> Iterator[dict[str, Any]]:
+    """Every row error of a job: from ingestion's full store when it has one, else meta."""
+    try:
+        from ingestion import selectors as ingestion_selectors
+
+        source = getattr(ingestion_selectors, "job_row_errors", None)
+    except ImportError:
+        source = None
+    if source is not None:
+        yield from source(job_id=job.pk)
+        return
+    yield from (job.meta or {}).get("row_errors", []) or []
