@@ -38,39 +38,66 @@ def groups_for(message: dict[str, Any]) -> list[str]:
     return groups
 
 
+# Batches waiting for Redis beyond this are dropped (and logged): with Redis down a
+# worker must not grow without bound. Clients see the gap by ``pipeline_seq`` and resync.
+MAX_PENDING_BATCHES = 10_000
+
+
 class _Publisher:
+    """One loop thread per process, draining one FIFO queue with one task.
+
+    One task, not a task per batch: concurrent ``group_send`` calls interleave at every
+    Redis round trip, so event 12 could reach a group before event 11. Draining in
+    order keeps each group's stream in commit (``seq``) order for a process.
+    """
+
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="sluice-publisher", daemon=True)
-        self.thread.start()
+        self.queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
         self.pending = 0
+        self.dropped = 0
         self.lock = threading.Lock()
         self.idle = threading.Event()
         self.idle.set()
+        self.thread = threading.Thread(target=self._run, name="sluice-publisher", daemon=True)
+        self.thread.start()
 
-    async def _send(self, messages: list[dict[str, Any]]) -> None:
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.create_task(self._drain())
+        self.loop.run_forever()
+
+    async def _drain(self) -> None:
         from channels.layers import get_channel_layer
 
-        layer = get_channel_layer()
-        try:
-            if layer is not None:
-                for message in messages:
-                    for group in groups_for(message):
-                        await layer.group_send(group, message)
-        except Exception:  # noqa: BLE001 - a lost push is recovered by client replay
-            logger.warning("event publish failed", exc_info=True)
-        finally:
-            with self.lock:
-                self.pending -= 1
-                if self.pending == 0:
-                    self.idle.set()
+        while True:
+            messages = await self.queue.get()
+            try:
+                layer = get_channel_layer()
+                if layer is not None:
+                    for message in messages:
+                        # The groups of one message in parallel (independent streams);
+                        # messages one after another (order within each group).
+                        await asyncio.gather(*(layer.group_send(g, message) for g in groups_for(message)))
+            except Exception:
+                logger.warning("event publish failed", exc_info=True)
+            finally:
+                with self.lock:
+                    self.pending -= 1
+                    if self.pending == 0:
+                        self.idle.set()
 
     def submit(self, messages: list[dict[str, Any]]) -> None:
         with self.lock:
+            if self.pending >= MAX_PENDING_BATCHES:
+                self.dropped += 1
+                if self.dropped % 1000 == 1:
+                    logger.warning("event publisher backlog full: dropped %d batch(es)", self.dropped)
+                return
             self.pending += 1
             self.idle.clear()
-        asyncio.run_coroutine_threadsafe(self._send(messages), self.loop)
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, messages)
 
 
 _publisher: _Publisher | None = None

@@ -1,0 +1,241 @@
+"""Synchronous helpers behind the live WebSocket feeds: access, snapshots and replay.
+
+The consumers in ``backoffice.consumers`` stay thin: they call these through
+``database_sync_to_async`` (never touching the database from the event loop) and only
+forward what comes back.
+
+Feeds and what a client holds for each:
+
+- ``console`` (``ws/pipelines/``): the newest pipelines the user may see, with jobs.
+- ``pipeline`` (``ws/pipelines/<uuid>/``): one whole DAG (jobs and edges).
+- ``year`` (``ws/years/<year>/``): per module and kind of that year, the active
+  pipeline and the latest finished one, with their jobs (Data management rows).
+
+Every snapshot is read in one REPEATABLE READ transaction together with the global
+``seq`` it is current to, so "snapshot, then every live event with a larger seq" is
+exact: no event is applied twice, none is missed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from django.db import connection, transaction
+
+from backoffice import access
+from pipelines import events, publish, selectors
+from pipelines.models import DONE_STATUSES, EventCounter, Job, JobEvent, Pipeline
+
+Feed = Literal["console", "pipeline", "year"]
+
+# Close codes (4000-4999 are the application's range). The browser module stops
+# reconnecting on these: retrying cannot help until the user logs in or gets access.
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+PERMANENT_CLOSE_CODES = frozenset({CLOSE_UNAUTHENTICATED, CLOSE_FORBIDDEN, CLOSE_NOT_FOUND})
+
+# A replay longer than this is replaced by a snapshot: cheaper for both sides than
+# streaming tens of thousands of superseded progress events.
+REPLAY_MAX_EVENTS = 5000
+REPLAY_PAGE = 1000
+# The console holds this many newest pipelines (plus every active one).
+CONSOLE_PIPELINES = 50
+# Jobs per pipeline in console/year snapshots; the DAG feed always sends all of them.
+SNAPSHOT_JOBS_PER_PIPELINE = 500
+
+
+@dataclass(frozen=True)
+class Access:
+    """What one socket may receive, decided once on connect (and re-checked on refresh)."""
+
+    allowed: bool
+    close_code: int = 0
+    # None: unrestricted; otherwise only events of pipelines of these modules.
+    modules: frozenset[str] | None = None
+    groups: tuple[str, ...] = ()
+
+
+def resolve_access(user: Any, *, feed: Feed, pipeline_id: str | None = None, year: int | None = None) -> Access:
+    """Authenticate and authorise a socket for one feed, and name the groups it joins."""
+    if not user or not user.is_authenticated:
+        return Access(False, CLOSE_UNAUTHENTICATED)
+    if not access.can_view(user):
+        return Access(False, CLOSE_FORBIDDEN)
+    modules = access.granted_modules(user)
+    if feed == "console":
+        return Access(True, modules=modules, groups=(publish.CONSOLE_GROUP,))
+    if feed == "year":
+        assert year is not None
+        return Access(True, modules=modules, groups=(publish.year_group(year),))
+    module = Pipeline.objects.filter(pk=pipeline_id).values_list("module", flat=True).first()
+    if module is None:
+        return Access(False, CLOSE_NOT_FOUND)
+    # Answer "not found" rather than "forbidden" for a foreign module's pipeline: the
+    # socket must not learn that the id exists.
+    if not access.can_see_module(user, module):
+        return Access(False, CLOSE_NOT_FOUND)
+    return Access(True, modules=modules, groups=(publish.pipeline_group(str(pipeline_id)),))
+
+
+def visible(modules: frozenset[str] | None, message: dict[str, Any]) -> bool:
+    """May a socket restricted to ``modules`` see this event? Module-less pipelines: unrestricted only."""
+    if modules is None:
+        return True
+    module = (message.get("pipeline") or {}).get("module") or ""
+    return bool(module) and module in modules
+
+
+# --- snapshots ------------------------------------------------------------------------
+
+
+def _repeatable_read() -> None:
+    """Make the current (just opened) transaction one consistent view of the database.
+
+    Must be the transaction's first statement. Without it a snapshot's pipelines, jobs
+    and seq come from different instants and a live event could be applied on top of
+    state that already includes it, or skip one.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
+
+def _current_seq() -> int:
+    value = EventCounter.objects.filter(pk=1).values_list("value", flat=True).first()
+    return int(value) if value is not None else selectors.last_seq()
+
+
+def _restrict(qs: Any, modules: frozenset[str] | None) -> Any:
+    return qs if modules is None else qs.filter(module__in=sorted(modules))
+
+
+def _pipeline_entry(pipeline: Pipeline) -> dict[str, Any]:
+    return {**events.pipeline_dict(pipeline), "pipeline_seq": pipeline.event_count}
+
+
+def _jobs_of(pipeline_ids: Iterable[Any], *, per_pipeline: int | None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    counts: dict[Any, int] = {}
+    for job in Job.objects.filter(pipeline_id__in=list(pipeline_ids)).order_by("pipeline_id", "id"):
+        n = counts.get(job.pipeline_id, 0)
+        if per_pipeline is not None and n >= per_pipeline:
+            continue
+        counts[job.pipeline_id] = n + 1
+        out.append({**events.job_dict(job), "pipeline_id": str(job.pipeline_id)})
+    return out
+
+
+def console_snapshot(*, modules: frozenset[str] | None) -> dict[str, Any]:
+    with transaction.atomic():
+        _repeatable_read()
+        seq = _current_seq()
+        qs = _restrict(Pipeline.objects.all(), modules)
+        newest = list(qs.order_by("-created_at", "-id")[:CONSOLE_PIPELINES])
+        seen = {p.pk for p in newest}
+        active = [p for p in qs.exclude(status__in=DONE_STATUSES).order_by("-created_at") if p.pk not in seen]
+        pipelines = newest + active
+        jobs = _jobs_of([p.pk for p in pipelines], per_pipeline=SNAPSHOT_JOBS_PER_PIPELINE)
+    return {
+        "type": "snapshot",
+        "feed": "console",
+        "seq": seq,
+        "pipelines": [_pipeline_entry(p) for p in pipelines],
+        "jobs": jobs,
+    }
+
+
+def pipeline_snapshot(*, pipeline_id: str) -> dict[str, Any]:
+    with transaction.atomic():
+        _repeatable_read()
+        seq = _current_seq()
+        dag = selectors.pipeline_snapshot(pipeline_id=pipeline_id)
+    pipeline = {**dag["pipeline"], "pipeline_seq": dag["pipeline_seq"]}
+    return {
+        "type": "snapshot",
+        "feed": "pipeline",
+        "seq": seq,
+        "pipelines": [pipeline],
+        "jobs": [{**j, "pipeline_id": pipeline["id"]} for j in dag["jobs"]],
+        "edges": dag["edges"],
+    }
+
+
+def year_snapshot(*, year: int, modules: frozenset[str] | None) -> dict[str, Any]:
+    """Per (module, kind) of the year: the active pipeline and the latest finished one."""
+    with transaction.atomic():
+        _repeatable_read()
+        seq = _current_seq()
+        qs = _restrict(Pipeline.objects.filter(year=year), modules)
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        chosen: dict[Any, Pipeline] = {}
+        for p in qs.order_by("-created_at", "-id"):
+            empty = {"module": p.module, "kind": p.kind, "active": None, "latest": None}
+            row = rows.setdefault((p.module, p.kind), empty)
+            slot = "latest" if p.is_done else "active"
+            if row[slot] is None:
+                row[slot] = str(p.pk)
+                chosen[p.pk] = p
+        jobs = _jobs_of(chosen.keys(), per_pipeline=SNAPSHOT_JOBS_PER_PIPELINE)
+    return {
+        "type": "snapshot",
+        "feed": "year",
+        "year": year,
+        "seq": seq,
+        "rows": sorted(rows.values(), key=lambda r: (r["module"], r["kind"])),
+        "pipelines": [_pipeline_entry(p) for p in chosen.values()],
+        "jobs": jobs,
+    }
+
+
+def snapshot(
+    *, feed: Feed, modules: frozenset[str] | None, pipeline_id: str | None = None, year: int | None = None
+) -> dict[str, Any]:
+    if feed == "pipeline":
+        assert pipeline_id is not None
+        return pipeline_snapshot(pipeline_id=pipeline_id)
+    if feed == "year":
+        assert year is not None
+        return year_snapshot(year=year, modules=modules)
+    return console_snapshot(modules=modules)
+
+
+# --- replay ---------------------------------------------------------------------------
+
+
+def replay(
+    *,
+    after: int,
+    feed: Feed,
+    modules: frozenset[str] | None,
+    pipeline_id: str | None = None,
+    year: int | None = None,
+) -> list[dict[str, Any]] | None:
+    """Every event of the feed with ``seq > after`` in seq order, or ``None`` for "resync".
+
+    ``None`` when the client is too far behind (a snapshot is cheaper), claims a seq
+    from the future (the database was reset), or asks for events already purged by
+    retention (they can no longer be replayed).
+    """
+    if after < 0 or after > _current_seq():
+        return None
+    oldest = JobEvent.objects.order_by("seq").values_list("seq", flat=True).first()
+    if oldest is not None and after < oldest - 1:
+        return None
+    out: list[dict[str, Any]] = []
+    cursor = after
+    while True:
+        page = selectors.events_after(
+            after_seq=cursor,
+            pipeline_id=pipeline_id if feed == "pipeline" else None,
+            year=year if feed == "year" else None,
+            modules=modules,
+            limit=REPLAY_PAGE,
+        )
+        out.extend(page)
+        if len(out) > REPLAY_MAX_EVENTS:
+            return None
+        if len(page) < REPLAY_PAGE:
+            return out
+        cursor = int(page[-1]["seq"])

@@ -1,0 +1,217 @@
+"""Fixtures for the live feeds: users with roles and grants, logged-in sockets, a client store.
+
+Sockets talk to the real ``config.asgi.application`` (origin validator, session auth,
+URL router) over the real Redis channel layer; events come from the real services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+
+from pipelines import publish
+
+ORIGIN = b"http://localhost"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_layer() -> Iterator[None]:
+    """Each test starts with an empty channel layer (groups left by earlier tests)."""
+    import redis
+
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    yield
+    publish.flush(5)
+
+
+def make_user(username: str, *, perms: tuple[str, ...] = ("view_console",), modules: tuple[str, ...] = ()) -> Any:
+    """A user with backoffice permissions and optional module grants.
+
+    Transactional tests truncate tables, so groups made by migrations may be gone:
+    permissions are attached to the user directly.
+    """
+    from django.contrib.auth.models import Permission, User
+    from django.contrib.contenttypes.models import ContentType
+
+    from backoffice.models import ModuleGrant
+
+    ContentType.objects.clear_cache()
+    ct = ContentType.objects.get_for_model(ModuleGrant)
+    user = User.objects.create_user(username=username, password="x")
+    for codename in perms:
+        perm, _ = Permission.objects.get_or_create(content_type=ct, codename=codename, defaults={"name": codename})
+        user.user_permissions.add(perm)
+    for module in modules:
+        ModuleGrant.objects.create(user=user, module=module)
+    return User.objects.get(pk=user.pk)
+
+
+def session_cookie(user: Any) -> str:
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+_open_sockets: list[Socket] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_sockets() -> Any:
+    """Stop every consumer a test started, so none outlives the test's event loop."""
+    yield
+    while _open_sockets:
+        await _open_sockets.pop().close()
+    # The consumers' database thread keeps a connection; close it so the test
+    # database can be dropped at the end of the session.
+    from django.db import connections
+
+    await database_sync_to_async(connections.close_all)()
+
+
+class Socket:
+    """A ``WebsocketCommunicator`` on the real ASGI app, speaking JSON."""
+
+    def __init__(self, path: str, *, cookie: str | None = None, origin: bytes = ORIGIN) -> None:
+        from config.asgi import application
+
+        headers = [(b"origin", origin), (b"host", b"localhost")]
+        if cookie:
+            headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode()))
+        self.comm = WebsocketCommunicator(application, path, headers=headers)
+        self.received: list[dict[str, Any]] = []
+        self.closed = False
+        _open_sockets.append(self)
+
+    async def connect(self) -> tuple[bool, int | None]:
+        """(accepted, close code if the server closed right away)."""
+        connected, code = await self.comm.connect(timeout=5)
+        if not connected:
+            return False, code
+        return True, None
+
+    async def next(self, timeout: float = 5) -> dict[str, Any]:
+        out = await self.comm.receive_output(timeout)
+        if out["type"] == "websocket.close":
+            return {"type": "closed", "code": out.get("code")}
+        message = json.loads(out["text"])
+        self.received.append(message)
+        return message
+
+    async def until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15) -> dict[str, Any]:
+        async def loop() -> dict[str, Any]:
+            while True:
+                message = await self.next(timeout)
+                if predicate(message) or message["type"] == "closed":
+                    return message
+
+        return await asyncio.wait_for(loop(), timeout)
+
+    async def silent(self, seconds: float = 0.5) -> bool:
+        return await self.comm.receive_nothing(timeout=seconds)
+
+    async def send(self, data: dict[str, Any]) -> None:
+        await self.comm.send_to(text_data=json.dumps(data))
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.comm.disconnect()
+
+
+class Store:
+    """What a browser holds: the live.js rules in Python (apply by ``pipeline_seq``)."""
+
+    def __init__(self) -> None:
+        self.pipelines: dict[str, dict[str, Any]] = {}
+        self.pseq: dict[str, int] = {}
+        self.jobs: dict[int, dict[str, Any]] = {}
+        self.seq = 0
+        self.gaps: list[tuple[str, int, int]] = []
+        self.duplicates = 0
+
+    def apply(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "snapshot":
+            for p in message["pipelines"]:
+                self.pipelines[p["id"]] = {k: v for k, v in p.items() if k != "pipeline_seq"}
+                self.pseq[p["id"]] = p["pipeline_seq"]
+            for j in message["jobs"]:
+                self.jobs[j["id"]] = {k: v for k, v in j.items() if k != "pipeline_id"}
+            self.seq = message["seq"]
+        elif kind in ("job.update", "pipeline.update"):
+            pid = message["pipeline_id"]
+            have = self.pseq.get(pid, 0)
+            if message["pipeline_seq"] <= have:
+                self.duplicates += 1
+                return
+            if message["pipeline_seq"] != have + 1:
+                self.gaps.append((pid, have, message["pipeline_seq"]))
+            self.pseq[pid] = message["pipeline_seq"]
+            self.pipelines[pid] = message["pipeline"]
+            if message["job"] is not None:
+                self.jobs[message["job"]["id"]] = message["job"]
+            self.seq = max(self.seq, message["seq"])
+        elif kind == "replayed":
+            self.seq = max(self.seq, message["seq"])
+
+    def state(self) -> dict[str, Any]:
+        return {"pipelines": self.pipelines, "jobs": self.jobs, "pseq": self.pseq}
+
+
+async def db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await database_sync_to_async(fn)(*args, **kwargs)
+
+
+def flush_publisher() -> None:
+    assert publish.flush(10), "publisher did not drain"
+
+
+@pytest.fixture
+def layer() -> Any:
+    return get_channel_layer()
+
+
+# --- producing real events without a worker (one process: publish order = seq order) ---
+
+
+def plan(*, width: int = 2, year: int | None = None, module: str = "", kind: str = "noop") -> Any:
+    from pipelines.services import JobSpec, pipeline_plan
+
+    specs = [JobSpec(key="start", job_type="noop")]
+    specs += [JobSpec(key=f"mid{i}", job_type="noop", det=f"part{i}", depends_on=("start",)) for i in range(width)]
+    return pipeline_plan(kind=kind, specs=specs, year=year, module=module)
+
+
+def run_job(job_id: int, *, steps: int = 0) -> None:
+    from pipelines.registry import Outcome
+    from pipelines.services import job_claim, job_finish, job_progress
+
+    claim = job_claim(job_id=job_id, task_id=f"test-{job_id}", worker="live-tests")
+    assert claim.job is not None, claim.reason
+    attempt = claim.job.attempts
+    for i in range(steps):
+        job_progress(job_id=job_id, attempt=attempt, processed=i + 1, total=steps, phase=f"step {i // 10}")
+    job_finish(job_id=job_id, attempt=attempt, outcome=Outcome(message="done"))
+
+
+def run_pipeline(pipeline_id: Any, *, steps: int = 0) -> None:
+    """Claim, progress and finish every job in dependency order, as a worker would."""
+    from pipelines.models import Job, JobState, Pipeline
+
+    while True:
+        queued = list(Job.objects.filter(pipeline_id=pipeline_id, state=JobState.QUEUED).order_by("id"))
+        if not queued:
+            break
+        for job in queued:
+            run_job(job.pk, steps=steps)
+    assert Pipeline.objects.get(pk=pipeline_id).is_done
