@@ -52,8 +52,11 @@ STAGE_BLOCK_ROWS = 20_000
 STAGE_SLICE_SECONDS = 0.5
 META_ROW_ERRORS = 1000
 
-DECIMAL_RE = r"^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]+)?$"
-INT_RE = r"^[+-]?[0-9]+$"
+# Bounded digit counts keep every accepted value castable to float8: "1e400" or
+# 400 fractional digits would overflow/underflow the cast and abort the statement
+# (a rejected row must never become a failed job).
+DECIMAL_RE = r"^[+-]?([0-9]{1,30}([.][0-9]{0,30})?|[.][0-9]{1,30})([eE][+-]?[0-9]{1,2})?$"
+INT_RE = r"^[+-]?[0-9]{1,18}$"
 
 
 def _key(*parts: Any) -> int:

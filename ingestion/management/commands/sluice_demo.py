@@ -1,17 +1,29 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
+from ingestion import services
+from ingestion.models import Upload, Year
+from ingestion.modules import MODULES, TARGETS
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
 
 class Command(BaseCommand):
-    help = "Create the demo superuser (idempotent); used by `make run`."
+    help = (
+        "Create the demo superuser, a demo year (unit sync) and load every sample CSV through the upload "
+        "service (idempotent); used by `make run`."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--username", default="admin")
         parser.add_argument("--password", required=True)
+        parser.add_argument("--year", type=int, default=2025)
+        parser.add_argument("--no-data", action="store_true", help="only the user")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         User = get_user_model()
@@ -22,3 +34,23 @@ class Command(BaseCommand):
             user.set_password(opts["password"])
             user.save()
         self.stdout.write(f"demo user {user.username} {'created' if created else 'exists'}")
+        if opts["no_data"]:
+            return
+        year = opts["year"]
+        if Year.objects.filter(pk=year).exists():
+            self.stdout.write(f"demo year {year} exists")
+        else:
+            _, pipeline = services.year_create(year=year, actor=user)
+            self.stdout.write(f"demo year {year} created; unit sync pipeline {pipeline.pk}")
+        # Factors first, so the data uploads' recalcs find them. Idempotent: a sample
+        # already uploaded to this year is not uploaded again.
+        for target in reversed(TARGETS):
+            for module in MODULES:
+                path = SAMPLES / f"{module}_{target}.csv"
+                if Upload.objects.filter(year_id=year, module=module, target=target, original_name=path.name).exists():
+                    continue
+                with open(path, "rb") as f:
+                    upload, pipeline = services.upload_create(
+                        year=year, module=module, target=target, file=f, filename=path.name, actor=user
+                    )
+                self.stdout.write(f"uploaded {path.name}: upload {upload.pk}, pipeline {pipeline.pk}")
