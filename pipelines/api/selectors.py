@@ -143,6 +143,11 @@ def job_row_errors(*, job: Job) -> Iterator[dict[str, Any]]:
     except ImportError:
         source = None
     if source is not None:
-        yield from source(job_id=job.pk)
-        return
+        found = False
+        for error in source(job_id=job.pk):
+            found = True
+            yield error
+        if found:
+            return
+    # Kinds that keep their (few) row errors only in meta.
     yield from (job.meta or {}).get("row_errors", []) or []

@@ -181,12 +181,15 @@ class PipelineEventsView(ApiView):
             after_seq=params.validated_data["after"], pipeline_id=pipeline.pk, limit=limit
         )
         last = batch[-1]["seq"] if batch else params.validated_data["after"]
-        body = {"events": batch, "last_seq": last, "has_more": len(batch) == limit}
-        return Response(self.OutputSerializer(body).data)
+        # The stored payloads go out untouched: byte for byte what WebSocket/SSE clients got.
+        return Response({"events": batch, "last_seq": last, "has_more": len(batch) == limit})
 
 
 def _accepted(pipeline: Pipeline, job: Job | None = None) -> Response:
-    body = {"pipeline": pipeline_dict(pipeline), "job": job_dict(job) if job is not None else None}
+    # Re-read both: the service's returned objects may carry transition-only projections.
+    pipeline = Pipeline.objects.get(pk=pipeline.pk)
+    fresh = Job.objects.get(pk=job.pk) if job is not None else None
+    body = {"pipeline": pipeline_dict(pipeline), "job": job_dict(fresh) if fresh is not None else None}
     return Response(AcceptedSerializer(body).data, status=status.HTTP_202_ACCEPTED)
 
 

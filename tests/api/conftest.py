@@ -1,0 +1,99 @@
+"""API fixtures: the role matrix (anonymous, no role, viewer, operator, module-granted
+operator, token), API clients, and pipelines planned without a worker.
+
+Roles are created here too: transactional tests TRUNCATE the tables the roles
+migration filled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group, Permission, User
+from django.contrib.contenttypes.models import ContentType
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from backoffice.models import ModuleGrant
+from pipelines.models import Pipeline
+from pipelines.services import JobSpec, pipeline_plan
+
+GRANTED_MODULE = "headcount"
+OTHER_MODULE = "buildings"
+
+
+@pytest.fixture
+def roles(db: Any) -> dict[str, Group]:
+    ct = ContentType.objects.get_for_model(ModuleGrant)
+    view, _ = Permission.objects.get_or_create(
+        codename="view_console", content_type=ct, defaults={"name": "Can read the console and the API (viewer)"}
+    )
+    operate, _ = Permission.objects.get_or_create(
+        codename="operate", content_type=ct, defaults={"name": "Can operate (operator)"}
+    )
+    viewer, _ = Group.objects.get_or_create(name="viewer")
+    viewer.permissions.add(view)
+    operator, _ = Group.objects.get_or_create(name="operator")
+    operator.permissions.add(view, operate)
+    return {"viewer": viewer, "operator": operator}
+
+
+@pytest.fixture
+def users(roles: dict[str, Group]) -> dict[str, User]:
+    def make(name: str, *groups: str, **extra: Any) -> User:
+        user = User.objects.create_user(name, **extra)  # no password: no slow hashing, force_login
+        for g in groups:
+            user.groups.add(roles[g])
+        return user
+
+    result = {
+        "norole": make("norole"),
+        "viewer": make("viewer", "viewer"),
+        "operator": make("operator", "operator"),
+        "granted": make("granted", "operator"),
+        "admin": make("admin", is_superuser=True, is_staff=True),
+    }
+    ModuleGrant.objects.create(user=result["granted"], module=GRANTED_MODULE)
+    return result
+
+
+@pytest.fixture
+def client_for(users: dict[str, User]) -> Callable[[str | None], APIClient]:
+    """``client_for("viewer")``: an API client authenticated as that user (session)."""
+
+    def make(who: str | None) -> APIClient:
+        client = APIClient()
+        if who is not None:
+            client.force_login(users[who])
+        return client
+
+    return make
+
+
+@pytest.fixture
+def token_client(users: dict[str, User]) -> Callable[[str], APIClient]:
+    def make(who: str) -> APIClient:
+        token, _ = Token.objects.get_or_create(user=users[who])
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def make_pipeline(db: Any) -> Callable[..., Pipeline]:
+    """A planned 1 → 2 → 1 no-op DAG (not dispatched: on_commit never fires in a test transaction)."""
+
+    def make(*, module: str = GRANTED_MODULE, year: int | None = 2025, kind: str = "noop") -> Pipeline:
+        specs = [
+            JobSpec(key="a", job_type="noop"),
+            JobSpec(key="b", job_type="noop", det="b", depends_on=("a",)),
+            JobSpec(key="c", job_type="noop", det="c", depends_on=("a",)),
+            JobSpec(key="d", job_type="noop", depends_on=("b", "c")),
+        ]
+        return pipeline_plan(kind=kind, specs=specs, year=year, module=module)
+
+    return make
