@@ -1,5 +1,348 @@
-"""Years, modules, uploads and totals over the API (placeholder, filled below)."""
+"""Years, modules, uploads and totals over the API (``/api/v1/…``).
+
+Thin views over ``ingestion.services`` / ``ingestion.selectors``. Access:
+
+- the module registry and the list of *open* years: any authenticated user;
+- closed years, year details and totals of closed years: viewers (404 otherwise);
+- a module-granted user sees only their modules in year details, totals and uploads;
+- creating, configuring and opening years: operators without module restrictions
+  (a year spans every module); uploading: operators granted that module.
+"""
 
 from __future__ import annotations
 
-urlpatterns: list = []
+from typing import Any
+
+from django.conf import settings
+from django.http import FileResponse, HttpResponse
+from django.urls import path
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions, serializers, status
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from backoffice import access
+from ingestion import selectors, services
+from ingestion.models import Upload, Year
+from ingestion.modules import TARGETS
+from pipelines.api.base import ApiView
+from pipelines.api.errors import PayloadTooLarge, error_responses
+from pipelines.api.views import require_operate
+
+# --- modules ------------------------------------------------------------------------------
+
+
+class ColumnSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    type = serializers.CharField()
+    required = serializers.BooleanField()
+    unit = serializers.CharField(allow_blank=True)
+    allowed = serializers.ListField(child=serializers.CharField())
+    min = serializers.FloatField(allow_null=True)
+    max = serializers.FloatField(allow_null=True)
+    description = serializers.CharField(allow_blank=True)
+
+
+class DetSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    label = serializers.CharField()
+    categories = serializers.ListField(child=serializers.CharField())
+
+
+class TargetsSerializer(serializers.Serializer):
+    data_entries = ColumnSerializer(many=True)
+    factors = ColumnSerializer(many=True)
+
+
+class ModuleSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    label = serializers.CharField()
+    formula = serializers.CharField()
+    dets = DetSerializer(many=True)
+    targets = TargetsSerializer()
+
+
+class ModuleListView(ApiView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(responses={200: ModuleSerializer(many=True), **error_responses()})
+    def get(self, request: Request) -> Response:
+        return Response(ModuleSerializer(selectors.module_list(), many=True).data)
+
+
+class ModuleTemplateView(ApiView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="Header line only"),
+                   **error_responses(404)}
+    )
+    def get(self, request: Request, key: str, target: str) -> HttpResponse:
+        try:
+            body = selectors.template_csv(module=key, target=target)
+        except LookupError:  # unknown module (UnknownModule) or target (KeyError)
+            raise exceptions.NotFound(f"No template for module {key!r} and target {target!r}.")
+        response = HttpResponse(body, content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{key}-{target}.csv"'
+        return response
+
+
+# --- years --------------------------------------------------------------------------------
+
+
+class YearSerializer(serializers.Serializer):
+    year = serializers.IntegerField()
+    is_open = serializers.BooleanField()
+    configured_at = serializers.DateTimeField(allow_null=True)
+    config = serializers.DictField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+def _visible_year(user: Any, year: int) -> Year:
+    obj = Year.objects.filter(pk=year).first()
+    if obj is None or not (obj.is_open or access.can_view(user)):
+        raise exceptions.NotFound(f"Year {year} does not exist.")
+    return obj
+
+
+def _narrow_modules(user: Any, items: list[dict[str, Any]], key: str = "module") -> list[dict[str, Any]]:
+    grants = access.granted_modules(user)
+    return items if grants is None else [i for i in items if i.get(key) in grants]
+
+
+class YearListView(ApiView):
+    permission_classes = [IsAuthenticated]
+
+    class InputSerializer(serializers.Serializer):
+        year = serializers.IntegerField(min_value=services.YEAR_MIN, max_value=services.YEAR_MAX)
+
+    class CreatedSerializer(serializers.Serializer):
+        year = YearSerializer()
+        pipeline_id = serializers.UUIDField()
+
+    @extend_schema(responses={200: YearSerializer(many=True), **error_responses()})
+    def get(self, request: Request) -> Response:
+        years = selectors.year_list(include_closed=access.can_view(request.user))
+        return Response(YearSerializer(years, many=True).data)
+
+    @extend_schema(request=InputSerializer, responses={201: CreatedSerializer, **error_responses(400, 409)})
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        require_operate(request.user, None)
+        year, pipeline = services.year_create(year=data.validated_data["year"], actor=request.user)
+        body = {"year": year, "pipeline_id": pipeline.pk}
+        return Response(self.CreatedSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+class YearDetailView(ApiView):
+    permission_classes = [IsAuthenticated]
+
+    class PatchSerializer(serializers.Serializer):
+        is_open = serializers.BooleanField(required=False)
+        config = serializers.DictField(required=False, help_text="Merged into the year's config")
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            if not attrs:
+                raise serializers.ValidationError("Give is_open or config.", "empty")
+            return attrs
+
+    class DetailSerializer(serializers.Serializer):
+        year = serializers.IntegerField()
+        is_open = serializers.BooleanField()
+        configured_at = serializers.CharField(allow_null=True)
+        config = serializers.DictField()
+        modules = serializers.ListField(child=serializers.DictField())
+        incomplete_reasons = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+        can_open = serializers.BooleanField()
+        active_pipeline_ids = serializers.ListField(child=serializers.UUIDField())
+
+    @extend_schema(responses={200: DetailSerializer, **error_responses(404)})
+    def get(self, request: Request, year: int) -> Response:
+        _visible_year(request.user, year)
+        detail = selectors.year_detail(year=year)
+        detail["modules"] = _narrow_modules(request.user, detail["modules"])
+        return Response(self.DetailSerializer(detail).data)
+
+    @extend_schema(request=PatchSerializer, responses={200: DetailSerializer, **error_responses(400, 404, 409)})
+    def patch(self, request: Request, year: int) -> Response:
+        data = self.PatchSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        _visible_year(request.user, year)
+        require_operate(request.user, None)
+        try:
+            services.year_update(
+                year=year, actor=request.user, is_open=data.validated_data.get("is_open"),
+                config_patch=data.validated_data.get("config"),
+            )
+        except ValueError as exc:
+            raise serializers.ValidationError({"config": [str(exc)]}, "invalid")
+        return Response(self.DetailSerializer(selectors.year_detail(year=year)).data)
+
+
+class TotalSerializer(serializers.Serializer):
+    module = serializers.CharField()
+    kg_co2e = serializers.FloatField()
+    rows_without_factor = serializers.IntegerField(allow_null=True)
+    pipeline_id = serializers.UUIDField(allow_null=True)
+    computed_at = serializers.CharField(allow_null=True)
+
+
+class UnitTotalSerializer(TotalSerializer):
+    unit_id = serializers.CharField()
+
+
+class YearTotalsView(ApiView):
+    permission_classes = [IsAuthenticated]
+
+    class InputSerializer(serializers.Serializer):
+        module = serializers.CharField(required=False, max_length=40)
+        unit = serializers.CharField(required=False, max_length=200)
+
+    class OutputSerializer(serializers.Serializer):
+        year = serializers.IntegerField()
+        kg_co2e = serializers.FloatField()
+        modules = TotalSerializer(many=True)
+        units = UnitTotalSerializer(many=True)
+
+    @extend_schema(parameters=[InputSerializer], responses={200: OutputSerializer, **error_responses(400, 404)})
+    def get(self, request: Request, year: int) -> Response:
+        params = self.InputSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        _visible_year(request.user, year)
+        totals = selectors.year_totals(year=year, **params.validated_data)
+        if access.granted_modules(request.user) is not None:
+            totals["modules"] = _narrow_modules(request.user, totals["modules"])
+            totals["units"] = _narrow_modules(request.user, totals["units"])
+            totals["kg_co2e"] = sum(m["kg_co2e"] for m in totals["modules"])
+        return Response(self.OutputSerializer(totals).data)
+
+
+# --- uploads ------------------------------------------------------------------------------
+
+
+class UploadSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    year = serializers.IntegerField(source="year_id")
+    module = serializers.CharField()
+    target = serializers.CharField()
+    original_name = serializers.CharField()
+    sha256 = serializers.CharField()
+    size = serializers.IntegerField()
+    line_count = serializers.IntegerField()
+    row_count = serializers.IntegerField(allow_null=True)
+    delimiter = serializers.CharField()
+    uploaded_by = serializers.CharField(allow_null=True)
+    duplicate_of = serializers.IntegerField(source="duplicate_of_id", allow_null=True)
+    pipeline_id = serializers.UUIDField(allow_null=True)
+    created_at = serializers.DateTimeField()
+
+
+class UploadCreateView(ApiView):
+    parser_classes = [MultiPartParser, FormParser]
+
+    class InputSerializer(serializers.Serializer):
+        file = serializers.FileField(allow_empty_file=True)
+        target = serializers.ChoiceField(choices=TARGETS)
+
+    class OutputSerializer(serializers.Serializer):
+        upload_id = serializers.IntegerField()
+        pipeline_id = serializers.UUIDField()
+        job_ids = serializers.ListField(child=serializers.IntegerField())
+        duplicate_of = serializers.IntegerField(allow_null=True)
+
+    @extend_schema(
+        request={"multipart/form-data": InputSerializer},
+        responses={202: OutputSerializer, **error_responses(400, 404, 413, 415)},
+    )
+    def post(self, request: Request, year: int, module: str) -> Response:
+        # Refuse a declared oversize body before Django reads (and spools) it (NOTES).
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        if declared > settings.SLUICE_UPLOAD_MAX_BYTES + 64 * 1024:
+            raise PayloadTooLarge(f"The file is larger than the limit of {settings.SLUICE_UPLOAD_MAX_BYTES:,} bytes.")
+        require_operate(request.user, module)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        uploaded = data.validated_data["file"]
+        upload, pipeline = services.upload_create(
+            year=year, module=module, target=data.validated_data["target"], file=uploaded,
+            filename=uploaded.name, actor=request.user,
+        )
+        body = {
+            "upload_id": upload.pk,
+            "pipeline_id": pipeline.pk,
+            "job_ids": sorted(pipeline.jobs.values_list("pk", flat=True)),
+            "duplicate_of": upload.duplicate_of_id,
+        }
+        return Response(self.OutputSerializer(body).data, status=status.HTTP_202_ACCEPTED)
+
+
+def _visible_upload(user: Any, upload_id: int) -> Upload:
+    try:
+        upload = selectors.upload_get(upload_id=upload_id)
+    except Upload.DoesNotExist:
+        raise exceptions.NotFound("No such upload.")
+    if not access.can_see_module(user, upload.module):
+        raise exceptions.NotFound("No such upload.")
+    return upload
+
+
+def _upload_body(upload: Upload) -> dict[str, Any]:
+    return {
+        **{f: getattr(upload, f) for f in ("id", "year_id", "module", "target", "original_name", "sha256", "size",
+                                         "line_count", "row_count", "delimiter", "duplicate_of_id", "pipeline_id",
+                                         "created_at")},
+        "uploaded_by": upload.uploaded_by.get_username() if upload.uploaded_by else None,
+    }
+
+
+class UploadDetailView(ApiView):
+    @extend_schema(responses={200: UploadSerializer, **error_responses(404)})
+    def get(self, request: Request, upload_id: int) -> Response:
+        upload = _visible_upload(request.user, upload_id)
+        return Response(UploadSerializer(_upload_body(upload)).data)
+
+
+class UploadFileView(ApiView):
+    @extend_schema(
+        responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.BINARY, description="The stored original"),
+                   **error_responses(404)}
+    )
+    def get(self, request: Request, upload_id: int) -> FileResponse:
+        upload = _visible_upload(request.user, upload_id)
+        file_path = selectors.upload_file_path(upload)
+        if not file_path.exists():
+            raise exceptions.NotFound("The stored file is gone (retention).")
+        return FileResponse(
+            file_path.open("rb"), as_attachment=True, filename=upload.original_name, content_type="text/csv"
+        )
+
+
+class UploadRerunView(ApiView):
+    class OutputSerializer(serializers.Serializer):
+        pipeline_id = serializers.UUIDField()
+
+    @extend_schema(request=None, responses={202: OutputSerializer, **error_responses(404, 409)})
+    def post(self, request: Request, upload_id: int) -> Response:
+        upload = _visible_upload(request.user, upload_id)
+        require_operate(request.user, upload.module)
+        pipeline = services.upload_rerun(upload_id=upload.pk, actor=request.user)
+        return Response(self.OutputSerializer({"pipeline_id": pipeline.pk}).data, status=status.HTTP_202_ACCEPTED)
+
+
+
+urlpatterns = [
+    path("modules/", ModuleListView.as_view(), name="module-list"),
+    path("modules/<str:key>/template/<str:target>.csv", ModuleTemplateView.as_view(), name="module-template"),
+    path("years/", YearListView.as_view(), name="year-list"),
+    path("years/<int:year>/", YearDetailView.as_view(), name="year-detail"),
+    path("years/<int:year>/totals/", YearTotalsView.as_view(), name="year-totals"),
+    path("years/<int:year>/modules/<str:module>/uploads/", UploadCreateView.as_view(), name="upload-create"),
+    path("uploads/<int:upload_id>/", UploadDetailView.as_view(), name="upload-detail"),
+    path("uploads/<int:upload_id>/file/", UploadFileView.as_view(), name="upload-file"),
+    path("uploads/<int:upload_id>/rerun/", UploadRerunView.as_view(), name="upload-rerun"),
+]

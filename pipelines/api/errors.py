@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse
@@ -22,6 +23,7 @@ class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     code = serializers.CharField()
     errors = serializers.DictField(required=False, help_text="Field errors of a 400, by field name.")
+    reasons = serializers.DictField(required=False, help_text="409 on opening a year: why, per module.")
 
 
 class Conflict(exceptions.APIException):
@@ -67,13 +69,21 @@ def _first_code(codes: Any) -> str:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ConflictError):
-        exc = Conflict(exc.message, exc.code)
+        conflict = Conflict(exc.message, exc.code)
+        response = drf_exception_handler(conflict, context)
+        assert response is not None
+        response.data = {"detail": exc.message, "code": exc.code}
+        reasons = getattr(exc, "reasons", None)  # e.g. why a year cannot open, per module
+        if reasons:
+            response.data["reasons"] = reasons
+        return response
     elif _is_upload_rejected(exc):
         return Response(
             {"detail": str(getattr(exc, "message", exc)), "code": str(getattr(exc, "code", "rejected"))},
             status=int(getattr(exc, "status", 400)),
         )
-    elif isinstance(exc, Http404):
+    elif isinstance(exc, Http404 | ObjectDoesNotExist):
+        # A service looked up an id the caller gave (a year, an upload): unknown → 404.
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()

@@ -112,7 +112,10 @@ class PipelineListView(ListAPIView):
             require_operate(request.user, module)
             from ingestion import services as ingestion_services
 
-            pipeline = ingestion_services.pipeline_start_recalculate(year=year, module=module, actor=request.user)
+            try:
+                pipeline = ingestion_services.pipeline_start_recalculate(year=year, module=module, actor=request.user)
+            except LookupError as exc:  # unknown module
+                raise exceptions.NotFound(str(exc))
         else:
             # Year-wide and engine-wide kinds: only operators not narrowed to modules.
             require_operate(request.user, None)
