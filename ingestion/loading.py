@@ -123,7 +123,15 @@ def _staging_blocks(
             if not rec or (len(rec) < ncols and not "".join(rec).strip()):
                 stats.rows_skipped += 1
                 continue
-            append(f"{row}\texpected {ncols} fields, found {len(rec)}{empty_fields}\n")
+            # An unbalanced quote swallows the following lines into one field and so
+            # also breaks the field count: name the cause, not the symptom.
+            quoted = [i for i, v in enumerate(rec) if "\n" in v or "\r" in v]
+            if quoted:
+                name = header.columns[quoted[0]] if quoted[0] < ncols else f"field {quoted[0] + 1}"
+                reason = f"{_escape(name)}: line break inside a quoted field (is a quote unbalanced?)"
+            else:
+                reason = f"expected {ncols} fields, found {len(rec)}"
+            append(f"{row}\t{reason}{empty_fields}\n")
         else:
             if not identity:
                 rec = [rec[i] if i is not None else "" for i in order]
@@ -134,7 +142,8 @@ def _staging_blocks(
             if "\\" in line or "\n" in line or "\r" in line or line.count("\t") != len(rec) - 1:
                 broken = [schema[i].name for i, v in enumerate(rec) if "\n" in v or "\r" in v]
                 if broken:
-                    append(f"{row}\t{_escape(broken[0])}: line break inside a quoted field{empty_fields}\n")
+                    reason = f"{_escape(broken[0])}: line break inside a quoted field (is a quote unbalanced?)"
+                    append(f"{row}\t{reason}{empty_fields}\n")
                     stats.rows_staged += 1
                     continue
                 line = "\t".join(_escape(v) for v in rec)
