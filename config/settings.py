@@ -111,7 +111,12 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = env_int("CELERY_RESULT_EXPIRES", 86400, minimum=60)
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_WORKER_SEND_TASK_EVENTS = True
+# Celery's Django fixup closes the database connection around every task unless this
+# is set: a new PostgreSQL backend per job cost more than the job itself (bench/).
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=0)
+# Task events feed Flower; Sluice records its own history in PostgreSQL. On demand:
+# `celery control enable_events`.
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", False)
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_TASK_ALWAYS_EAGER = False
 

@@ -186,7 +186,7 @@ def execute_job(*, job_id: int, task_id: str, worker: str) -> str:
         logger.info("job %s not run: %s", job_id, claim.reason)
         return claim.reason
     with log_context(pipeline_id=job.pipeline_id, job_id=job.pk):
-        if job.effect_committed and job.effect_outcome:
+        if job.effect_committed:
             # The previous attempt committed its effect and died before finishing.
             outcome = Outcome.from_dict(job.effect_outcome)
             services.job_finish(job_id=job.pk, attempt=job.attempts, outcome=outcome)

@@ -87,7 +87,8 @@ def job_dict(job: Job) -> JobDict:
             "percent": None if pct is None else round(pct, 1),
             "phase": job.phase,
         },
-        "counts": counts_of(job.meta or {}),
+        # Transitions load jobs with ``counts`` projected in SQL (meta deferred).
+        "counts": job.counts if hasattr(job, "counts") else counts_of(job.meta or {}),
         "attempts": job.attempts,
     }
 
@@ -114,22 +115,23 @@ def pipeline_dict(pipeline: Pipeline) -> PipelineDict:
 def append(
     pipeline: Pipeline,
     *,
-    jobs: list[tuple[Job, str]] = (),  # type: ignore[assignment]
+    base_pipeline_seq: int,
+    jobs: list[tuple[Job, str]],
     pipeline_changed: bool = False,
     kind_for_pipeline: str = "state",
 ) -> list[dict[str, Any]]:
     """Record one ``job.update`` per (job, kind) and optionally a ``pipeline.update``.
 
-    The caller holds the pipeline row lock and saves ``pipeline.event_count`` itself
-    (it is updated here in memory and in the same UPDATE as the counter below).
+    The caller holds the pipeline row lock and has already stored the pipeline's new
+    ``event_count`` (``base_pipeline_seq`` + the number of events appended here).
     Publishing is deferred to ``on_commit``.
     """
     count = len(jobs) + (1 if pipeline_changed else 0)
     if count == 0:
         return []
     with connection.cursor() as cursor:
-        # The last lock of the transaction: see the module docstring.
-        # Upsert: the row may be missing after a TRUNCATE (test isolation, manual resets).
+        # The last lock of the transaction: see the module docstring. Upsert, because the
+        # row may be missing after a TRUNCATE (test isolation, manual resets).
         cursor.execute(
             "INSERT INTO pipelines_eventcounter (id, value) VALUES (1, %s) "
             "ON CONFLICT (id) DO UPDATE SET value = pipelines_eventcounter.value + EXCLUDED.value "
@@ -138,60 +140,36 @@ def append(
         )
         row = cursor.fetchone()
         assert row is not None
-    last_seq = int(row[0])
-    seq = last_seq - count
+    seq = int(row[0]) - count
+    pseq = base_pipeline_seq
     pdict = pipeline_dict(pipeline)
     rows: list[JobEvent] = []
     messages: list[dict[str, Any]] = []
-    base_pseq = pipeline.event_count
-    for offset, (job, kind) in enumerate(jobs, start=1):
-        seq += 1
-        message = {
-            "type": "job.update",
-            "seq": seq,
-            "pipeline_seq": base_pseq + offset,
-            "pipeline_id": str(pipeline.pk),
-            "kind": kind,
-            "job": job_dict(job),
-            "pipeline": pdict,
-        }
-        messages.append(message)
-        rows.append(_row(pipeline, job, seq, base_pseq + offset, "job.update", kind, message))
+    entries: list[tuple[Job | None, str, str]] = [(job, "job.update", kind) for job, kind in jobs]
     if pipeline_changed:
+        entries.append((None, "pipeline.update", kind_for_pipeline))
+    for job, type_, kind in entries:
         seq += 1
-        pseq = base_pseq + len(jobs) + 1
+        pseq += 1
         message = {
-            "type": "pipeline.update",
+            "type": type_,
             "seq": seq,
             "pipeline_seq": pseq,
             "pipeline_id": str(pipeline.pk),
-            "kind": kind_for_pipeline,
-            "job": None,
+            "kind": kind,
+            "job": job_dict(job) if job is not None else None,
             "pipeline": pdict,
         }
         messages.append(message)
-        rows.append(_row(pipeline, None, seq, pseq, "pipeline.update", kind_for_pipeline, message))
+        rows.append(
+            JobEvent(
+                seq=seq, pipeline=pipeline, job=job, pipeline_seq=pseq, type=type_, kind=kind,
+                year=pipeline.year, module=pipeline.module, payload=message,
+            )
+        )
     JobEvent.objects.bulk_create(rows)
-    pipeline.event_count = base_pseq + count
-    Pipeline.objects.filter(pk=pipeline.pk).update(event_count=pipeline.event_count)
 
     from pipelines import publish
 
     transaction.on_commit(lambda: publish.publish(messages))
     return messages
-
-
-def _row(
-    pipeline: Pipeline, job: Job | None, seq: int, pseq: int, type_: str, kind: str, message: dict[str, Any]
-) -> JobEvent:
-    return JobEvent(
-        seq=seq,
-        pipeline=pipeline,
-        job=job,
-        pipeline_seq=pseq,
-        type=type_,
-        kind=kind,
-        year=pipeline.year,
-        module=pipeline.module,
-        payload=message,
-    )

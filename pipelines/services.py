@@ -25,7 +25,9 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, Func, JSONField, OuterRef, Q, Value
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from pipelines import dag, events, registry
@@ -91,10 +93,6 @@ def operator_action_record(
     )
 
 
-def _lock_pipeline(pipeline_id: Any) -> Pipeline:
-    return Pipeline.objects.select_for_update().get(pk=pipeline_id)
-
-
 def _pipeline_id_of(job_id: int) -> Any:
     pid = Job.objects.filter(pk=job_id).values_list("pipeline_id", flat=True).first()
     if pid is None:
@@ -127,60 +125,151 @@ def _on_commit_dispatch(job_ids: list[int], *, countdown: float | None = None) -
     transaction.on_commit(lambda: dispatch.send(ids, countdown=countdown), robust=True)
 
 
-def _refresh_pipeline(pipeline: Pipeline, changed: list[tuple[int, str]], *, kind: str = "state") -> None:
-    """Recompute the pipeline's denormalised status from its jobs and append events.
+# The live-event counts, projected in SQL so a transition never loads a job's meta
+# (which may hold a thousand row errors) just to publish a few numbers.
+_COUNTS_SQL = "jsonb_strip_nulls(jsonb_build_object({}))".format(
+    ", ".join(f"'{key}', meta->'{key}'" for key in events.COUNT_KEYS)
+)
 
-    Called last in every transition, under the pipeline lock, so the status can never
-    drift from the jobs (SPEC: recomputed on every terminal transition).
+
+class _Dag:
+    """One pipeline, locked, with all its jobs: the working set of a transition.
+
+    Loaded once after taking the pipeline row lock; every UPDATE made through it is
+    applied to the in-memory rows too, so the final status recomputation needs no
+    re-read. While the lock is held no other transition can change these jobs (only
+    heartbeats write, and they touch ``heartbeat_at`` alone).
     """
-    jobs = list(Job.objects.filter(pipeline_id=pipeline.pk).order_by("id"))
-    snaps = [
-        dag.JobSnapshot(
-            id=j.pk,
-            job_type=j.job_type,
-            state=j.state,
-            result=j.result,
-            det=j.det,
-            processed=j.progress_processed,
-            total=j.progress_total,
-            phase=j.phase,
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.jobs: dict[int, Job] = {
+            j.pk: j
+            for j in Job.objects.filter(pipeline_id=pipeline.pk)
+            .defer("meta", "error", "effect_outcome")
+            .annotate(
+                counts=RawSQL(_COUNTS_SQL, [], output_field=JSONField()),  # noqa: S611 - constant SQL
+                queue_paused=Exists(QueueState.objects.filter(name=OuterRef("queue"), paused=True)),
+            )
+            .order_by("id")
+        }
+        for job in self.jobs.values():
+            job.pipeline = pipeline  # no lazy query when a handler reads ctx.year/module
+        self.changed: list[tuple[int, str]] = []
+        self._edges: tuple[dict[int, list[int]], dict[int, list[int]]] | None = None
+
+    @classmethod
+    def lock(cls, pipeline_id: Any) -> _Dag:
+        return cls(Pipeline.objects.select_for_update().get(pk=pipeline_id))
+
+    @classmethod
+    def lock_for_job(cls, job_id: int) -> _Dag:
+        """Lock the pipeline of ``job_id`` in one statement (FOR UPDATE OF the pipeline only)."""
+        try:
+            pipeline = Pipeline.objects.select_for_update(of=("self",)).get(jobs__id=job_id)
+        except Pipeline.DoesNotExist:
+            raise Job.DoesNotExist(f"job {job_id} does not exist") from None
+        return cls(pipeline)
+
+    @property
+    def edges(self) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+        if self._edges is None:
+            self._edges = _edges(self.pipeline.pk)
+        return self._edges
+
+    def update(
+        self, ids: list[int], *, where: Q | None = None, kind: str = "state",
+        meta_merge: dict[str, Any] | None = None, **values: Any,
+    ) -> list[int]:
+        """Compare-and-set UPDATE of ``ids`` (``where`` is the expected old state).
+
+        Returns the ids actually updated. ``where`` is evaluated in SQL (the CAS) and the
+        rows that matched are found again in memory by re-checking it there.
+        """
+        if not ids:
+            return []
+        qs = Job.objects.filter(pk__in=ids)
+        if where is not None:
+            qs = qs.filter(where)
+        matched = list(qs.values_list("pk", flat=True)) if len(ids) > 1 else ids
+        sql_values = dict(values)
+        if meta_merge:
+            sql_values["meta"] = Func(
+                Coalesce(F("meta"), Value({}, JSONField())), Value(meta_merge, JSONField()),
+                template="%(expressions)s", arg_joiner=" || ",
+            )
+        updated = qs.filter(pk__in=matched).update(**sql_values)
+        if len(ids) == 1 and updated == 0:
+            return []
+        for pk in matched:
+            job = self.jobs[pk]
+            for key, value in values.items():
+                setattr(job, key, value)
+            if meta_merge:
+                job.counts = {**(job.counts or {}), **events.counts_of(meta_merge)}  # type: ignore[attr-defined]
+                if "meta" not in job.get_deferred_fields():
+                    job.meta = {**(job.meta or {}), **meta_merge}
+            self.changed.append((pk, kind))
+        return matched
+
+    def save(self, *, kind: str = "state", pipeline_event: bool = False) -> None:
+        """Recompute the pipeline's denormalised status and append the events.
+
+        Called last in every transition, under the pipeline lock, so the status can
+        never drift from the jobs (SPEC: recomputed on every terminal transition).
+        """
+        pipeline = self.pipeline
+        jobs = list(self.jobs.values())
+        snaps = [
+            dag.JobSnapshot(
+                id=j.pk, job_type=j.job_type, state=j.state, result=j.result, det=j.det,
+                processed=j.progress_processed, total=j.progress_total, phase=j.phase,
+            )
+            for j in jobs
+        ]
+        status = dag.pipeline_status(snaps)
+        percent, phase = dag.pipeline_progress(snaps)
+        now = timezone.now()
+        errors = [j for j in jobs if j.result == JobResult.ERROR]
+        latest_error = max(errors, key=lambda j: j.finished_at or now, default=None)
+        status_changed = status != pipeline.status
+        seen: set[tuple[int, str]] = set()
+        changed = [c for c in self.changed if not (c in seen or seen.add(c))]  # type: ignore[func-returns-value]
+        n_events = len(changed) + (1 if status_changed or pipeline_event else 0)
+        updates: dict[str, Any] = {
+            "status": status,
+            "progress_percent": percent,
+            "phase": phase[:200],
+            "jobs_total": len(jobs),
+            "jobs_finished": sum(1 for j in jobs if j.state == JobState.FINISHED),
+            "error_count": len(errors),
+            "warning_count": sum(1 for j in jobs if j.result == JobResult.WARNING),
+            "last_error": f"{_label(latest_error)}: {latest_error.status_message}" if latest_error else "",
+            "updated_at": now,
+            "event_count": pipeline.event_count + n_events,
+        }
+        if status in (PipelineStatus.RUNNING, *DONE_STATUSES) and pipeline.started_at is None:
+            updates["started_at"] = now
+        updates["finished_at"] = (pipeline.finished_at or now) if status in DONE_STATUSES else None
+        base_pseq = pipeline.event_count
+        Pipeline.objects.filter(pk=pipeline.pk).update(**updates)
+        for key, value in updates.items():
+            setattr(pipeline, key, value)
+        events.append(
+            pipeline,
+            base_pipeline_seq=base_pseq,
+            jobs=[(self.jobs[pk], k) for pk, k in changed],
+            pipeline_changed=status_changed or pipeline_event,
+            kind_for_pipeline=kind if pipeline_event else "state",
         )
-        for j in jobs
-    ]
-    status = dag.pipeline_status(snaps)
-    percent, phase = dag.pipeline_progress(snaps)
-    now = timezone.now()
-    errors = [j for j in jobs if j.result == JobResult.ERROR]
-    latest_error = max(errors, key=lambda j: j.finished_at or now, default=None)
-    old_status = pipeline.status
-    updates: dict[str, Any] = {
-        "status": status,
-        "progress_percent": percent,
-        "phase": phase[:200],
-        "jobs_total": len(jobs),
-        "jobs_finished": sum(1 for j in jobs if j.state == JobState.FINISHED),
-        "error_count": len(errors),
-        "warning_count": sum(1 for j in jobs if j.result == JobResult.WARNING),
-        "last_error": f"{_label(latest_error)}: {latest_error.status_message}" if latest_error else "",
-        "updated_at": now,
-    }
-    if status in (PipelineStatus.RUNNING, *DONE_STATUSES) and pipeline.started_at is None:
-        updates["started_at"] = now
-    updates["finished_at"] = (pipeline.finished_at or now) if status in DONE_STATUSES else None
-    Pipeline.objects.filter(pk=pipeline.pk).update(**updates)
-    for key, value in updates.items():
-        setattr(pipeline, key, value)
-    by_id = {j.pk: j for j in jobs}
-    events.append(
-        pipeline,
-        jobs=[(by_id[job_id], k) for job_id, k in changed if job_id in by_id],
-        pipeline_changed=status != old_status or kind == "control",
-        kind_for_pipeline=kind if kind == "control" else "state",
-    )
+        self.changed = []
 
-
-def _queue_paused(queue: str) -> bool:
-    return QueueState.objects.filter(name=queue, paused=True).exists()
+    def ok_to_run(self, job_id: int) -> bool:
+        depends_on, _ = self.edges
+        return all(
+            self.jobs[d].state == JobState.FINISHED and self.jobs[d].result in dag.OK_RESULTS
+            for d in depends_on.get(job_id, ())
+        )
 
 
 def _unfinished_closure(pipeline_id: Any, roots: list[int]) -> list[int]:
@@ -264,10 +353,9 @@ def pipeline_plan(
                 for d in s.depends_on
             ]
         )
-        _refresh_pipeline(pipeline, [(j.pk, "state") for j in jobs])
-        # Creation is a pipeline event even though the status stays "not_started".
-        if pipeline.status == PipelineStatus.NOT_STARTED:
-            events.append(pipeline, pipeline_changed=True, kind_for_pipeline="created")
+        work = _Dag(pipeline)  # a new row nobody else can see yet: no lock needed
+        work.changed = [(j.pk, "state") for j in jobs]
+        work.save(kind="created", pipeline_event=True)
         _on_commit_dispatch([j.pk for j in jobs])
     return pipeline
 
@@ -309,40 +397,39 @@ def job_claim(*, job_id: int, task_id: str, worker: str) -> Claim:
     the first run is alive.
     """
     now = timezone.now()
-    try:
-        pipeline_id = _pipeline_id_of(job_id)
-    except Job.DoesNotExist:
-        return Claim(None, "job no longer exists")
     with transaction.atomic():
-        pipeline = _lock_pipeline(pipeline_id)
-        job = Job.objects.get(pk=job_id)
+        try:
+            work = _Dag.lock_for_job(job_id)
+        except Job.DoesNotExist:
+            return Claim(None, "job no longer exists")
+        job = work.jobs[job_id]
         if job.state == JobState.NOT_STARTED:
-            Job.objects.filter(pk=job_id, state=JobState.NOT_STARTED).update(dispatch_when_ready=True)
+            work.update([job_id], where=Q(state=JobState.NOT_STARTED), dispatch_when_ready=True)
             return Claim(None, "upstream not finished: will be sent again when ready")
         if job.state == JobState.FINISHED:
             return Claim(None, f"already finished ({job.result})")
-        if _queue_paused(job.queue):
+        if job.queue_paused:  # type: ignore[attr-defined]
             message = f"Waiting: queue {job.queue} is paused"
             if job.status_message != message:
-                Job.objects.filter(pk=job_id, state=job.state).update(status_message=message)
-                _refresh_pipeline(pipeline, [(job_id, "message")], kind="message")
+                work.update([job_id], where=Q(state=job.state), kind="message", status_message=message)
+                work.save(kind="message")
             return Claim(None, "queue paused")
-        base = Job.objects.filter(pk=job_id, cancel_requested=False)
+        takeover = ""
+        where = Q(state=JobState.QUEUED)
         if job.state == JobState.RUNNING:
             started = job.started_at or now
             long_running = (now - started).total_seconds() > settings.VISIBILITY_TIMEOUT * 0.9
             if job.celery_task_id != task_id or long_running:
                 return Claim(None, f"already running on {job.worker}")
-            base = base.filter(state=JobState.RUNNING, attempts=job.attempts)
+            if job.attempts >= job.max_attempts:
+                return _fail_exhausted(work, job, "worker lost while running")
+            where = Q(state=JobState.RUNNING, attempts=job.attempts)
             takeover = f" (took over from lost worker {job.worker})"
-        else:
-            base = base.filter(state=JobState.QUEUED)
-            takeover = ""
-        if job.attempts >= job.max_attempts and job.state == JobState.RUNNING:
-            return _fail_exhausted(pipeline, job, "worker lost while running")
-        claimed = base.update(
+        claimed = work.update(
+            [job_id],
+            where=where & Q(cancel_requested=False),
             state=JobState.RUNNING,
-            attempts=F("attempts") + 1,
+            attempts=job.attempts + 1,
             started_at=now,
             heartbeat_at=now,
             worker=worker[:200],
@@ -353,13 +440,15 @@ def job_claim(*, job_id: int, task_id: str, worker: str) -> Claim:
         )
         if not claimed:
             return Claim(None, "lost the claim to another delivery")
-        _refresh_pipeline(pipeline, [(job_id, "state")])
-    return Claim(Job.objects.get(pk=job_id), "claimed")
+        work.save()
+    return Claim(job, "claimed")
 
 
-def _fail_exhausted(pipeline: Pipeline, job: Job, why: str) -> Claim:
+def _fail_exhausted(work: _Dag, job: Job, why: str) -> Claim:
     message = f"Error: {why}; gave up after {job.attempts} attempt(s)"
-    Job.objects.filter(pk=job.pk, state=job.state, attempts=job.attempts).update(
+    work.update(
+        [job.pk],
+        where=Q(state=job.state, attempts=job.attempts),
         state=JobState.FINISHED,
         result=JobResult.ERROR,
         status_message=message,
@@ -367,8 +456,8 @@ def _fail_exhausted(pipeline: Pipeline, job: Job, why: str) -> Claim:
         heartbeat_at=None,
         error={"type": "WorkerLost", "message": message, "traceback": "", "stage": "worker"},
     )
-    changed = [(job.pk, "state"), *_after_finish(pipeline, job.pk, JobResult.ERROR)]
-    _refresh_pipeline(pipeline, changed)
+    _after_finish(work, job.pk, JobResult.ERROR)
+    work.save()
     return Claim(None, message)
 
 
@@ -387,6 +476,10 @@ def job_is_current(*, job_id: int, attempt: int) -> bool:
     ).exists()
 
 
+def _owned(attempt: int) -> Q:
+    return Q(state=JobState.RUNNING, attempts=attempt, cancel_requested=False)
+
+
 def job_progress(
     *,
     job_id: int,
@@ -397,26 +490,20 @@ def job_progress(
     message: str | None = None,
     meta: dict[str, Any] | None = None,
 ) -> bool:
-    pipeline_id = _pipeline_id_of(job_id)
+    values: dict[str, Any] = {
+        "progress_processed": processed,
+        "progress_total": total,
+        "heartbeat_at": timezone.now(),
+    }
+    if phase is not None:
+        values["phase"] = phase[:120]
+    if message is not None:
+        values["status_message"] = message
     with transaction.atomic():
-        pipeline = _lock_pipeline(pipeline_id)
-        updates: dict[str, Any] = {
-            "progress_processed": processed,
-            "progress_total": total,
-            "heartbeat_at": timezone.now(),
-        }
-        if phase is not None:
-            updates["phase"] = phase[:120]
-        if message is not None:
-            updates["status_message"] = message
-        if meta:
-            job = Job.objects.only("meta").get(pk=job_id)
-            updates["meta"] = {**(job.meta or {}), **meta}
-        if not Job.objects.filter(
-            pk=job_id, state=JobState.RUNNING, attempts=attempt, cancel_requested=False
-        ).update(**updates):
+        work = _Dag.lock_for_job(job_id)
+        if not work.update([job_id], where=_owned(attempt), kind="progress", meta_merge=meta, **values):
             return False
-        _refresh_pipeline(pipeline, [(job_id, "progress")], kind="progress")
+        work.save(kind="progress")
     return True
 
 
@@ -427,36 +514,33 @@ def job_commit_effect(*, job_id: int, attempt: int, outcome: Outcome) -> None:
     """
     from pipelines.engine import JobAborted
 
-    pipeline_id = _pipeline_id_of(job_id)
-    _lock_pipeline(pipeline_id)
-    if not Job.objects.filter(
-        pk=job_id, state=JobState.RUNNING, attempts=attempt, cancel_requested=False
-    ).update(effect_committed=True, effect_outcome=outcome.as_dict()):
+    Pipeline.objects.select_for_update(of=("self",)).filter(jobs__id=job_id).exists()
+    if not Job.objects.filter(_owned(attempt), pk=job_id).update(
+        effect_committed=True, effect_outcome=outcome.as_dict()
+    ):
         raise JobAborted(f"job {job_id} attempt {attempt} no longer owns the job; effect rolled back")
 
 
 def job_finish(*, job_id: int, attempt: int, outcome: Outcome, error: dict[str, Any] | None = None) -> bool:
     """running → finished with the handler's outcome; promotes or skips downstream."""
-    pipeline_id = _pipeline_id_of(job_id)
-    now = timezone.now()
     with transaction.atomic():
-        pipeline = _lock_pipeline(pipeline_id)
-        job = Job.objects.get(pk=job_id)
-        updates: dict[str, Any] = {
+        work = _Dag.lock_for_job(job_id)
+        job = work.jobs[job_id]
+        values: dict[str, Any] = {
             "state": JobState.FINISHED,
             "result": outcome.result,
             "status_message": outcome.message,
-            "meta": {**(job.meta or {}), **outcome.meta},
             "error": error,
-            "finished_at": now,
+            "finished_at": timezone.now(),
             "heartbeat_at": None,
         }
         if outcome.result in (JobResult.SUCCESS, JobResult.WARNING) and job.progress_total:
-            updates["progress_processed"] = job.progress_total
-        if not Job.objects.filter(pk=job_id, state=JobState.RUNNING, attempts=attempt).update(**updates):
+            values["progress_processed"] = job.progress_total
+        if not work.update([job_id], where=Q(state=JobState.RUNNING, attempts=attempt), meta_merge=outcome.meta,
+                           **values):
             return False
-        changed = [(job_id, "state"), *_after_finish(pipeline, job_id, outcome.result)]
-        _refresh_pipeline(pipeline, changed)
+        _after_finish(work, job_id, outcome.result)
+        work.save()
     return True
 
 
@@ -464,10 +548,11 @@ def job_requeue_after_failure(
     *, job_id: int, attempt: int, error: dict[str, Any], countdown: float
 ) -> bool:
     """A transient failure with attempts left: back to queued, re-sent after a backoff."""
-    pipeline_id = _pipeline_id_of(job_id)
     with transaction.atomic():
-        pipeline = _lock_pipeline(pipeline_id)
-        if not Job.objects.filter(pk=job_id, state=JobState.RUNNING, attempts=attempt).update(
+        work = _Dag.lock_for_job(job_id)
+        if not work.update(
+            [job_id],
+            where=Q(state=JobState.RUNNING, attempts=attempt),
             state=JobState.QUEUED,
             queued_at=timezone.now(),
             heartbeat_at=None,
@@ -477,42 +562,45 @@ def job_requeue_after_failure(
             f"retrying in {countdown:.0f}s",
         ):
             return False
-        _refresh_pipeline(pipeline, [(job_id, "state")])
-        _on_commit_dispatch(_unfinished_closure(pipeline_id, [job_id]), countdown=countdown)
+        work.save()
+        _on_commit_dispatch(_unfinished_closure(work.pipeline.pk, [job_id]), countdown=countdown)
     return True
 
 
-def _after_finish(pipeline: Pipeline, job_id: int, result: str, *, skip_result: str = JobResult.SKIPPED, reason: str = "") -> list[tuple[int, str]]:
+def _after_finish(
+    work: _Dag, job_id: int, result: str, *, skip_result: str = JobResult.SKIPPED, reason: str = ""
+) -> None:
     """Promote downstream jobs that became ready, or end the ones that never will."""
-    depends_on, dependents = _edges(pipeline.pk)
-    jobs = {j.pk: j for j in Job.objects.filter(pipeline_id=pipeline.pk)}
+    _, dependents = work.edges
     now = timezone.now()
     if result in dag.OK_RESULTS:
         ready = [
-            c
-            for c in dependents.get(job_id, ())
-            if jobs[c].state == JobState.NOT_STARTED
-            and all(jobs[d].state == JobState.FINISHED and jobs[d].result in dag.OK_RESULTS for d in depends_on[c])
+            c for c in dependents.get(job_id, ())
+            if work.jobs[c].state == JobState.NOT_STARTED and work.ok_to_run(c)
         ]
-        Job.objects.filter(pk__in=ready, state=JobState.NOT_STARTED).update(
-            state=JobState.QUEUED, queued_at=now, status_message="Waiting for a worker"
+        early = [c for c in ready if work.jobs[c].dispatch_when_ready]
+        work.update(
+            ready, where=Q(state=JobState.NOT_STARTED),
+            state=JobState.QUEUED, queued_at=now, status_message="Waiting for a worker", dispatch_when_ready=False,
         )
-        early = [c for c in ready if jobs[c].dispatch_when_ready]
         if early:
-            Job.objects.filter(pk__in=early).update(dispatch_when_ready=False)
-            _on_commit_dispatch(_unfinished_closure(pipeline.pk, early))
-        return [(c, "state") for c in ready]
-    origin = jobs[job_id]
+            _on_commit_dispatch(_unfinished_closure(work.pipeline.pk, early))
+        return
+    origin = work.jobs[job_id]
     verb = {JobResult.CANCELLED: "was cancelled", JobResult.ERROR: "failed"}.get(result, f"ended {result}")
-    message = reason or f"Skipped: upstream {_label(origin)} {verb}"
     doomed = [
-        j for j in dag.downstream([job_id], dependents) if jobs[j].state in (JobState.NOT_STARTED, JobState.QUEUED)
+        j for j in sorted(dag.downstream([job_id], dependents))
+        if work.jobs[j].state in (JobState.NOT_STARTED, JobState.QUEUED)
     ]
-    Job.objects.filter(pk__in=doomed, state__in=[JobState.NOT_STARTED, JobState.QUEUED]).update(
-        state=JobState.FINISHED, result=skip_result, status_message=message, finished_at=now,
+    work.update(
+        doomed,
+        where=Q(state__in=[JobState.NOT_STARTED, JobState.QUEUED]),
+        state=JobState.FINISHED,
+        result=skip_result,
+        status_message=reason or f"Skipped: upstream {_label(origin)} {verb}",
+        finished_at=now,
         cancel_requested=skip_result == JobResult.CANCELLED,
     )
-    return [(j, "state") for j in doomed]
 
 
 # --- operator controls ------------------------------------------------------------------
@@ -525,137 +613,128 @@ def job_cancel(*, job_id: int, actor: Any = None, reason: str = "") -> Job:
     heartbeat or checkpoint and its uncommitted effect rolls back. A job whose effect
     already committed cannot be cancelled any more (409): the data is in.
     """
-    pipeline_id = _pipeline_id_of(job_id)
     with transaction.atomic():
-        pipeline = _lock_pipeline(pipeline_id)
-        job = Job.objects.get(pk=job_id)
-        changed = _cancel_jobs(pipeline, [job], actor=actor, reason=reason)
-        if not changed:
+        work = _Dag.lock_for_job(job_id)
+        job = work.jobs[job_id]
+        if not _cancel_jobs(work, [job_id], actor=actor, reason=reason):
             if job.state == JobState.FINISHED:
                 raise ConflictError(f"Job {job_id} already finished ({job.result}).", "already_finished")
-            raise ConflictError(f"Job {job_id} already committed its data; it can no longer be cancelled.", "effect_committed")
-        changed += _after_finish(pipeline, job_id, JobResult.CANCELLED)
-        _refresh_pipeline(pipeline, changed)
+            raise ConflictError(
+                f"Job {job_id} already committed its data; it can no longer be cancelled.", "effect_committed"
+            )
+        _after_finish(work, job_id, JobResult.CANCELLED)
+        work.save()
         operator_action_record(
             actor=actor, action=OperatorActionKind.CANCEL, target_type="job", target_id=str(job_id),
-            pipeline=pipeline, reason=reason,
+            pipeline=work.pipeline, reason=reason,
         )
-    job.refresh_from_db()
     return job
 
 
 def pipeline_cancel(*, pipeline_id: Any, actor: Any = None, reason: str = "") -> Pipeline:
     with transaction.atomic():
-        pipeline = _lock_pipeline(pipeline_id)
-        jobs = list(Job.objects.filter(pipeline_id=pipeline_id).exclude(state=JobState.FINISHED).order_by("id"))
-        changed = _cancel_jobs(pipeline, jobs, actor=actor, reason=reason)
-        if not changed:
-            raise ConflictError("Nothing to cancel: every job has finished or committed its data.", "nothing_to_cancel")
-        _refresh_pipeline(pipeline, changed)
+        work = _Dag.lock(pipeline_id)
+        if not _cancel_jobs(work, list(work.jobs), actor=actor, reason=reason):
+            raise ConflictError(
+                "Nothing to cancel: every job has finished or committed its data.", "nothing_to_cancel"
+            )
+        work.save()
         operator_action_record(
             actor=actor, action=OperatorActionKind.CANCEL, target_type="pipeline",
-            target_id=str(pipeline_id), pipeline=pipeline, reason=reason,
+            target_id=str(pipeline_id), pipeline=work.pipeline, reason=reason,
         )
-    pipeline.refresh_from_db()
-    return pipeline
+    return work.pipeline
 
 
-def _cancel_jobs(pipeline: Pipeline, jobs: list[Job], *, actor: Any, reason: str) -> list[tuple[int, str]]:
-    message = f"Cancelled by {_actor_name(actor)}" + (f": {reason}" if reason else "")
-    ids = [j.pk for j in jobs]
-    cancellable = Q(state__in=[JobState.NOT_STARTED, JobState.QUEUED]) | Q(state=JobState.RUNNING, effect_committed=False)
-    targets = list(Job.objects.filter(cancellable, pk__in=ids).values_list("pk", flat=True))
-    Job.objects.filter(pk__in=targets).filter(cancellable).update(
+def _cancel_jobs(work: _Dag, ids: list[int], *, actor: Any, reason: str) -> list[int]:
+    cancellable = Q(state__in=[JobState.NOT_STARTED, JobState.QUEUED]) | Q(
+        state=JobState.RUNNING, effect_committed=False
+    )
+    return work.update(
+        ids,
+        where=cancellable,
         state=JobState.FINISHED,
         result=JobResult.CANCELLED,
         cancel_requested=True,
-        status_message=message,
+        status_message=f"Cancelled by {_actor_name(actor)}" + (f": {reason}" if reason else ""),
         finished_at=timezone.now(),
         heartbeat_at=None,
     )
-    return [(pk, "state") for pk in targets]
 
 
-def _reset_for_retry(pipeline: Pipeline, job_ids: list[int], *, actor: Any) -> list[tuple[int, str]]:
+def _reset_for_retry(work: _Dag, job_ids: list[int], *, actor: Any) -> None:
     now = timezone.now()
-    Job.objects.filter(pk__in=job_ids).update(
-        state=JobState.NOT_STARTED,
-        result=None,
-        error=None,
-        cancel_requested=False,
-        effect_committed=False,
-        effect_outcome=None,
-        dispatch_when_ready=False,
-        progress_processed=0,
-        progress_total=None,
-        phase="",
-        meta={},
-        heartbeat_at=None,
-        started_at=None,
-        finished_at=None,
-        worker="",
-        max_attempts=F("attempts") + settings.SLUICE_MAX_ATTEMPTS,
-        status_message=f"Retry requested by {_actor_name(actor)}",
-    )
-    depends_on, _ = _edges(pipeline.pk)
-    jobs = {j.pk: j for j in Job.objects.filter(pipeline_id=pipeline.pk)}
-    roots = [
-        j for j in job_ids
-        if all(jobs[d].state == JobState.FINISHED and jobs[d].result in dag.OK_RESULTS for d in depends_on.get(j, ()))
-    ]
-    Job.objects.filter(pk__in=roots).update(state=JobState.QUEUED, queued_at=now)
-    return [(j, "state") for j in sorted(job_ids)]
+    for pk in job_ids:
+        job = work.jobs[pk]
+        work.update(
+            [pk],
+            where=Q(state=job.state),
+            state=JobState.NOT_STARTED,
+            result=None,
+            error=None,
+            cancel_requested=False,
+            effect_committed=False,
+            effect_outcome=None,
+            dispatch_when_ready=False,
+            progress_processed=0,
+            progress_total=None,
+            phase="",
+            meta={},
+            heartbeat_at=None,
+            started_at=None,
+            finished_at=None,
+            worker="",
+            max_attempts=job.attempts + settings.SLUICE_MAX_ATTEMPTS,
+            status_message=f"Retry requested by {_actor_name(actor)}",
+        )
+        work.jobs[pk].counts = {}  # type: ignore[attr-defined]
+    roots = [pk for pk in job_ids if work.ok_to_run(pk)]
+    work.update(roots, state=JobState.QUEUED, queued_at=now, status_message="Waiting for a worker")
 
 
 def pipeline_retry(*, pipeline_id: Any, actor: Any = None, reason: str = "") -> Pipeline:
     """A new attempt of every failed, cancelled or skipped job and everything downstream."""
     with transaction.atomic():
-        pipeline = _lock_pipeline(pipeline_id)
-        if Job.objects.filter(pipeline_id=pipeline_id, state=JobState.RUNNING).exists():
+        work = _Dag.lock(pipeline_id)
+        if any(j.state == JobState.RUNNING for j in work.jobs.values()):
             raise ConflictError("Jobs of this pipeline are still running; cancel or wait first.", "still_running")
-        failed = list(
-            Job.objects.filter(
-                pipeline_id=pipeline_id, result__in=[JobResult.ERROR, JobResult.CANCELLED, JobResult.SKIPPED]
-            ).values_list("pk", flat=True)
-        )
+        failed = [
+            pk for pk, j in work.jobs.items()
+            if j.result in (JobResult.ERROR, JobResult.CANCELLED, JobResult.SKIPPED)
+        ]
         if not failed:
             raise ConflictError("Nothing to retry: no job failed, was cancelled or skipped.", "nothing_to_retry")
-        _, dependents = _edges(pipeline_id)
-        targets = sorted(set(failed) | dag.downstream(failed, dependents))
-        changed = _reset_for_retry(pipeline, targets, actor=actor)
-        _refresh_pipeline(pipeline, changed)
+        targets = sorted(set(failed) | dag.downstream(failed, work.edges[1]))
+        _reset_for_retry(work, targets, actor=actor)
+        work.save()
         operator_action_record(
             actor=actor, action=OperatorActionKind.RETRY, target_type="pipeline",
-            target_id=str(pipeline_id), pipeline=pipeline, reason=reason, detail={"jobs": targets},
+            target_id=str(pipeline_id), pipeline=work.pipeline, reason=reason, detail={"jobs": targets},
         )
         _on_commit_dispatch(targets)
-    pipeline.refresh_from_db()
-    return pipeline
+    return work.pipeline
 
 
 def job_retry(*, job_id: int, actor: Any = None, reason: str = "") -> Job:
-    pipeline_id = _pipeline_id_of(job_id)
     with transaction.atomic():
-        pipeline = _lock_pipeline(pipeline_id)
-        job = Job.objects.get(pk=job_id)
+        work = _Dag.lock_for_job(job_id)
+        job = work.jobs[job_id]
         if job.result not in (JobResult.ERROR, JobResult.CANCELLED, JobResult.SKIPPED):
             raise ConflictError(
                 f"Only failed, cancelled or skipped jobs can be retried; job {job_id} is "
                 f"{job.result or job.state}.",
                 "not_retryable",
             )
-        _, dependents = _edges(pipeline_id)
-        targets = sorted({job_id} | dag.downstream([job_id], dependents))
-        if Job.objects.filter(pk__in=targets, state=JobState.RUNNING).exists():
+        targets = sorted({job_id} | dag.downstream([job_id], work.edges[1]))
+        if any(work.jobs[pk].state == JobState.RUNNING for pk in targets):
             raise ConflictError("A downstream job is running; wait for it or cancel it first.", "still_running")
-        changed = _reset_for_retry(pipeline, targets, actor=actor)
-        _refresh_pipeline(pipeline, changed)
+        _reset_for_retry(work, targets, actor=actor)
+        work.save()
         operator_action_record(
             actor=actor, action=OperatorActionKind.RETRY, target_type="job", target_id=str(job_id),
-            pipeline=pipeline, reason=reason, detail={"jobs": targets},
+            pipeline=work.pipeline, reason=reason, detail={"jobs": targets},
         )
         _on_commit_dispatch(targets)
-    job.refresh_from_db()
     return job
 
 
@@ -665,11 +744,10 @@ def job_recover(*, job_id: int, actor: Any = None, reason: str = "", force: bool
     Refused while the heartbeat is fresh (the worker is alive) unless ``force``. The old
     attempt, if it was merely slow, loses ownership and cannot write a late result.
     """
-    pipeline_id = _pipeline_id_of(job_id)
     stale_before = timezone.now() - timedelta(seconds=settings.SLUICE_STALE_AFTER_SECONDS)
     with transaction.atomic():
-        pipeline = _lock_pipeline(pipeline_id)
-        job = Job.objects.get(pk=job_id)
+        work = _Dag.lock_for_job(job_id)
+        job = work.jobs[job_id]
         if job.state != JobState.RUNNING:
             raise ConflictError(f"Job {job_id} is {job.state}, not running: nothing to recover.", "not_running")
         if not force and job.heartbeat_at and job.heartbeat_at >= stale_before:
@@ -678,27 +756,29 @@ def job_recover(*, job_id: int, actor: Any = None, reason: str = "", force: bool
                 f"Job {job_id}'s worker sent a heartbeat {age:.0f}s ago; it is alive. Use force to override.",
                 "heartbeat_fresh",
             )
-        _requeue_running(pipeline, job, f"Recovered by {_actor_name(actor)}" + (f": {reason}" if reason else ""))
+        worker, attempt = job.worker, job.attempts
+        _requeue_running(work, job, f"Recovered by {_actor_name(actor)}" + (f": {reason}" if reason else ""))
         operator_action_record(
             actor=actor, action=OperatorActionKind.RECOVER, target_type="job", target_id=str(job_id),
-            pipeline=pipeline, reason=reason, detail={"worker": job.worker, "attempt": job.attempts},
+            pipeline=work.pipeline, reason=reason, detail={"worker": worker, "attempt": attempt},
         )
-    job.refresh_from_db()
     return job
 
 
-def _requeue_running(pipeline: Pipeline, job: Job, message: str) -> None:
+def _requeue_running(work: _Dag, job: Job, message: str) -> None:
     # The lost attempt's writes require state=running AND attempts=its number: both
     # stop matching here (queued) and after the next claim (attempts + 1).
-    Job.objects.filter(pk=job.pk, state=JobState.RUNNING, attempts=job.attempts).update(
+    work.update(
+        [job.pk],
+        where=Q(state=JobState.RUNNING, attempts=job.attempts),
         state=JobState.QUEUED,
         queued_at=timezone.now(),
         heartbeat_at=None,
         worker="",
         status_message=f"{message} (was on {job.worker or 'an unknown worker'}); back in the queue",
     )
-    _refresh_pipeline(pipeline, [(job.pk, "state")])
-    _on_commit_dispatch(_unfinished_closure(pipeline.pk, [job.pk]))
+    work.save()
+    _on_commit_dispatch(_unfinished_closure(work.pipeline.pk, [job.pk]))
 
 
 def queue_pause(*, queue: str, actor: Any = None, reason: str = "") -> QueueState:
@@ -757,21 +837,20 @@ def reap(*, queue_depths: dict[str, int] | None = None) -> ReapReport:
     now = timezone.now()
     stale_before = now - timedelta(seconds=settings.SLUICE_STALE_AFTER_SECONDS)
     for job_id in Job.objects.filter(state=JobState.RUNNING, heartbeat_at__lt=stale_before).values_list("pk", flat=True):
-        pipeline_id = _pipeline_id_of(job_id)
         with transaction.atomic():
-            pipeline = _lock_pipeline(pipeline_id)
-            job = Job.objects.filter(pk=job_id, state=JobState.RUNNING, heartbeat_at__lt=stale_before).first()
-            if job is None:
-                continue
-            age = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else 0
+            work = _Dag.lock_for_job(job_id)
+            job = work.jobs[job_id]
+            if job.state != JobState.RUNNING or job.heartbeat_at is None or job.heartbeat_at >= stale_before:
+                continue  # it beat or finished while we were getting the lock
+            age = (now - job.heartbeat_at).total_seconds()
             if job.attempts >= job.max_attempts:
-                _fail_exhausted(pipeline, job, f"worker {job.worker} stopped sending heartbeats ({age:.0f}s)")
+                _fail_exhausted(work, job, f"worker {job.worker} stopped sending heartbeats ({age:.0f}s)")
                 report.failed.append(job_id)
             else:
-                _requeue_running(pipeline, job, f"Recovered automatically: no heartbeat for {age:.0f}s")
+                _requeue_running(work, job, f"Recovered automatically: no heartbeat for {age:.0f}s")
                 operator_action_record(
                     actor=None, action=OperatorActionKind.RECOVER, target_type="job", target_id=str(job_id),
-                    pipeline=pipeline, reason=f"stale heartbeat ({age:.0f}s)",
+                    pipeline=work.pipeline, reason=f"stale heartbeat ({age:.0f}s)",
                 )
                 report.recovered.append(job_id)
 

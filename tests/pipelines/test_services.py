@@ -206,3 +206,17 @@ def test_pause_and_resume_are_persistent_and_refuse_no_ops() -> None:
         ("pause", "ingest"), ("resume", "ingest")]
     with pytest.raises(ValueError):
         services.queue_pause(queue="nope")
+
+
+def test_live_events_carry_counts_but_never_the_row_error_list() -> None:
+    a = jobs_of(plan_chain())[0]
+    row_errors = [{"row": i, "column": "fte", "reason": "not a number"} for i in range(1, 1001)]
+    services.job_finish(
+        job_id=a.pk, attempt=run(a).attempts,
+        outcome=Outcome("warning", "3 rows loaded, 1,000 rejected",
+                        {"rows_loaded": 3, "rows_rejected": 1000, "row_errors": row_errors}),
+    )
+    event = JobEvent.objects.filter(job=a).order_by("-seq").first()
+    assert event.payload["job"]["counts"] == {"rows_loaded": 3, "rows_rejected": 1000}
+    assert event.payload["job"]["result"] == "warning"
+    assert len(Job.objects.get(pk=a.pk).meta["row_errors"]) == 1000

@@ -1,0 +1,93 @@
+"""Sluice's per-pipeline overhead against plain Celery, same canvas shape, same Redis.
+
+    python bench/pipeline_overhead.py [--pipelines 200]
+
+Shape: 1 -> 3 -> 1 no-op jobs (a chain whose tail is a chord). Plain Celery runs the
+canvas of a no-op task; Sluice plans each pipeline in PostgreSQL (5 jobs, edges,
+events), sends the same canvas, and every task claims, finishes and publishes through
+the database. Both are fired all at once and timed until the last one completes, on the
+same 2-process worker. Last line: one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._scratch import scratch_database_url, setup_django, start_worker  # noqa: E402
+
+
+def run_plain(k: int) -> float:
+    from celery import chain, chord
+
+    from bench.plain_tasks import plain_noop
+
+    def canvas():  # type: ignore[no-untyped-def]
+        sig = plain_noop.si().set(queue="default")
+        return chain(sig, chord([sig.clone() for _ in range(3)], sig.clone()))
+
+    t0 = time.perf_counter()
+    results = [canvas().apply_async() for _ in range(k)]
+    for r in results:
+        r.get(timeout=300)
+    return k / (time.perf_counter() - t0)
+
+
+def run_sluice(k: int) -> float:
+    from pipelines import services
+    from pipelines.models import DONE_STATUSES, Pipeline
+
+    t0 = time.perf_counter()
+    ids = [services.pipeline_start_noop(width=3).pk for _ in range(k)]
+    deadline = time.monotonic() + 600
+    while Pipeline.objects.filter(pk__in=ids).exclude(status__in=DONE_STATUSES).exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("sluice pipelines did not finish in 600 s")
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - t0
+    failed = Pipeline.objects.filter(pk__in=ids).exclude(status="success").count()
+    if failed:
+        raise RuntimeError(f"{failed} pipelines did not succeed")
+    return k / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pipelines", type=int, default=200)
+    args = parser.parse_args()
+    url = scratch_database_url("sluice_bench_engine")
+    setup_django(url)
+    import redis
+    from django.conf import settings
+
+    redis.Redis.from_url(settings.REDIS_URL).delete(*settings.SLUICE_QUEUES)
+    worker = start_worker(url, extra=["--include", "bench.plain_tasks"])
+    try:
+        run_plain(10)  # warm up both paths (imports, connections)
+        run_sluice(5)
+        celery_per_s = run_plain(args.pipelines)
+        sluice_per_s = run_sluice(args.pipelines)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+    figures = {
+        "pipelines": args.pipelines,
+        "shape": "1->3->1 no-op",
+        "worker_concurrency": 2,
+        "celery_per_s": round(celery_per_s, 1),
+        "sluice_per_s": round(sluice_per_s, 1),
+        "ratio": round(sluice_per_s / celery_per_s, 3),
+    }
+    print(f"plain Celery: {celery_per_s:.1f} pipelines/s; Sluice: {sluice_per_s:.1f} pipelines/s; "
+          f"ratio {figures['ratio']:.2f}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
