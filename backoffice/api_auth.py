@@ -30,8 +30,10 @@ def token_issue(*, username: str, actor: Any = None, rotate: bool = False) -> To
     """The user's token, created if missing; ``rotate`` replaces an existing one."""
     user = get_user_model().objects.get(username=username)
     with transaction.atomic():
-        if rotate:
-            Token.objects.filter(user=user).delete()
+        if rotate and Token.objects.filter(user=user).delete()[0]:
+            operator_action_record(
+                actor=actor, action=OperatorActionKind.REVOKE_TOKEN, target_type="user", target_id=str(user.pk)
+            )
         token, created = Token.objects.get_or_create(user=user)
         if created:
             operator_action_record(
