@@ -188,7 +188,7 @@ def execute_job(*, job_id: int, task_id: str, worker: str) -> str:
     with log_context(pipeline_id=job.pipeline_id, job_id=job.pk):
         if job.effect_committed:
             # The previous attempt committed its effect and died before finishing.
-            outcome = Outcome.from_dict(job.effect_outcome)
+            outcome = Outcome.from_dict(job.effect_outcome or {"result": JobResult.SUCCESS})
             services.job_finish(job_id=job.pk, attempt=job.attempts, outcome=outcome)
             return "finished from the committed effect of a lost attempt"
         return _run_handler(job)
@@ -209,7 +209,7 @@ def _run_handler(job: Job) -> str:
     except JobAborted as exc:
         logger.info("job stopped: %s", exc)
         return "aborted"
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded on the job
+    except Exception as exc:
         close_old_connections()
         connections["default"].close_if_unusable_or_obsolete()
         error = _error_dict(exc, ctx.stage)

@@ -113,7 +113,8 @@ class Job(models.Model):
     )
     params = models.JSONField(default=dict, blank=True)
     state = models.CharField(max_length=20, choices=JobState.choices, default=JobState.NOT_STARTED)
-    result = models.CharField(max_length=20, choices=JobResult.choices, null=True, blank=True)
+    # NULL until finished: "no result yet" is not the same as any result.
+    result = models.CharField(max_length=20, choices=JobResult.choices, null=True, blank=True)  # noqa: DJ001
     status_message = models.TextField(blank=True, default="")
     phase = models.CharField(max_length=120, blank=True, default="")
     progress_processed = models.BigIntegerField(default=0)
@@ -176,6 +177,9 @@ class EventCounter(models.Model):
     id = models.SmallIntegerField(primary_key=True, default=1)
     value = models.BigIntegerField(default=0)
 
+    def __str__(self) -> str:
+        return f"event seq {self.value}"
+
 
 class JobEvent(models.Model):
     seq = models.BigIntegerField(unique=True)
@@ -198,6 +202,9 @@ class JobEvent(models.Model):
             models.Index(fields=["created_at"], name="event_created"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.seq} {self.type} {self.kind}"
+
 
 class OperatorActionKind(models.TextChoices):
     CANCEL = "cancel"
@@ -211,8 +218,8 @@ class OperatorActionKind(models.TextChoices):
     CONFIGURE_YEAR = "configure_year"
     UPLOAD = "upload"
     START_PIPELINE = "start_pipeline"
-    ISSUE_TOKEN = "issue_token"
-    REVOKE_TOKEN = "revoke_token"
+    ISSUE_TOKEN = "issue_token"  # noqa: S105 - an action name, not a secret
+    REVOKE_TOKEN = "revoke_token"  # noqa: S105
 
 
 class OperatorAction(models.Model):
@@ -246,3 +253,6 @@ class QueueState(models.Model):
     paused = models.BooleanField(default=False)
     changed_at = models.DateTimeField(auto_now=True)
     changed_by = models.CharField(max_length=150, blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({'paused' if self.paused else 'running'})"

@@ -369,7 +369,8 @@ def pipeline_start_noop(
         JobSpec(key=f"mid{i}", job_type="noop", det=f"part{i}", params={"sleep": sleep}, depends_on=("start",))
         for i in range(width)
     ]
-    specs.append(JobSpec(key="end", job_type="noop", params={"sleep": sleep}, depends_on=tuple(f"mid{i}" for i in range(width))))
+    middle = tuple(f"mid{i}" for i in range(width))
+    specs.append(JobSpec(key="end", job_type="noop", params={"sleep": sleep}, depends_on=middle))
     pipeline = pipeline_plan(kind="noop", specs=specs, year=year, created_by=actor)
     operator_action_record(
         actor=actor, action=OperatorActionKind.START_PIPELINE, target_type="pipeline",
@@ -587,7 +588,8 @@ def _after_finish(
             _on_commit_dispatch(_unfinished_closure(work.pipeline.pk, early))
         return
     origin = work.jobs[job_id]
-    verb = {JobResult.CANCELLED: "was cancelled", JobResult.ERROR: "failed"}.get(result, f"ended {result}")
+    verbs: dict[str, str] = {JobResult.CANCELLED: "was cancelled", JobResult.ERROR: "failed"}
+    verb = verbs.get(result, f"ended {result}")
     doomed = [
         j for j in sorted(dag.downstream([job_id], dependents))
         if work.jobs[j].state in (JobState.NOT_STARTED, JobState.QUEUED)
@@ -836,7 +838,8 @@ def reap(*, queue_depths: dict[str, int] | None = None) -> ReapReport:
     report = ReapReport()
     now = timezone.now()
     stale_before = now - timedelta(seconds=settings.SLUICE_STALE_AFTER_SECONDS)
-    for job_id in Job.objects.filter(state=JobState.RUNNING, heartbeat_at__lt=stale_before).values_list("pk", flat=True):
+    stale = Job.objects.filter(state=JobState.RUNNING, heartbeat_at__lt=stale_before)
+    for job_id in stale.values_list("pk", flat=True):
         with transaction.atomic():
             work = _Dag.lock_for_job(job_id)
             job = work.jobs[job_id]
@@ -880,7 +883,7 @@ def _queue_depths() -> dict[str, int]:
 
     try:
         return dispatch.queue_depths()
-    except Exception:  # noqa: BLE001 - without depths, assume busy: never flood duplicates
+    except Exception:
         logger.warning("could not read queue depths", exc_info=True)
         return {q: 1 for q in settings.SLUICE_QUEUES}
 

@@ -101,7 +101,7 @@ def _spawn(env: dict[str, str], port: int, *, log_dir: Path | None = None) -> li
     for name, cmd in commands.items():
         out: Any = None
         if log_dir is not None:
-            out = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+            out = open(log_dir / f"{name}.log", "wb")
         procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if out else None))
     return procs
 

@@ -75,7 +75,7 @@ def queue_list(*, workers: list[WorkerInfo] | None = None) -> list[QueueInfo]:
     )
     result: list[QueueInfo] = []
     for name in settings.SLUICE_QUEUES:
-        row: dict[str, Any] = waiting.get(name, {})
+        row: dict[str, Any] = dict(waiting.get(name) or {})
         oldest = row.get("oldest")
         result.append(
             {

@@ -15,7 +15,6 @@ from pipelines.dispatch import queue_depths
 from pipelines.models import Job, JobEvent, Pipeline
 from pipelines.services import JobSpec
 from tests.conftest import wait_until
-from tests.support.handlers import ISOLATED_QUEUE
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
@@ -54,7 +53,7 @@ def test_a_failing_middle_job_skips_the_callback_and_is_named(celery_worker: Any
         ],
     )
     pipeline = wait_for_pipeline(pipeline.pk)
-    start, ok, bad, end = pipeline.jobs.order_by("id")
+    _start, _ok, bad, end = pipeline.jobs.order_by("id")
     assert pipeline.status == "partial"  # start and ok produced output
     assert (bad.result, end.result) == ("error", "skipped")
     assert bad.error["type"] == "ValueError" and bad.error["stage"] == "compute"
