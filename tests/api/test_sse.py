@@ -1,0 +1,153 @@
+"""SSE over a real ASGI server (uvicorn subprocess) following a real pipeline on a real worker.
+
+Given a pipeline whose jobs report progress, when a client reads part of the stream,
+disconnects mid-pipeline and reconnects with ``Last-Event-ID``, then it has received
+every event of the pipeline exactly once, in ``seq`` order, byte-equal to the stored
+payloads, and the stream ended by itself when the pipeline was done.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from rest_framework.authtoken.models import Token
+
+from pipelines.models import JobEvent, Pipeline
+from pipelines.services import JobSpec, pipeline_plan
+from tests.api.conftest import GRANTED_MODULE, OTHER_MODULE
+from tests.conftest import ROOT, worker_env
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def asgi_server(celery_worker: Any) -> Iterator[str]:
+    port = _free_port()
+    log = open(ROOT / ".var" / "test-logs" / f"api-uvicorn-{port}.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env=worker_env(SLUICE_SSE_PING_SECONDS="0.3", SLUICE_SSE_POLL_SECONDS="0.05"),
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{base}/healthz", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("uvicorn did not start")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+def read_events(response: httpx.Response, *, stop_after: int | None = None) -> tuple[list[dict[str, Any]], bool]:
+    """Parse SSE frames: (events, saw a ping comment). Stops early after ``stop_after`` events."""
+    events: list[dict[str, Any]] = []
+    fields: dict[str, str] = {}
+    pinged = False
+    for line in response.iter_lines():
+        if line.startswith(":"):
+            pinged = True
+        elif line == "":
+            if "data" in fields:
+                payload = json.loads(fields["data"])
+                assert fields["id"] == str(payload["seq"]) and fields["event"] == payload["type"]
+                events.append(payload)
+                if stop_after is not None and len(events) >= stop_after:
+                    break
+            fields = {}
+        else:
+            key, _, value = line.partition(":")
+            fields[key] = value.removeprefix(" ")
+    return events, pinged
+
+
+def slow_pipeline(module: str = GRANTED_MODULE) -> Pipeline:
+    step = {"sleep": 0.8, "steps": 4}  # four progress events per job
+    specs = [
+        JobSpec(key="a", job_type="noop", params=step),
+        *[JobSpec(key=f"m{i}", job_type="noop", det=f"m{i}", params=step, depends_on=("a",)) for i in range(2)],
+        JobSpec(key="z", job_type="noop", params=step, depends_on=("m0", "m1")),
+    ]
+    return pipeline_plan(kind="noop", specs=specs, module=module)
+
+
+def test_reconnect_with_last_event_id_loses_and_repeats_nothing(
+    asgi_server: str, users: dict[str, User], wait_for_pipeline: Any
+) -> None:
+    token = Token.objects.create(user=users["viewer"]).key
+    headers = {"Authorization": f"Token {token}"}
+    pipeline = slow_pipeline()
+    url = f"{asgi_server}/api/v1/pipelines/{pipeline.pk}/stream/"
+
+    with httpx.stream("GET", url, headers=headers, timeout=20) as first:
+        assert first.status_code == 200
+        assert first.headers["content-type"].startswith("text/event-stream")
+        part1, _ = read_events(first, stop_after=6)
+    assert not Pipeline.objects.get(pk=pipeline.pk).is_done, "disconnect must happen mid-pipeline"
+    time.sleep(0.5)  # events keep coming while the client is away
+
+    resume = {**headers, "Last-Event-ID": str(part1[-1]["seq"])}
+    with httpx.stream("GET", url, headers=resume, timeout=30) as second:
+        assert second.status_code == 200
+        part2, pinged = read_events(second)  # runs until the server ends the stream
+
+    done = wait_for_pipeline(pipeline.pk, timeout=5)
+    assert done.status == "success"
+    stored = list(JobEvent.objects.filter(pipeline_id=pipeline.pk).order_by("seq").values_list("payload", flat=True))
+    received = part1 + part2
+    assert [e["seq"] for e in received] == [e["seq"] for e in stored]
+    assert received == stored
+    assert received[-1]["type"] == "pipeline.update" and received[-1]["pipeline"]["status"] == "success"
+    assert any(e["kind"] == "progress" for e in received)
+    assert pinged  # keep-alive comments while jobs were quiet (ping interval 0.3 s here)
+
+    # A finished pipeline: a late client gets the history after its id, then the end.
+    with httpx.stream("GET", f"{url}?after={stored[-3]['seq']}", headers=headers, timeout=10) as late:
+        tail, _ = read_events(late)
+    assert tail == stored[-2:]
+
+
+def test_stream_access(asgi_server: str, users: dict[str, User]) -> None:
+    pipeline = slow_pipeline(module=OTHER_MODULE)
+    url = f"{asgi_server}/api/v1/pipelines/{pipeline.pk}/stream/"
+    assert httpx.get(url, timeout=5).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Token bad"}, timeout=5).status_code == 401
+    granted = Token.objects.create(user=users["granted"]).key
+    response = httpx.get(url, headers={"Authorization": f"Token {granted}"}, timeout=5)
+    assert response.status_code == 404 and response.json()["code"] == "not_found"
+    norole = Token.objects.create(user=users["norole"]).key
+    assert httpx.get(url, headers={"Authorization": f"Token {norole}"}, timeout=5).status_code == 403
+    viewer = Token.objects.create(user=users["viewer"]).key
+    bad = httpx.get(url, headers={"Authorization": f"Token {viewer}", "Last-Event-ID": "x"}, timeout=5)
+    assert bad.status_code == 400
+    # Session auth: the same rules through the session cookie.
+    browser = Client()
+    browser.force_login(users["viewer"])
+    cookies = {"sessionid": browser.cookies["sessionid"].value}
+    with httpx.stream("GET", url, cookies=cookies, timeout=30) as response:
+        assert response.status_code == 200
+        events, _ = read_events(response)
+    assert events[-1]["pipeline"]["status"] == "success"
