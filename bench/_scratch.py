@@ -38,7 +38,7 @@ def setup_django(database_url: str) -> None:
 
 def start_worker(database_url: str, *, concurrency: int = 2, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
-    log = open(ROOT / ".var" / "bench-worker.log", "wb")  # noqa: SIM115
+    log = open(ROOT / ".var" / "bench-worker.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "ingest,recalc,aggregate,default",
          "-c", str(concurrency), "-P", "prefork", "-l", "warning", "--without-mingle", "--without-gossip",

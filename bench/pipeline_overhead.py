@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._scratch import scratch_database_url, setup_django, start_worker  # noqa: E402
+from bench._scratch import scratch_database_url, setup_django, start_worker
 
 
 def run_plain(k: int) -> float:

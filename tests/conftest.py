@@ -60,7 +60,7 @@ class WorkerProcess:
             sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-c", str(concurrency),
             "-P", "prefork", "-n", f"{name}@%h", "-l", "info", "--without-mingle", "--without-gossip",
         ]
-        self.log = open(self.log_path, "wb")  # noqa: SIM115
+        self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=worker_env(**env), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
