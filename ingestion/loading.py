@@ -49,7 +49,7 @@ NS_UNIT_SYNC = 0x5103
 STAGE = "ingest_stage"
 ERRS = "ingest_errs"
 STAGE_BLOCK_ROWS = 20_000
-STAGE_SLICE_SECONDS = 0.5
+STAGE_SLICE_SECONDS = 0.25
 META_ROW_ERRORS = 1000
 
 # Bounded digit counts keep every accepted value castable to float8: "1e400" or
