@@ -84,9 +84,9 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-# Served by WhiteNoise under ASGI (uvicorn serves no static files); in DEBUG straight
-# from the apps' folders so `make run` needs no collectstatic.
-WHITENOISE_USE_FINDERS = DEBUG
+# Served by WhiteNoise under ASGI (uvicorn serves no static files), found in the apps'
+# folders at start-up so `make run` needs no collectstatic (the image still runs it).
+WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 MEDIA_ROOT = Path(env_str("SLUICE_MEDIA_ROOT", str(BASE_DIR / ".var" / "media")))
 
