@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from django.urls import include, path
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+
+@csrf_exempt
+def not_found(request: HttpRequest, *args: object, **kwargs: object) -> JsonResponse:
+    """Unmatched API URLs (``/jobs/-1/``) answer the API's JSON error, not Django's HTML page."""
+    return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
+
 
 urlpatterns = [
     path("v1/", include("pipelines.api.urls")),
     path("v1/", include("ingestion.api")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    re_path(r"^.*$", not_found),
 ]
