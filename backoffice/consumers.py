@@ -18,6 +18,7 @@ so every event is either in the read or committed (and published) after it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 # channels-redis drops a channel from its groups after ``group_expiry`` (1 day by
 # default) unless re-added: a console left open over a weekend would go silent.
 GROUP_REFRESH_SECONDS = 3600.0
+LIVE_EVENT_TYPES = frozenset({"job.update", "pipeline.update"})
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
@@ -84,6 +86,17 @@ class LiveConsumer(AsyncWebsocketConsumer):
             self.sync_task = asyncio.create_task(self._catch_up(after=None))
 
     # --- group messages (type "job.update" / "pipeline.update") -----------------------
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels runs ``close_old_connections`` in the database thread before every
+        # handler: one thread hop per event per socket, serialised on one thread. The
+        # forwarders never touch the database (and ``database_sync_to_async`` closes
+        # stale connections itself), so live events skip it: with 200 sockets that hop
+        # was the whole latency budget.
+        if message["type"] in LIVE_EVENT_TYPES:
+            await self._forward(message)
+            return
+        await super().dispatch(message)
 
     async def job_update(self, event: dict[str, Any]) -> None:
         await self._forward(event)
@@ -163,8 +176,18 @@ class LiveConsumer(AsyncWebsocketConsumer):
                     await self.channel_layer.group_add(group, self.channel_name)
 
 
+# The channel layer hands one dict object to every socket of a process: encode it
+# once, not once per socket (at 200 sockets json.dumps alone took milliseconds).
+_ENCODED: collections.deque[tuple[dict[str, Any], str]] = collections.deque(maxlen=16)
+
+
 def _encode(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"))
+    for obj, text in _ENCODED:
+        if obj is message:
+            return text
+    text = json.dumps(message, separators=(",", ":"))
+    _ENCODED.append((message, text))
+    return text
 
 
 class ConsoleConsumer(LiveConsumer):

@@ -38,6 +38,26 @@ def groups_for(message: dict[str, Any]) -> list[str]:
     return groups
 
 
+def _own_layer() -> Any:
+    """A channel layer instance for the publisher's loop only.
+
+    ``get_channel_layer()`` is a process-wide singleton whose Redis pools and locks bind
+    to the first event loop that uses them; the web process also receives on it from the
+    server's loop, so sharing it from this thread fails ("bound to a different event
+    loop"). The instance is built from the same settings.
+    """
+    from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
+
+    if DEFAULT_CHANNEL_LAYER not in getattr(channel_layers, "configs", {}):
+        return None
+    return channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)
+
+
+def layer() -> Any:
+    """The publisher's own channel layer (tests tune it, e.g. ``group_expiry``)."""
+    return _get().layer
+
+
 # Batches waiting for Redis beyond this are dropped (and logged): with Redis down a
 # worker must not grow without bound. Clients see the gap by ``pipeline_seq`` and resync.
 MAX_PENDING_BATCHES = 10_000
@@ -60,6 +80,7 @@ class _Publisher:
         self.lock = threading.Lock()
         self.idle = threading.Event()
         self.idle.set()
+        self.layer = _own_layer()
         self.thread = threading.Thread(target=self._run, name="sluice-publisher", daemon=True)
         self.thread.start()
 
@@ -69,12 +90,10 @@ class _Publisher:
         self.loop.run_forever()
 
     async def _drain(self) -> None:
-        from channels.layers import get_channel_layer
-
         while True:
             messages = await self.queue.get()
             try:
-                layer = get_channel_layer()
+                layer = self.layer
                 if layer is not None:
                     for message in messages:
                         # The groups of one message in parallel (independent streams);

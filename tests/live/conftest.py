@@ -24,10 +24,17 @@ ORIGIN = b"http://localhost"
 
 @pytest.fixture(autouse=True)
 def _fresh_layer() -> Iterator[None]:
-    """Each test starts with an empty channel layer (groups left by earlier tests)."""
+    """Each test starts with an empty channel layer (groups left by earlier tests).
+
+    The layer instance is per process and binds its Redis pools and receive lock to
+    the first event loop using it; every test has its own loop, so each gets a fresh
+    instance (a server has one loop for its lifetime).
+    """
     import redis
+    from channels.layers import channel_layers
 
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    channel_layers.backends = {}
     yield
     publish.flush(5)
 

@@ -1,0 +1,260 @@
+"""Commit-to-browser latency of live WebSocket events, with 1 and with 200 clients.
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/sluice REDIS_URL=redis://127.0.0.1:6379/14 \\
+        .venv/bin/python bench/ws_latency.py
+
+1. A scratch database (``sluice_bench_ws``) is created fresh and migrated.
+2. The real ASGI app is served by uvicorn on a free loopback port (one process).
+3. A receiver subprocess opens N logged-in sockets on ``ws/pipelines/`` with the
+   ``websockets`` library and stamps every event on arrival (``time.time()``).
+   Clients live in their own process so the producer's database work and the
+   clients' parsing do not share one GIL and distort each other.
+4. This process makes 1,000 job transitions (claim, then finish, of no-op jobs) by
+   calling the services, paced at a fixed interval, and stamps each event when its
+   ``on_commit`` publish runs, i.e. right after the commit.
+5. Latency = arrival - commit stamp, over every (client, transition) delivery.
+
+The last line printed is one JSON object with p50/p99 in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+DB_NAME = "sluice_bench_ws"
+
+
+# --- receiver (subprocess) -----------------------------------------------------------
+
+
+async def _client(url: str, headers: dict[str, str], arrivals: list[tuple[int, float]], ready: asyncio.Event,
+                  stop: asyncio.Event) -> None:
+    import websockets
+
+    async with websockets.connect(url, additional_headers=headers, max_queue=None) as ws:
+        first = json.loads(await ws.recv())
+        assert first["type"] == "snapshot", first
+        ready.set()
+        while not stop.is_set():
+            try:
+                raw = await asyncio.wait_for(ws.recv(), 0.5)
+            except TimeoutError:
+                continue
+            now = time.time()
+            # Only the seq is needed; a full json.loads per delivery would be the
+            # receiver's cost, not the platform's.
+            head = raw[:200] if isinstance(raw, str) else raw[:200].decode()
+            if '"type":"job.update"' in head:
+                start = head.index('"seq":') + 6
+                end = head.index(",", start)
+                arrivals.append((int(head[start:end]), now))
+
+
+async def _receive(url: str, cookie: str, origin: str, clients: int, out: str) -> None:
+    headers = {"Cookie": cookie, "Origin": origin}
+    stop = asyncio.Event()
+    per_client: list[list[tuple[int, float]]] = [[] for _ in range(clients)]
+    readies = [asyncio.Event() for _ in range(clients)]
+    tasks = []
+    for i in range(clients):
+        tasks.append(asyncio.create_task(_client(url, headers, per_client[i], readies[i], stop)))
+        await asyncio.sleep(0.002)  # do not stampede the handshake
+    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)  # "stop" from the producer
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    Path(out).write_text(json.dumps(per_client))
+
+
+# --- producer (main process) ---------------------------------------------------------
+
+
+def _scratch_database() -> str:
+    import psycopg
+
+    base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/sluice")
+    parts = urlsplit(base)
+    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    return urlunsplit(parts._replace(path="/" + quote(DB_NAME)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"uvicorn did not listen on {port}")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _run(clients: int, transitions: int, interval: float, url: str, cookie: str, origin: str) -> dict[str, float]:
+    from pipelines import publish
+    from pipelines.models import Job, JobState
+    from pipelines.registry import Outcome
+    from pipelines.services import JobSpec, job_claim, job_finish, pipeline_plan
+
+    # Independent jobs, 25 per pipeline (a transition re-reads its pipeline's jobs).
+    jobs_needed = transitions // 2
+    job_ids: list[int] = []
+    while len(job_ids) < jobs_needed:
+        p = pipeline_plan(kind="noop", specs=[JobSpec(key=f"j{i}", job_type="noop") for i in range(25)])
+        queued = Job.objects.filter(pipeline=p, state=JobState.QUEUED).order_by("id")
+        job_ids += list(queued.values_list("id", flat=True))
+    job_ids = job_ids[:jobs_needed]
+    publish.flush(10)
+
+    out = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
+    receiver = subprocess.Popen(
+        [sys.executable, __file__, "--receiver", "--url", url, "--cookie", cookie, "--origin", origin,
+         "--clients", str(clients), "--out", out],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    assert receiver.stdout is not None and receiver.stdin is not None
+    line = receiver.stdout.readline().strip()
+    if line != "ready":
+        raise RuntimeError(f"receiver failed: {line!r}")
+
+    stamps: dict[int, float] = {}
+    original = publish.publish
+
+    def stamped(messages: list[dict[str, Any]]) -> None:
+        now = time.time()
+        for m in messages:
+            if m["type"] == "job.update" and m["kind"] == "state":
+                stamps[int(m["seq"])] = now
+        original(messages)
+
+    publish.publish = stamped  # type: ignore[assignment]
+    try:
+        next_at = time.monotonic()
+        for job_id in job_ids:
+            for step in ("claim", "finish"):
+                next_at += interval
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                if step == "claim":
+                    claim = job_claim(job_id=job_id, task_id=f"bench-{job_id}", worker="bench")
+                    assert claim.job is not None, claim.reason
+                    attempt = claim.job.attempts
+                else:
+                    job_finish(job_id=job_id, attempt=attempt, outcome=Outcome(message="done"))
+    finally:
+        publish.publish = original  # type: ignore[assignment]
+    publish.flush(10)
+    time.sleep(1.0 + clients * 0.01)  # let the last deliveries land
+    receiver.stdin.write("stop\n")
+    receiver.stdin.flush()
+    receiver.wait(60)
+    per_client = json.loads(Path(out).read_text())
+    os.unlink(out)
+
+    latencies: list[float] = []
+    missing = 0
+    for arrivals in per_client:
+        got = {seq: t for seq, t in arrivals}
+        for seq, t0 in stamps.items():
+            if seq in got:
+                latencies.append((got[seq] - t0) * 1000.0)
+            else:
+                missing += 1
+    p50, p99 = _percentile(latencies, 0.50), _percentile(latencies, 0.99)
+    print(
+        f"clients={clients} transitions={len(stamps)} deliveries={len(latencies)} missing={missing} "
+        f"interval={interval * 1000:.0f}ms p50={p50:.2f}ms p90={_percentile(latencies, 0.9):.2f}ms "
+        f"p99={p99:.2f}ms max={max(latencies):.2f}ms mean={statistics.fmean(latencies):.2f}ms",
+        flush=True,
+    )
+    return {"p50": round(p50, 2), "p99": round(p99, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--transitions", type=int, default=1000)
+    parser.add_argument("--interval-1", type=float, default=0.01, help="seconds between transitions, 1 client")
+    parser.add_argument("--interval-200", type=float, default=0.02, help="seconds between transitions, 200 clients")
+    parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--cookie", help=argparse.SUPPRESS)
+    parser.add_argument("--origin", help=argparse.SUPPRESS)
+    parser.add_argument("--clients", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.receiver:
+        asyncio.run(_receive(args.url, args.cookie, args.origin, args.clients, args.out))
+        return
+
+    database_url = _scratch_database()
+    os.environ["DATABASE_URL"] = database_url
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    import redis
+    from django.conf import settings
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.test import Client
+
+    call_command("migrate", "--no-input", verbosity=0)
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    user = User.objects.create_superuser("bench", "bench@example.com", "bench")
+    client = Client()
+    client.force_login(user)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+    port = _free_port()
+    (ROOT / ".var").mkdir(exist_ok=True)
+    log = open(ROOT / ".var" / "bench-uvicorn.log", "wb")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("uvicorn")), "config.asgi:application", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_port(port)
+        url, origin = f"ws://127.0.0.1:{port}/ws/pipelines/", f"http://127.0.0.1:{port}"
+        one = _run(1, args.transitions, args.interval_1, url, cookie, origin)
+        many = _run(200, args.transitions, args.interval_200, url, cookie, origin)
+    finally:
+        server.terminate()
+        server.wait(10)
+        log.close()
+    print(json.dumps({"p50_ms_1": one["p50"], "p99_ms_1": one["p99"], "p50_ms_200": many["p50"],
+                      "p99_ms_200": many["p99"]}))
+
+
+if __name__ == "__main__":
+    main()
