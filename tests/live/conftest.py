@@ -33,10 +33,25 @@ def _fresh_layer() -> Iterator[None]:
     import redis
     from channels.layers import channel_layers
 
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    # Only the layer's keys: the Celery broker's queue bindings live in the same database.
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.delete(key)
     channel_layers.backends = {}
     yield
     publish.flush(5)
+
+
+@pytest.fixture
+def no_dispatch(monkeypatch: Any) -> None:
+    """Keep planned jobs away from any Celery worker: these tests play the worker.
+
+    (A session worker started by another test module would otherwise claim them.)
+    """
+    from pipelines import dispatch
+
+    monkeypatch.setattr(dispatch, "send", lambda *args, **kwargs: None)
 
 
 def make_user(username: str, *, perms: tuple[str, ...] = ("view_console",), modules: tuple[str, ...] = ()) -> Any:

@@ -23,7 +23,7 @@ from tests.live.conftest import (
     session_cookie,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_dispatch")]
 
 
 def _event_count(pipeline_id: Any) -> int:

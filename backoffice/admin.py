@@ -1,0 +1,95 @@
+"""Admin registrations (read-only views of the engine's tables) and the live console page.
+
+Engine rows change only through ``pipelines.services`` (compare-and-set transitions),
+so the admin never edits pipelines, jobs, events or actions: it shows them, filtered
+by the viewer's module grants.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern, path
+
+from backoffice import access, views
+from backoffice.models import ModuleGrant
+from pipelines.models import Job, OperatorAction, Pipeline, QueueState
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Viewable by console viewers; nobody adds, changes or deletes through the admin."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return access.can_view(request.user) or super().has_view_permission(request, obj)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return access.can_view(request.user) or super().has_module_permission(request)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Pipeline)
+class PipelineAdmin(ReadOnlyAdmin):
+    list_display = ("id", "kind", "year", "module", "status", "progress_percent", "jobs_finished", "jobs_total",
+                    "error_count", "created_at")
+    list_filter = ("status", "kind", "year", "module")
+    search_fields = ("id", "kind", "module")
+    date_hierarchy = "created_at"
+    exclude = ("params",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Pipeline]:
+        return access.filter_pipelines(super().get_queryset(request), request.user)
+
+    def get_urls(self) -> list[URLPattern]:
+        # Prepended, as UserAdmin does, so "live/" is not taken for an object id.
+        live = path("live/", self.admin_site.admin_view(self.live_console_view), name="pipelines_pipeline_live")
+        return [live, *super().get_urls()]
+
+    def live_console_view(self, request: HttpRequest) -> HttpResponse:
+        return views.live_console(request, admin_site=self.admin_site)
+
+
+@admin.register(Job)
+class JobAdmin(ReadOnlyAdmin):
+    list_display = ("id", "pipeline_id", "job_type", "det", "queue", "state", "result", "attempts", "updated_at")
+    list_filter = ("state", "result", "job_type", "queue")
+    search_fields = ("id", "det", "status_message")
+    raw_id_fields = ("pipeline", "depends_on")
+    exclude = ("meta", "params", "effect_outcome")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
+        return access.filter_jobs(super().get_queryset(request), request.user)
+
+
+@admin.register(OperatorAction)
+class OperatorActionAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "actor_name", "action", "target_type", "target_id", "reason")
+    list_filter = ("action", "target_type")
+    search_fields = ("actor_name", "target_id", "reason")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[OperatorAction]:
+        return access.filter_pipelines(super().get_queryset(request), request.user, field="pipeline__module")
+
+
+@admin.register(QueueState)
+class QueueStateAdmin(ReadOnlyAdmin):
+    list_display = ("name", "paused", "changed_at", "changed_by")
+
+
+@admin.register(ModuleGrant)
+class ModuleGrantAdmin(admin.ModelAdmin):
+    """Grants are configuration: editable by whoever holds the model permissions."""
+
+    list_display = ("module", "user", "group", "created_at")
+    list_filter = ("module",)
+    raw_id_fields = ("user",)

@@ -1,0 +1,180 @@
+"""The live console in a real browser: uvicorn + a real worker + Debian Chromium.
+
+A pipeline runs while the page watches; the page's socket is dropped mid-run and the
+server restarted, and the page still ends with the final state (reconnect, replay).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, _test_database_url, wait_until
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = ROOT / "docs" / "img" / "live-console.png"
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.worker,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``uvicorn config.asgi:application`` on the test database, restartable on one port."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.log_path = ROOT / ".var" / "test-logs" / "live-uvicorn.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "DATABASE_URL": _test_database_url(), "DJANGO_DEBUG": "true", "PYTHONPATH": str(ROOT)}
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("uvicorn")), "config.asgi:application", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"uvicorn did not start: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def server(worker_factory: Any) -> Iterator[Server]:
+    # A worker of this test only: a session worker would stay up and run the jobs the
+    # feed tests drive by hand.
+    worker_factory("live-browser")
+    srv = Server()
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def browser(monkeypatch: Any) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop running in this thread; the ORM calls
+    # here are plain blocking test code, not code running inside that loop.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )
+        yield b
+        b.close()
+
+
+def _slow_pipeline() -> Any:
+    from pipelines.services import JobSpec, pipeline_plan
+
+    slow = {"sleep": 1.2, "steps": 12}
+    specs = [JobSpec(key="start", job_type="noop", params=slow)]
+    specs += [JobSpec(key=f"mid{i}", job_type="noop", det=f"part{i}", params=slow, depends_on=("start",))
+              for i in range(3)]
+    specs.append(JobSpec(key="end", job_type="noop", params=slow, depends_on=("mid0", "mid1", "mid2")))
+    return pipeline_plan(kind="noop", specs=specs, year=2031, module="energy")
+
+
+def test_live_console_follows_a_pipeline_through_a_drop_and_a_server_restart(server: Server, browser: Any) -> None:
+    from django.contrib.auth.models import User
+
+    from pipelines.models import Job, Pipeline
+
+    User.objects.create_superuser("admin", "admin@example.com", "pw-for-tests")
+    base = f"http://127.0.0.1:{server.port}"
+    page = browser.new_page(viewport={"width": 1280, "height": 760})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    # Given a logged-in admin on the live console
+    page.goto(f"{base}/admin/login/?next=/admin/pipelines/pipeline/live/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "pw-for-tests")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#live-status[data-status=live]", timeout=15000)
+
+    # When a pipeline starts, the page shows it running with a real percentage
+    pipeline = _slow_pipeline()
+    pid = str(pipeline.pk)
+    row = f'tbody[data-pipeline="{pid}"]'
+    page.wait_for_selector(f'{row} tr.job-row [data-role=state]:has-text("running")', timeout=20000)
+    page.wait_for_function(
+        """(sel) => [...document.querySelectorAll(sel + ' tr.job-row .live-pct')]
+                   .some((e) => { const v = parseInt(e.textContent); return v > 0 && v < 100; })""",
+        arg=row, timeout=20000,
+    )
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT.with_name("live-console-running.png")), full_page=True)
+
+    # ...and keeps up through a dropped socket (replay with ?after=)
+    page.evaluate("window.sluiceFeed.drop()")
+    page.wait_for_selector("#live-status[data-status=reconnecting]", timeout=5000)
+    page.wait_for_selector("#live-status[data-status=live]", timeout=15000)
+
+    # ...and through a server restart while the pipeline keeps running
+    server.stop()
+    page.wait_for_selector("#live-status[data-status=reconnecting]", timeout=10000)
+    time.sleep(1.0)
+    server.start()
+    page.wait_for_selector("#live-status[data-status=live]", timeout=30000)
+
+    # Then it ends with the final state, the same as the database
+    page.wait_for_selector(f'{row} tr.pipeline-row [data-role=status]:has-text("success")', timeout=60000)
+    wait_until(lambda: Pipeline.objects.get(pk=pid).is_done, timeout=30)
+    states = page.eval_on_selector_all(f"{row} tr.job-row [data-role=state]", "els => els.map(e => e.textContent)")
+    assert states == ["finished · success"] * Job.objects.filter(pipeline_id=pid).count()
+    pcts = page.eval_on_selector_all(f"{row} tr.job-row .live-pct", "els => els.map(e => e.textContent)")
+    assert pcts == ["100%"] * len(states)
+    held = page.evaluate(f"window.sluiceFeed.store.pipelines.get('{pid}')")
+    assert held["pipeline_seq"] == Pipeline.objects.get(pk=pid).event_count
+    assert errors == []
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # With JavaScript off the page is a readable, server-rendered table
+    static = browser.new_context(
+        java_script_enabled=False, color_scheme="dark", viewport={"width": 1280, "height": 600}
+    )
+    static.add_cookies(page.context.cookies())
+    plain = static.new_page()
+    plain.goto(f"{base}/admin/pipelines/pipeline/live/")
+    assert "success" in plain.inner_text(f"{row} tr.pipeline-row")
+    assert plain.locator(f"{row} tr.job-row").count() == len(states)
+    plain.screenshot(path=str(SCREENSHOT.with_name("live-console-nojs-dark.png")))
+    static.close()
