@@ -127,7 +127,11 @@ class DataEntry(models.Model):
     source_row = models.BigIntegerField()
 
     class Meta:
-        indexes = [models.Index(fields=["year", "module", "det"], name="entry_scope")]
+        # One int column, not (year, module, det): maintaining a three-text-column
+        # index costs more than the rest of a million-row insert. All rows of a
+        # module-year carry the upload that replaced them (``ModuleState.data_upload_id``),
+        # so reads and deletes of a module-year go through this index.
+        indexes = [models.Index(fields=["upload_id"], name="entry_upload")]
 
     def __str__(self) -> str:
         return f"{self.year}/{self.module}/{self.det} {self.unit_id} {self.category}"

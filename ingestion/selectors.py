@@ -60,12 +60,13 @@ def module_incomplete_reasons(*, year: int, module: str) -> list[str]:
     with connection.cursor() as cur:
         cur.execute(
             """SELECT d.det || '/' || d.category, f.stale
-               FROM (SELECT DISTINCT det, category FROM ingestion_dataentry WHERE year = %s AND module = %s) d
+               FROM (SELECT DISTINCT det, category FROM ingestion_dataentry
+                     WHERE upload_id = %s AND year = %s AND module = %s) d
                LEFT JOIN ingestion_factor f ON f.year = %s AND f.module = %s AND f.det = d.det
                     AND f.category = d.category
                WHERE f.id IS NULL OR f.stale
                ORDER BY 1""",
-            [year, module, year, module],
+            [state.data_upload_id, year, module, year, module],
         )
         rows = cur.fetchall()
     missing = [key for key, stale in rows if stale is None]

@@ -21,7 +21,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from ingestion import loading, parsing
-from ingestion.models import DataEntry, Report, Upload, Year
+from ingestion.models import DataEntry, ModuleState, Report, Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGETS, UnknownModule, get_module
 from pipelines.models import JobResult, OperatorActionKind, Pipeline
 from pipelines.registry import Outcome
@@ -298,15 +298,18 @@ def ingest_run(*, ctx: JobContext) -> Outcome:
         prefix = f"Same file as upload #{ctx.params['duplicate_of_upload']} (loaded again). "
 
     def on_progress(stats: loading.StageStats) -> None:
+        # The server-side COPY reports bytes sent; rows are then estimated from the
+        # line count taken at upload (exact again once the stage is counted).
+        processed = stats.rows_total or int(total * stats.bytes_done / max(stats.bytes_total, 1))
         ctx.checkpoint()
-        ctx.progress(min(stats.rows_total, total), total, phase="loading",
-                     meta={"rows_processed": stats.rows_total, "rows_total": stats.rows_total})
+        ctx.progress(min(processed, total), total, phase="loading", meta={"rows_processed": processed})
 
     ctx.set_stage("parse")
     ctx.progress(0, total, phase="loading", force=True)
     try:
         try:
-            stats = loading.stage_file(path=upload_path(upload), schema=schema, on_progress=on_progress)
+            stats = loading.stage_file(path=upload_path(upload), schema=schema, on_progress=on_progress,
+                                       should_stop=ctx.raise_if_aborted)
         except parsing.FileRejected as exc:
             return Outcome(
                 JobResult.ERROR, f"{prefix}Nothing loaded: {exc.message}",
@@ -331,6 +334,7 @@ def ingest_run(*, ctx: JobContext) -> Outcome:
         }
         ctx.checkpoint()
         ctx.set_stage("apply")
+        ctx.progress(total, total, phase="applying", force=True)
         with ctx.effect() as eff:
             applied: loading.ApplyResult | None = None
             if rows_loaded > 0:
@@ -380,7 +384,10 @@ def recalc_run(*, ctx: JobContext) -> Outcome:
     year, module, det = ctx.year, ctx.module, ctx.job.det
     assert year is not None
     ctx.set_stage("count")
-    rows = DataEntry.objects.filter(year=year, module=module, det=det).count()
+    state = ModuleState.objects.filter(year=year, module=module).first()
+    rows = DataEntry.objects.filter(
+        upload_id=state.data_upload_id if state else None, year=year, module=module, det=det
+    ).count()
     ctx.progress(0, rows or None, phase=f"computing {det}", force=True)
     ctx.checkpoint()
     ctx.set_stage("compute")

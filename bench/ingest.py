@@ -1,0 +1,238 @@
+"""Ingest benchmark: a full Sluice ingest job vs ``psql \\copy`` of the same file.
+
+Usage (servers from the environment, like the tests; the script creates and drops its
+own database ``BENCH_DATABASE_NAME`` on that server, default ``sluice_bench_ingest``):
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/sluice REDIS_URL=redis://127.0.0.1:6379/13 \\
+        .venv/bin/python bench/ingest.py [--rows 1000000] [--skip-1gb]
+
+1. Generate a professional-travel data-entries CSV (6 columns, like the NOTES baseline)
+   of ``--rows`` rows for the sample units, in a temp directory.
+2. ``psql \\copy`` it into a plain typed table: the ceiling.
+3. Upload it through ``ingestion.services.upload_create`` and let a real Celery worker
+   (1 process) run the pipeline; the ingest job's rows/s is rows / (finished_at -
+   started_at) of the ``csv_ingest`` job: parse, COPY to staging, validate, type and
+   atomically replace. Peak RSS is sampled from the worker's pool process.
+4. The same for a ~1 GB file (wide comment column) for the peak RSS bound.
+The last line is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CATEGORIES = {"plane": ["short_haul_economy", "long_haul_economy"], "train": ["regional", "high_speed"],
+              "car": ["petrol", "diesel"]}
+
+
+def bench_database_url() -> tuple[str, str]:
+    base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/sluice")
+    name = os.environ.get("BENCH_DATABASE_NAME", "sluice_bench_ingest")
+    parts = urlsplit(base)
+    return base, urlunsplit(parts._replace(path="/" + name))
+
+
+def recreate_database(base_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def drop_database(base_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def generate(path: Path, *, rows: int, units: list[str], comment_width: int = 0, seed: int = 7) -> int:
+    """Unique (unit, det, category) rows; categories beyond the sample ones get a suffix."""
+    rnd = random.Random(seed)
+    pad = "x" * comment_width
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("unit_id,det,category,distance_km,round_trip,comment\n")
+        buf = []
+        dets = list(CATEGORIES)
+        for i in range(rows):
+            det = dets[i % 3]
+            cat = f"{CATEGORIES[det][(i // 3) % 2]}_{i // (6 * len(units))}"
+            unit = units[(i // 6) % len(units)]
+            buf.append(f"{unit},{det},{cat},{rnd.randint(10, 20000)},{'true' if i % 2 else 'false'},{pad}\n")
+            if len(buf) >= 50_000:
+                f.write("".join(buf))
+                buf.clear()
+        f.write("".join(buf))
+    return path.stat().st_size
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS of the worker's pool processes (where jobs run), sampled every 20 ms."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self.parent = psutil.Process(pid)
+        self.peak = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stopped.is_set():
+            try:
+                for child in self.parent.children(recursive=True):
+                    self.peak = max(self.peak, child.memory_info().rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        self.stopped.set()
+        self.join()
+        return self.peak
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "ingest,recalc,aggregate,default",
+           "-c", "1", "-P", "prefork", "-n", "bench-ingest@%h", "--without-mingle", "--without-gossip", "-l", "info"]
+    out = open(log, "wb")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while b"ready." not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(log.read_text()[-3000:])
+        time.sleep(0.1)
+    return proc
+
+
+def run_upload(path: Path, *, year: int, worker_pid: int) -> dict[str, float]:
+    from ingestion import services
+    from pipelines.models import Job, Pipeline
+
+    t0 = time.monotonic()
+    with open(path, "rb") as f:
+        upload, pipeline = services.upload_create(
+            year=year, module="professional_travel", target="data_entries", file=f, filename=path.name, actor=None
+        )
+    upload_s = time.monotonic() - t0
+    sampler = RssSampler(worker_pid)
+    sampler.start()
+    while not Pipeline.objects.get(pk=pipeline.pk).is_done:
+        time.sleep(0.1)
+    pipeline_s = time.monotonic() - t0
+    peak = sampler.stop()
+    job = Job.objects.get(pipeline=pipeline, job_type="csv_ingest")
+    if job.result != "success":
+        raise RuntimeError(f"ingest ended {job.result}: {job.status_message}")
+    seconds = (job.finished_at - job.started_at).total_seconds()
+    return {"rows": job.meta["rows_loaded"], "ingest_s": seconds, "upload_scan_s": upload_s,
+            "pipeline_s": pipeline_s, "peak_rss_mb": peak / 2**20, "bytes": upload.size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--skip-1gb", action="store_true")
+    parser.add_argument("--gb-bytes", type=int, default=1024**3)
+    args = parser.parse_args()
+
+    base_url, url = bench_database_url()
+    name = urlsplit(url).path.lstrip("/")
+    recreate_database(base_url, name)
+    tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-ingest-"))
+    os.environ.update({"DATABASE_URL": url, "SLUICE_MEDIA_ROOT": str(tmp / "media"),
+                       "DJANGO_SETTINGS_MODULE": "config.settings", "SLUICE_LOG_LEVEL": "WARNING"})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    worker = start_worker(env, tmp / "worker.log")
+    try:
+        from ingestion import services
+        from ingestion.models import Unit
+        from pipelines.models import Pipeline
+
+        year = 2099
+        _, sync = services.year_create(year=year, actor=None)
+        while not Pipeline.objects.get(pk=sync.pk).is_done:
+            time.sleep(0.1)
+        units = list(Unit.objects.filter(active=True).exclude(kind="faculty").values_list("unit_id", flat=True))
+
+        csv_path = tmp / "travel_1m.csv"
+        size = generate(csv_path, rows=args.rows, units=units)
+        print(f"generated {args.rows:,} rows, {size / 2**20:.1f} MiB", flush=True)
+
+        ddl = ("CREATE TABLE bench_plain (unit_id text, det text, category text, distance_km float8, "
+               "round_trip text, comment text)")
+        subprocess.run(["psql", url, "-q", "-c", ddl], check=True)
+        t0 = time.monotonic()
+        subprocess.run(["psql", url, "-q", "-c", f"\\copy bench_plain FROM '{csv_path}' WITH (FORMAT csv, HEADER)"],
+                       check=True)
+        copy_s = time.monotonic() - t0
+        copy_rps = args.rows / copy_s
+        print(f"psql \\copy: {copy_s:.2f}s, {copy_rps:,.0f} rows/s", flush=True)
+
+        run = run_upload(csv_path, year=year, worker_pid=worker.pid)
+        sluice_rps = run["rows"] / run["ingest_s"]
+        print(f"sluice ingest job: {run['ingest_s']:.2f}s, {sluice_rps:,.0f} rows/s "
+              f"(upload scan {run['upload_scan_s']:.2f}s, whole pipeline {run['pipeline_s']:.2f}s), "
+              f"peak RSS {run['peak_rss_mb']:.0f} MB", flush=True)
+        csv_path.unlink()
+        shutil.rmtree(tmp / "media", ignore_errors=True)
+
+        result = {
+            "rows": args.rows,
+            "file_mb": round(size / 2**20, 1),
+            "copy_rows_per_s": round(copy_rps),
+            "sluice_rows_per_s": round(sluice_rps),
+            "ratio": round(sluice_rps / copy_rps, 3),
+            "ingest_s": round(run["ingest_s"], 2),
+            "upload_scan_s": round(run["upload_scan_s"], 2),
+            "pipeline_s": round(run["pipeline_s"], 2),
+            "peak_rss_mb": round(run["peak_rss_mb"], 1),
+        }
+        if not args.skip_1gb:
+            big = tmp / "travel_1gb.csv"
+            rows_1gb = args.gb_bytes // 460
+            big_size = generate(big, rows=rows_1gb, units=units, comment_width=400, seed=8)
+            print(f"generated {rows_1gb:,} rows, {big_size / 2**20:.0f} MiB", flush=True)
+            run_1gb = run_upload(big, year=year, worker_pid=worker.pid)
+            big.unlink()
+            print(f"1 GB ingest: {run_1gb['ingest_s']:.1f}s, {run_1gb['rows'] / run_1gb['ingest_s']:,.0f} rows/s, "
+                  f"peak RSS {run_1gb['peak_rss_mb']:.0f} MB", flush=True)
+            result.update({"file_mb_1gb": round(big_size / 2**20), "rows_1gb": run_1gb["rows"],
+                           "ingest_s_1gb": round(run_1gb["ingest_s"], 1),
+                           "peak_rss_mb_1gb": round(run_1gb["peak_rss_mb"], 1)})
+        print(json.dumps(result))
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(timeout=30)
+        from django.db import connections
+
+        connections.close_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+        drop_database(base_url, name)
+
+
+if __name__ == "__main__":
+    main()
