@@ -158,3 +158,20 @@ def test_schema_and_docs_served(client_for: Any) -> None:
                      "/api/v1/years/{year}/modules/{module}/uploads/", "/api/v1/alerts/"):
         assert expected in paths
     assert client_for(None).get("/api/docs/").status_code == 200
+
+
+def test_overlapping_aggregations_of_one_year(client_for: Any, make_pipeline: Any) -> None:
+    now = timezone.now()
+    first, second, other_year = make_pipeline(year=2040), make_pipeline(year=2040), make_pipeline(year=2041)
+    runs = [(first, now - timedelta(seconds=60), now - timedelta(seconds=30)),
+            (second, now - timedelta(seconds=40), None),  # still running, started before `first` ended
+            (other_year, now - timedelta(seconds=50), now - timedelta(seconds=10))]
+    for pipeline, started, finished in runs:
+        last = pipeline.jobs.order_by("-id").first()
+        Job.objects.filter(pk=last.pk).update(
+            job_type="aggregation", started_at=started, finished_at=finished,
+            state=JobState.FINISHED if finished else JobState.RUNNING, heartbeat_at=now,
+        )
+    body = client_for("viewer").get("/api/v1/alerts/", {"kind": "aggregation_amplified"}).json()
+    assert body["counts"]["aggregation_amplified"] == 1
+    assert body["items"][0]["pipeline_id"] == str(second.pk)
