@@ -143,7 +143,8 @@ def run_upload(path: Path, *, year: int, worker_pid: int) -> dict[str, float]:
         raise RuntimeError(f"ingest ended {job.result}: {job.status_message}")
     seconds = (job.finished_at - job.started_at).total_seconds()
     return {"rows": job.meta["rows_loaded"], "ingest_s": seconds, "upload_scan_s": upload_s,
-            "pipeline_s": pipeline_s, "peak_rss_mb": peak / 2**20, "bytes": upload.size}
+            "pipeline_s": pipeline_s, "peak_rss_mb": peak / 2**20, "bytes": upload.size,
+            "timings_s": job.meta.get("timings_s", {}), "parser": job.meta.get("parser")}
 
 
 def main() -> None:
@@ -210,6 +211,9 @@ def main() -> None:
             "upload_scan_s": round(run["upload_scan_s"], 2),
             "pipeline_s": round(run["pipeline_s"], 2),
             "peak_rss_mb": round(run["peak_rss_mb"], 1),
+            "ingest_phases_s": run["timings_s"],
+            "parser": run["parser"],
+            "load_avg_1m": round(os.getloadavg()[0], 2),
         }
         if not args.skip_1gb:
             big = tmp / "travel_1gb.csv"

@@ -101,6 +101,7 @@ class StageStats:
     rows_staged: int = 0
     bytes_done: int = 0
     bytes_total: int = 0
+    parser: str = "postgresql"  # or "python": the fallback for files PostgreSQL refused
     header: parsing.HeaderInfo | None = None
 
 
@@ -199,6 +200,7 @@ def stage_file(
             return stats
         cur.execute(f"TRUNCATE {STAGE} RESTART IDENTITY")
         stats.rows_total = stats.rows_staged = stats.rows_skipped = 0
+        stats.parser = "python"
         raw = cur.cursor  # the psycopg 3 cursor under Django's wrapper
         cols = ", ".join(_q(c.name) for c in schema)
         blocks = _staging_blocks(records, schema, header, stats)

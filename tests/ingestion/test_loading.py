@@ -13,6 +13,7 @@ from django.db import connection
 from ingestion import selectors, services
 from ingestion.models import DataEntry, Upload
 from pipelines.models import Job, JobEvent
+from pipelines.services import pipeline_cancel
 from tests.conftest import wait_until
 from tests.ingestion.conftest import YEAR, jobs_of, read_csv, sample, upload_bytes
 
@@ -186,3 +187,49 @@ def test_a_big_file_reports_real_progress_in_a_few_dozen_events(configured_year:
     phases = [e.payload["job"]["progress"]["phase"] for e in events]
     assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == ["loading", "validating", "applying"]
     assert len(phases) <= 60
+
+
+def test_cancelling_a_running_ingest_leaves_the_previous_data(configured_year: Any, load: Any) -> None:
+    # Given loaded data, and a big upload being ingested
+    assert load("headcount", "data_entries").status == "success"
+    before = snapshot()
+    _, pipeline = upload_bytes(headcount_file(9, extra_rows=600_000), module="headcount")
+    wait_until(lambda: Job.objects.get(pipeline=pipeline, job_type="csv_ingest").state == "running", timeout=60)
+
+    # When an operator cancels the pipeline mid-run
+    pipeline_cancel(pipeline_id=pipeline.pk, actor=None, reason="wrong file")
+    wait_until(lambda: Job.objects.filter(pipeline=pipeline).exclude(state="finished").count() == 0, timeout=60)
+
+    # Then every job ended cancelled and the previous data is exactly as it was
+    assert set(Job.objects.filter(pipeline=pipeline).values_list("result", flat=True)) == {"cancelled"}
+    wait_until(lambda: not connection_has_stage_writer(), timeout=30)
+    assert snapshot() == before
+
+
+def connection_has_stage_writer() -> bool:
+    """True while the cancelled worker still holds the module-year lock (rolling back)."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        return bool(cur.fetchone()[0])
+
+
+def test_recalculate_pipeline_recomputes_emissions_and_totals(configured_year: Any, load: Any,
+                                                              wait_for_pipeline: Any) -> None:
+    # Given a module with data and factors
+    assert load("headcount", "factors").status == "success"
+    assert load("headcount", "data_entries").status == "success"
+    totals = selectors.year_totals(year=YEAR, module="headcount")
+    # When a recalculation is started by hand
+    pipeline = services.pipeline_start_recalculate(year=YEAR, module="headcount", actor=None)
+    done = wait_for_pipeline(pipeline.pk, timeout=60)
+    # Then one recalc per DET and one aggregation ran, and the totals are the same numbers
+    assert done.status == "success" and (done.year, done.module) == (YEAR, "headcount")
+    assert sorted(Job.objects.filter(pipeline=done).values_list("job_type", flat=True)) == [
+        "aggregation", "emission_recalc", "emission_recalc"
+    ]
+    again = selectors.year_totals(year=YEAR, module="headcount")
+    assert again["modules"][0]["kg_co2e"] == pytest.approx(totals["modules"][0]["kg_co2e"], rel=1e-12)
+    assert again["modules"][0]["pipeline_id"] == str(done.pk)
