@@ -203,8 +203,16 @@ def upload_create(
        and said in the upload and the ingest job's meta/message.
     3. In one transaction: the upload row, its pipeline, the audit record.
     """
-    if not Year.objects.filter(pk=year).exists():
+    year_obj = Year.objects.filter(pk=year).first()
+    if year_obj is None:
         raise UploadRejected(f"Year {year} does not exist; create it first.", "year_not_found", 404)
+    if year_obj.configured_at is None:
+        # Rows are validated against the unit directory: before the sync has run,
+        # every row would be rejected as an unknown unit.
+        raise UploadRejected(
+            f"Year {year} is not set up yet: its unit sync has not succeeded; upload once it has.",
+            "year_not_configured", 409,
+        )
     try:
         mod = get_module(module)
     except UnknownModule as exc:
@@ -519,6 +527,16 @@ def report_modules_ensure(*, year: int) -> int:
             [modules, year],
         )
         return cur.rowcount
+
+
+def units_sync_now(*, year: int, source: str | None = None) -> int:
+    """The unit sync without a worker (demo set-up, ops): same steps, same idempotence."""
+    units = directory_fetch(source=source or settings.SLUICE_DIRECTORY_SOURCE)
+    synced = units_upsert(units=units)
+    reports_ensure(year=year)
+    report_modules_ensure(year=year)
+    Year.objects.filter(pk=year).update(configured_at=timezone.now())
+    return synced
 
 
 def unit_sync_run(*, ctx: JobContext) -> Outcome:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from ingestion import selectors, services
 from ingestion.models import DataEntry, RowError, Upload, Year
@@ -51,7 +52,7 @@ def test_bad_file_is_refused_at_upload_before_any_job(
     data: bytes, filename: str, status: int, code: str, text: str
 ) -> None:
     # Given a year
-    Year.objects.create(year=YEAR)
+    Year.objects.create(year=YEAR, configured_at=timezone.now())
     # When a bad file is uploaded
     with pytest.raises(services.UploadRejected) as refused:
         upload_bytes(data, module="headcount", filename=filename)
@@ -64,7 +65,7 @@ def test_bad_file_is_refused_at_upload_before_any_job(
 
 @pytest.mark.django_db
 def test_file_over_the_size_limit_is_refused_with_413(settings: Any) -> None:
-    Year.objects.create(year=YEAR)
+    Year.objects.create(year=YEAR, configured_at=timezone.now())
     settings.SLUICE_UPLOAD_MAX_BYTES = 10_000
     with pytest.raises(services.UploadRejected) as refused:
         upload_bytes(HEADER + GOOD * 1000, module="headcount")
@@ -73,11 +74,16 @@ def test_file_over_the_size_limit_is_refused_with_413(settings: Any) -> None:
 
 
 @pytest.mark.django_db
-def test_unknown_module_year_or_target_is_refused() -> None:
+def test_unknown_or_unsynced_year_unknown_module_or_target_is_refused() -> None:
     with pytest.raises(services.UploadRejected) as no_year:
         upload_bytes(HEADER + GOOD, module="headcount")
     assert no_year.value.status == 404
-    Year.objects.create(year=YEAR)
+    year = Year.objects.create(year=YEAR)
+    with pytest.raises(services.UploadRejected) as not_synced:
+        upload_bytes(HEADER + GOOD, module="headcount")
+    assert (not_synced.value.status, not_synced.value.code) == (409, "year_not_configured")
+    year.configured_at = timezone.now()
+    year.save()
     with pytest.raises(services.UploadRejected) as no_module:
         upload_bytes(HEADER + GOOD, module="cafeteria")
     assert no_module.value.status == 404 and "cafeteria" in no_module.value.message

@@ -42,6 +42,12 @@ class Command(BaseCommand):
         else:
             _, pipeline = services.year_create(year=year, actor=user)
             self.stdout.write(f"demo year {year} created; unit sync pipeline {pipeline.pk}")
+        if Year.objects.get(pk=year).configured_at is None:
+            # `make run` prepares data before the worker starts: sync the directory
+            # here so the uploads below are accepted (the planned unit_sync pipeline
+            # runs again once the worker is up; it is idempotent).
+            synced = services.units_sync_now(year=year)
+            self.stdout.write(f"synced {synced} units for {year}")
         # Factors first, so the data uploads' recalcs find them. Idempotent: a sample
         # already uploaded to this year is not uploaded again.
         for target in reversed(TARGETS):
