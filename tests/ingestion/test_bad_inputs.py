@@ -216,11 +216,17 @@ def test_bad_factor_rows_are_rejected_and_missing_factors_marked_stale(configure
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.worker
-def test_semicolon_file_with_bom_and_decimal_commas_loads(configured_year: Any, load: Any) -> None:
-    body = "\ufeffunit_id;det;category;fte;comment\nENG-0001;staff;professor;2,5;été\n".encode()
+def test_semicolon_file_with_bom_decimal_commas_spaces_and_capitals_loads_normalised(
+    configured_year: Any, load: Any
+) -> None:
+    body = ("\ufeffunit_id;det;category;fte;comment\nENG-0001;staff;professor;2,5;été\n"
+            " ENG-0007 ; Staff;  Professor ;\t1,25 ; trimmed \n").encode()
     pipeline = load("headcount", "data_entries", body)
-    assert jobs_of(pipeline)["ingest"].result == "success"
-    entry = DataEntry.objects.get(year=YEAR, module="headcount")
-    assert (entry.activity, entry.comment) == (2.5, "été")
+    assert jobs_of(pipeline)["ingest"].result == "success", jobs_of(pipeline)["ingest"].status_message
+    entries = DataEntry.objects.filter(year=YEAR, module="headcount").order_by("source_row")
+    assert [(e.unit_id, e.det, e.category, e.activity, e.comment) for e in entries] == [
+        ("ENG-0001", "staff", "professor", 2.5, "été"),
+        ("ENG-0007", "staff", "professor", 1.25, "trimmed"),
+    ]
 
 
