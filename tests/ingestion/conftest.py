@@ -8,19 +8,47 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from ingestion import services
 from ingestion.models import Year
 from ingestion.modules import MODULES
 from pipelines.models import Job, Pipeline
+from tests.conftest import wait_until
 
 SAMPLES = Path(__file__).resolve().parents[2] / "ingestion" / "samples"
 YEAR = 2025
+
+
+def worker_busy() -> bool:
+    """True while another session on the test database runs a statement."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND state NOT IN ('idle') AND pid <> pg_backend_pid()"
+        )
+        return bool(cur.fetchone()[0])
+
+
+@pytest.fixture(autouse=True)
+def _workers_idle_before_flush(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a worker test, wait until the worker's last statements are over.
+
+    A pipeline is "done" as soon as its last job's finish commits; the worker may still
+    run its after-commit steps (publishing, the next delivery's claim). The flush that
+    follows a transactional test TRUNCATEs every table: racing those statements it
+    deadlocks. (pytest-django's autouse db fixture is set up before this one, so this
+    teardown runs before its flush.)
+    """
+    yield
+    marker = request.node.get_closest_marker("django_db")
+    if marker is not None and marker.kwargs.get("transaction"):
+        wait_until(lambda: not worker_busy(), timeout=60, interval=0.1)
 
 
 def sample(module: str, target: str) -> Path:

@@ -15,7 +15,7 @@ from ingestion.models import DataEntry, Upload
 from pipelines.models import Job, JobEvent
 from pipelines.services import pipeline_cancel
 from tests.conftest import wait_until
-from tests.ingestion.conftest import YEAR, jobs_of, read_csv, sample, upload_bytes
+from tests.ingestion.conftest import YEAR, jobs_of, read_csv, sample, upload_bytes, worker_busy
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
@@ -202,18 +202,10 @@ def test_cancelling_a_running_ingest_leaves_the_previous_data(configured_year: A
 
     # Then every job ended cancelled and the previous data is exactly as it was
     assert set(Job.objects.filter(pipeline=pipeline).values_list("result", flat=True)) == {"cancelled"}
-    wait_until(lambda: not connection_has_stage_writer(), timeout=30)
+    # (once the worker has noticed and stopped: it must not still be mid-statement when
+    # the test database is truncated after this test)
+    wait_until(lambda: not worker_busy(), timeout=60)
     assert snapshot() == before
-
-
-def connection_has_stage_writer() -> bool:
-    """True while the cancelled worker still holds the module-year lock (rolling back)."""
-    with connection.cursor() as cur:
-        cur.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        )
-        return bool(cur.fetchone()[0])
 
 
 def test_recalculate_pipeline_recomputes_emissions_and_totals(configured_year: Any, load: Any,
