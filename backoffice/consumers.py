@@ -13,12 +13,14 @@ The seam between stored and live events: the socket joins its groups *before* re
 the database, buffers live events while reading, then flushes the buffer dropping
 ``seq <= `` what the read covered. Global ``seq`` is commit-ordered (``EventCounter``),
 so every event is either in the read or committed (and published) after it.
+
+Sockets join groups through the process's ``live.Hub`` (one channel-layer channel per
+process, see there why) rather than a channel each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
@@ -35,12 +37,18 @@ logger = logging.getLogger(__name__)
 # channels-redis drops a channel from its groups after ``group_expiry`` (1 day by
 # default) unless re-added: a console left open over a weekend would go silent.
 GROUP_REFRESH_SECONDS = 3600.0
-LIVE_EVENT_TYPES = frozenset({"job.update", "pipeline.update"})
+# A socket this far behind (a stalled browser) is closed; it reconnects with ?after=
+# and catches up from the database instead of holding the server's memory.
+OUTBOX_MAX = 5000
+CLOSE_TOO_SLOW = 4008
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
     feed: live.Feed = "console"
     refresh_seconds: float = GROUP_REFRESH_SECONDS
+    # No channel per socket: events arrive through the process hub (an alias that is
+    # not configured gives the consumer no channel layer of its own).
+    channel_layer_alias = "sluice-live-sockets-use-the-hub"
 
     access: live.Access
     pipeline_id: str | None = None
@@ -49,8 +57,10 @@ class LiveConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.syncing = True
         self.buffer: list[dict[str, Any]] = []
+        self.outbox: asyncio.Queue[str] = asyncio.Queue()
+        self.tasks: list[asyncio.Task[None]] = []
         self.sync_task: asyncio.Task[None] | None = None
-        self.refresh_task: asyncio.Task[None] | None = None
+        self.joined: list[str] = []
         kwargs = self.scope["url_route"]["kwargs"]
         self.pipeline_id = str(kwargs["pipeline_id"]) if "pipeline_id" in kwargs else None
         self.year = int(kwargs["year"]) if "year" in kwargs else None
@@ -62,16 +72,20 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.close(code=self.access.close_code)
             return
         # Join first, read the database second: see the module docstring.
+        hub = live.hub()
         for group in self.access.groups:
-            await self.channel_layer.group_add(group, self.channel_name)
-        self.groups = list(self.access.groups)
+            await hub.join(group, self)
+            self.joined.append(group)
         self.sync_task = asyncio.create_task(self._catch_up(after=self._after_param()))
-        self.refresh_task = asyncio.create_task(self._refresh_groups())
+        self.tasks = [asyncio.create_task(self._write()), asyncio.create_task(self._refresh_groups())]
 
     async def disconnect(self, code: int) -> None:
-        for task in (getattr(self, "sync_task", None), getattr(self, "refresh_task", None)):
+        for task in [*getattr(self, "tasks", []), getattr(self, "sync_task", None)]:
             if task is not None:
                 task.cancel()
+        hub = live.hub()
+        for group in getattr(self, "joined", []):
+            await hub.leave(group, self)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
@@ -85,33 +99,24 @@ class LiveConsumer(AsyncWebsocketConsumer):
             self.buffer = []
             self.sync_task = asyncio.create_task(self._catch_up(after=None))
 
-    # --- group messages (type "job.update" / "pipeline.update") -----------------------
+    # --- events from the hub ----------------------------------------------------------
 
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels runs ``close_old_connections`` in the database thread before every
-        # handler: one thread hop per event per socket, serialised on one thread. The
-        # forwarders never touch the database (and ``database_sync_to_async`` closes
-        # stale connections itself), so live events skip it: with 200 sockets that hop
-        # was the whole latency budget.
-        if message["type"] in LIVE_EVENT_TYPES:
-            await self._forward(message)
-            return
-        await super().dispatch(message)
-
-    async def job_update(self, event: dict[str, Any]) -> None:
-        await self._forward(event)
-
-    async def pipeline_update(self, event: dict[str, Any]) -> None:
-        await self._forward(event)
-
-    async def _forward(self, event: dict[str, Any]) -> None:
-        # The layer hands the *same* dict to every local socket: never mutate it.
+    def deliver(self, event: dict[str, Any], text: str) -> None:
+        """Called by the hub for each event of a joined group (same dict for every socket)."""
         if not live.visible(self.access.modules, event):
             return
         if self.syncing:
             self.buffer.append(event)
-            return
-        await self.send(text_data=_encode(event))
+        elif self.outbox.qsize() >= OUTBOX_MAX:
+            self.syncing = True  # stop queueing; the close below makes the client replay
+            asyncio.get_running_loop().create_task(self.close(code=CLOSE_TOO_SLOW))
+        else:
+            self.outbox.put_nowait(text)
+
+    async def _write(self) -> None:
+        # One writer per socket keeps its events in order; a slow socket delays only itself.
+        while True:
+            await self.send(text_data=await self.outbox.get())
 
     # --- internals --------------------------------------------------------------------
 
@@ -138,7 +143,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
                 batch, self.buffer = self.buffer, []
                 for event in sorted(batch, key=lambda e: int(e["seq"])):
                     if int(event["seq"]) > upto:
-                        await self.send(text_data=_encode(event))
+                        await self.send(text_data=json.dumps(event, separators=(",", ":")))
             self.syncing = False
         except asyncio.CancelledError:
             raise
@@ -147,6 +152,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await self.close(code=1011)
 
     async def _send_stored(self, after: int | None) -> int:
+        # Anything still queued for the writer predates this read: the client drops it
+        # by pipeline_seq if it arrives after the snapshot.
         kwargs: dict[str, Any] = {
             "feed": self.feed, "modules": self.access.modules, "pipeline_id": self.pipeline_id, "year": self.year,
         }
@@ -154,12 +161,12 @@ class LiveConsumer(AsyncWebsocketConsumer):
             events = await database_sync_to_async(live.replay)(after=after, **kwargs)
             if events is not None:
                 for event in events:
-                    await self.send(text_data=_encode(event))
+                    await self.send(text_data=json.dumps(event, separators=(",", ":")))
                 upto = max([after, *(int(e["seq"]) for e in events)])
-                await self.send(text_data=_encode({"type": "replayed", "seq": upto, "count": len(events)}))
+                await self.send(text_data=json.dumps({"type": "replayed", "seq": upto, "count": len(events)}))
                 return upto
         snap = await database_sync_to_async(live.snapshot)(**kwargs)
-        await self.send(text_data=_encode(snap))
+        await self.send(text_data=json.dumps(snap, separators=(",", ":")))
         return int(snap["seq"])
 
     async def _refresh_groups(self) -> None:
@@ -171,23 +178,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
                 await self.close(code=access.close_code)
                 return
             self.access = access
-            for group in access.groups:
+            for group in self.joined:
                 with contextlib.suppress(Exception):  # Redis hiccup: try again next round
-                    await self.channel_layer.group_add(group, self.channel_name)
-
-
-# The channel layer hands one dict object to every socket of a process: encode it
-# once, not once per socket (at 200 sockets json.dumps alone took milliseconds).
-_ENCODED: collections.deque[tuple[dict[str, Any], str]] = collections.deque(maxlen=16)
-
-
-def _encode(message: dict[str, Any]) -> str:
-    for obj, text in _ENCODED:
-        if obj is message:
-            return text
-    text = json.dumps(message, separators=(",", ":"))
-    _ENCODED.append((message, text))
-    return text
+                    await live.hub().refresh(group)
 
 
 class ConsoleConsumer(LiveConsumer):

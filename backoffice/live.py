@@ -18,15 +18,21 @@ exact: no event is applied twice, none is missed.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from django.db import connection, transaction
 
 from backoffice import access
 from pipelines import events, publish, selectors
 from pipelines.models import DONE_STATUSES, EventCounter, Job, JobEvent, Pipeline
+
+logger = logging.getLogger(__name__)
 
 Feed = Literal["console", "pipeline", "year"]
 
@@ -239,3 +245,97 @@ def replay(
         if len(page) < REPLAY_PAGE:
             return out
         cursor = int(page[-1]["seq"])
+
+
+# --- process-local fan-out ------------------------------------------------------------
+
+
+class Subscriber(Protocol):
+    def deliver(self, event: dict[str, Any], text: str) -> None: ...
+
+
+class Hub:
+    """One channel-layer channel per process for every live socket of that process.
+
+    Why not a channel per socket (the Channels default): channels-redis then wakes
+    each socket's receive task through a shared lock and a buffer per channel, and
+    every socket re-encodes the event; at 200 sockets that cost ~0.3 ms per socket per
+    event, so the last socket heard of a commit ~60 ms late. Here the process joins
+    each group once, receives each event once, encodes it once and hands it to the
+    local sockets of that group (each socket still decides what its user may see).
+
+    Membership is reference-counted per group; the publisher tags each copy with the
+    group it was sent to (``"group"``), which is stripped before it reaches a browser.
+    """
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.channel: str | None = None
+        self.members: dict[str, set[Subscriber]] = {}
+        self.pump: asyncio.Task[None] | None = None
+        self.lock = asyncio.Lock()
+
+    async def join(self, group: str, subscriber: Subscriber) -> None:
+        async with self.lock:
+            if self.channel is None:
+                self.channel = await self.layer.new_channel()
+                self.pump = asyncio.create_task(self._pump(self.channel))
+            if group not in self.members:
+                await self.layer.group_add(group, self.channel)
+                self.members[group] = set()
+            self.members[group].add(subscriber)
+
+    async def refresh(self, group: str) -> None:
+        """Re-add the process channel before the layer's ``group_expiry`` drops it."""
+        if self.channel is not None and group in self.members:
+            await self.layer.group_add(group, self.channel)
+
+    async def leave(self, group: str, subscriber: Subscriber) -> None:
+        async with self.lock:
+            subscribers = self.members.get(group)
+            if subscribers is None:
+                return
+            subscribers.discard(subscriber)
+            if not subscribers and self.channel is not None:
+                del self.members[group]
+                await self.layer.group_discard(group, self.channel)
+            # The channel and its pump stay for the process's life: cancelling a
+            # receive in flight on channels-redis lost the next channel's messages.
+
+    async def _pump(self, channel: str) -> None:
+        while True:
+            try:
+                tagged = await self.layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Redis restarting: keep the pump alive; sockets see the gap and resync.
+                logger.exception("live hub receive failed")
+                await asyncio.sleep(0.5)
+                continue
+            group = tagged.get("group")
+            subscribers = self.members.get(group or "")
+            if not subscribers:
+                continue
+            event = {k: v for k, v in tagged.items() if k != "group"}
+            text = json.dumps(event, separators=(",", ":"))
+            for subscriber in list(subscribers):
+                try:
+                    subscriber.deliver(event, text)
+                except Exception:
+                    logger.exception("live delivery failed")
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+
+
+def hub() -> Hub:
+    """The hub of the running event loop (one per server process; one per test loop)."""
+    from channels.layers import get_channel_layer
+
+    loop = asyncio.get_running_loop()
+    layer = get_channel_layer()
+    current = _hubs.get(loop)
+    if current is None or current.layer is not layer:
+        current = _hubs[loop] = Hub(layer)
+    return current

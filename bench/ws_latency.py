@@ -41,18 +41,17 @@ DB_NAME = "sluice_bench_ws"
 
 
 async def _client(url: str, headers: dict[str, str], arrivals: list[tuple[int, float]], ready: asyncio.Event,
-                  stop: asyncio.Event) -> None:
+                  sockets: list[Any]) -> None:
     import websockets
 
     async with websockets.connect(url, additional_headers=headers, max_queue=None) as ws:
+        sockets.append(ws)
         first = json.loads(await ws.recv())
         assert first["type"] == "snapshot", first
         ready.set()
-        while not stop.is_set():
-            try:
-                raw = await asyncio.wait_for(ws.recv(), 0.5)
-            except TimeoutError:
-                continue
+        # No per-message timeout (a wait_for per frame costs more than the frame):
+        # the run ends by closing the sockets.
+        async for raw in ws:
             now = time.time()
             # Only the seq is needed; a full json.loads per delivery would be the
             # receiver's cost, not the platform's.
@@ -65,18 +64,18 @@ async def _client(url: str, headers: dict[str, str], arrivals: list[tuple[int, f
 
 async def _receive(url: str, cookie: str, origin: str, clients: int, out: str) -> None:
     headers = {"Cookie": cookie, "Origin": origin}
-    stop = asyncio.Event()
     per_client: list[list[tuple[int, float]]] = [[] for _ in range(clients)]
     readies = [asyncio.Event() for _ in range(clients)]
+    sockets: list[Any] = []
     tasks = []
     for i in range(clients):
-        tasks.append(asyncio.create_task(_client(url, headers, per_client[i], readies[i], stop)))
+        tasks.append(asyncio.create_task(_client(url, headers, per_client[i], readies[i], sockets)))
         await asyncio.sleep(0.002)  # do not stampede the handshake
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.readline)  # "stop" from the producer
-    stop.set()
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
     await asyncio.gather(*tasks, return_exceptions=True)
     Path(out).write_text(json.dumps(per_client))
 
@@ -188,6 +187,9 @@ def _run(clients: int, transitions: int, interval: float, url: str, cookie: str,
                 latencies.append((got[seq] - t0) * 1000.0)
             else:
                 missing += 1
+    if not latencies:
+        raise RuntimeError(f"no deliveries: {len(stamps)} stamped, arrivals per client "
+                           f"{[len(a) for a in per_client][:10]}; see .var/bench-uvicorn.log")
     p50, p99 = _percentile(latencies, 0.50), _percentile(latencies, 0.99)
     print(
         f"clients={clients} transitions={len(stamps)} deliveries={len(latencies)} missing={missing} "

@@ -98,7 +98,11 @@ class _Publisher:
                     for message in messages:
                         # The groups of one message in parallel (independent streams);
                         # messages one after another (order within each group).
-                        await asyncio.gather(*(layer.group_send(g, message) for g in groups_for(message)))
+                        # Each copy names its group: a web process receives every group
+                        # on one channel (``backoffice.live.Hub``) and routes by it.
+                        await asyncio.gather(
+                            *(layer.group_send(g, {**message, "group": g}) for g in groups_for(message))
+                        )
             except Exception:
                 logger.warning("event publish failed", exc_info=True)
             finally:

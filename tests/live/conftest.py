@@ -153,7 +153,9 @@ class Socket:
 class Store:
     """What a browser holds: the live.js rules in Python (apply by ``pipeline_seq``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, only: set[str] | None = None) -> None:
+        # Pipelines this test made: other runs may share the Redis database.
+        self.only = only
         self.pipelines: dict[str, dict[str, Any]] = {}
         self.pseq: dict[str, int] = {}
         self.jobs: dict[int, dict[str, Any]] = {}
@@ -172,6 +174,8 @@ class Store:
             self.seq = message["seq"]
         elif kind in ("job.update", "pipeline.update"):
             pid = message["pipeline_id"]
+            if self.only is not None and pid not in self.only:
+                return
             have = self.pseq.get(pid, 0)
             if message["pipeline_seq"] <= have:
                 self.duplicates += 1
