@@ -15,9 +15,14 @@ from django.core.cache import caches
 from django.core.cache.backends.base import InvalidCacheBackendError
 from django.db import transaction
 from django.http import HttpRequest
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.request import Request
+from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
 from pipelines.models import OperatorActionKind
@@ -51,6 +56,20 @@ def token_revoke(*, username: str, actor: Any = None) -> bool:
                 actor=actor, action=OperatorActionKind.REVOKE_TOKEN, target_type="user", target_id=str(user.pk)
             )
     return bool(deleted)
+
+
+class TokenObtainView(ObtainAuthToken):
+    """``POST /api/v1/auth/token/`` username + password → the user's token (for curl)."""
+
+    @extend_schema(
+        request={"application/x-www-form-urlencoded": AuthTokenSerializer, "application/json": AuthTokenSerializer},
+        responses={
+            200: inline_serializer("TokenOutput", {"token": serializers.CharField()}),
+            400: OpenApiResponse(description="Wrong username or password ({detail, code, errors})"),
+        },
+    )
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().post(request, *args, **kwargs)
 
 
 class TokenRateThrottle(SimpleRateThrottle):

@@ -6,7 +6,8 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
+
+from backoffice.api_auth import TokenObtainView
 
 
 @csrf_exempt
@@ -17,7 +18,7 @@ def not_found(request: HttpRequest, *args: object, **kwargs: object) -> JsonResp
 
 urlpatterns = [
     # username + password → the user's token (curl-friendly; also `manage.py sluice_token issue`).
-    path("v1/auth/token/", obtain_auth_token, name="api-token"),
+    path("v1/auth/token/", TokenObtainView.as_view(), name="api-token"),
     path("v1/", include("pipelines.api.urls")),
     path("v1/", include("ingestion.api")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),

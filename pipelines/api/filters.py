@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC
 from typing import Any
 
 import django_filters
 from django.db.models import Q, QuerySet
+from rest_framework.exceptions import ValidationError
 
 from pipelines import alerts
 from pipelines.models import Job, JobResult, JobState, Pipeline, PipelineStatus
+
+
+class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """ISO 8601 datetime, normalised to UTC before it reaches PostgreSQL.
+
+    PostgreSQL refuses offsets beyond ±15:59 that Python accepts (``+21:53``): without
+    this a legal-looking ``?until=`` would be a 500 instead of a 400.
+    """
+
+    def filter(self, qs: QuerySet[Any], value: Any) -> QuerySet[Any]:
+        if value is not None:
+            try:
+                value = value.astimezone(UTC)
+            except OverflowError:
+                raise ValidationError({self.field_name: ["Date out of range."]}, "invalid")
+        return super().filter(qs, value)
 
 
 class PipelineFilter(django_filters.FilterSet):
@@ -21,8 +39,8 @@ class PipelineFilter(django_filters.FilterSet):
     alert = django_filters.ChoiceFilter(
         choices=[(k, k) for k in alerts.ALERT_KINDS], method="filter_alert", label="Has a job with this alert"
     )
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = UtcDateTimeFilter(field_name="created_at", lookup_expr="lt")
     q = django_filters.CharFilter(method="filter_q", label="Search: a pipeline id, or text in kind/module/phase/error")
 
     class Meta:
@@ -60,8 +78,8 @@ class JobFilter(django_filters.FilterSet):
     year = django_filters.NumberFilter(field_name="pipeline__year")
     module = django_filters.CharFilter(field_name="pipeline__module")
     pipeline = django_filters.UUIDFilter(field_name="pipeline_id")
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = UtcDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Job
@@ -75,8 +93,8 @@ class StatsFilter(django_filters.FilterSet):
     module = django_filters.CharFilter(field_name="pipeline__module")
     job_type = django_filters.CharFilter()
     queue = django_filters.CharFilter()
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = UtcDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Job
@@ -85,8 +103,6 @@ class StatsFilter(django_filters.FilterSet):
 
 def filtered(filterset_class: Any, data: Any, queryset: QuerySet[Any]) -> QuerySet[Any]:
     """Apply a filter set; invalid filter values are a 400 (not silently ignored)."""
-    from rest_framework.exceptions import ValidationError
-
     fs = filterset_class(data=data, queryset=queryset)
     if not fs.is_valid():
         raise ValidationError(fs.errors)

@@ -70,7 +70,7 @@ class PipelineDetailSerializer(PipelineItemSerializer):
 
 
 class EventSerializer(serializers.Serializer):
-    """One event, byte for byte what WebSocket and SSE clients receive."""
+    """One event: the stored payload, the same object WebSocket and SSE clients receive."""
 
     type = serializers.ChoiceField(choices=["job.update", "pipeline.update"])
     seq = serializers.IntegerField()

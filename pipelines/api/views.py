@@ -184,7 +184,7 @@ class PipelineEventsView(ApiView):
             after_seq=params.validated_data["after"], pipeline_id=pipeline.pk, limit=limit
         )
         last = batch[-1]["seq"] if batch else params.validated_data["after"]
-        # The stored payloads go out untouched: byte for byte what WebSocket/SSE clients got.
+        # The stored payloads go out untouched: the same objects WebSocket and SSE clients got.
         return Response({"events": batch, "last_seq": last, "has_more": len(batch) == limit})
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import override_settings
+from django.utils import timezone
 
 from ingestion.models import Upload, Year
 from pipelines.models import OperatorAction, Pipeline
@@ -91,7 +92,7 @@ def test_totals(client_for: Any) -> None:
 
 
 def test_upload_accepted(client_for: Any, media: Any) -> None:
-    Year.objects.create(year=2035)
+    Year.objects.create(year=2035, configured_at=timezone.now())
     response = client_for("granted").post(
         f"/api/v1/years/2035/modules/{GRANTED_MODULE}/uploads/", {"file": csv_file(), "target": "data_entries"}
     )
@@ -112,7 +113,7 @@ def test_upload_accepted(client_for: Any, media: Any) -> None:
 
 
 def test_upload_bad_header_is_400_at_once(client_for: Any, media: Any) -> None:
-    Year.objects.create(year=2036)
+    Year.objects.create(year=2036, configured_at=timezone.now())
     response = client_for("operator").post(
         f"/api/v1/years/2036/modules/{OTHER_MODULE}/uploads/",
         {"file": csv_file("building_id\n", name="b.csv"), "target": "data_entries"},
@@ -123,7 +124,7 @@ def test_upload_bad_header_is_400_at_once(client_for: Any, media: Any) -> None:
 
 
 def test_upload_errors(client_for: Any, media: Any) -> None:
-    Year.objects.create(year=2037)
+    Year.objects.create(year=2037, configured_at=timezone.now())
     url = f"/api/v1/years/2037/modules/{GRANTED_MODULE}/uploads/"
     operator = client_for("operator")
     assert operator.post(url, {"target": "data_entries"}).status_code == 400
@@ -160,3 +161,11 @@ def test_start_recalculate_pipeline(client_for: Any) -> None:
     assert unknown.status_code == 404
     sync = client_for("operator").post("/api/v1/pipelines/", {"kind": "unit_sync", "year": 2038}, format="json")
     assert sync.status_code == 202
+
+
+def test_upload_before_unit_sync_is_409(client_for: Any, media: Any) -> None:
+    Year.objects.create(year=2039)
+    response = client_for("operator").post(
+        f"/api/v1/years/2039/modules/{GRANTED_MODULE}/uploads/", {"file": csv_file(), "target": "data_entries"}
+    )
+    assert response.status_code == 409 and response.json()["code"] == "year_not_configured"

@@ -175,3 +175,22 @@ def test_overlapping_aggregations_of_one_year(client_for: Any, make_pipeline: An
     body = client_for("viewer").get("/api/v1/alerts/", {"kind": "aggregation_amplified"}).json()
     assert body["counts"]["aggregation_amplified"] == 1
     assert body["items"][0]["pipeline_id"] == str(second.pk)
+
+
+def test_token_endpoint(users: Any) -> None:
+    from rest_framework.test import APIClient
+
+    users["viewer"].set_password("s3cret-pass")
+    users["viewer"].save()
+    client = APIClient()
+    response = client.post("/api/v1/auth/token/", {"username": "viewer", "password": "s3cret-pass"})
+    assert response.status_code == 200
+    assert response.json()["token"] == Token.objects.get(user=users["viewer"]).key
+    wrong = client.post("/api/v1/auth/token/", {"username": "viewer", "password": "nope"})
+    assert wrong.status_code == 400 and wrong.json()["code"]
+
+
+def test_out_of_range_dates_are_400(client_for: Any) -> None:
+    client = client_for("viewer")
+    assert client.get("/api/v1/jobs/", {"until": "5000-02-23T12:37:07.5+21:53"}).status_code in (200, 400)
+    assert client.get("/api/v1/pipelines/", {"since": "9999-12-31T23:00:00-05:00"}).status_code == 400
