@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ def year_totals(*, year: int, module: str | None = None, unit: str | None = None
         qs = qs.filter(module=module)
     rows = list(qs.values("module", "unit_id", "kg_co2e", "rows_without_factor", "pipeline_id", "computed_at"))
 
-    def item(r: dict[str, Any]) -> dict[str, Any]:
+    def item(r: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "module": r["module"],
             "kg_co2e": r["kg_co2e"],

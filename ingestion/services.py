@@ -404,9 +404,9 @@ def recalc_run(*, ctx: JobContext) -> Outcome:
     assert year is not None
     ctx.set_stage("count")
     state = ModuleState.objects.filter(year=year, module=module).first()
-    rows = DataEntry.objects.filter(
-        upload_id=state.data_upload_id if state else None, year=year, module=module, det=det
-    ).count()
+    rows = 0
+    if state is not None and state.data_upload_id is not None:
+        rows = DataEntry.objects.filter(upload_id=state.data_upload_id, year=year, module=module, det=det).count()
     ctx.progress(0, rows or None, phase=f"computing {det}", force=True)
     ctx.checkpoint()
     ctx.set_stage("compute")
@@ -437,8 +437,8 @@ def aggregation_run(*, ctx: JobContext) -> Outcome:
     ctx.progress(0, None, phase="aggregating", force=True)
     with ctx.effect() as eff:
         a = loading.aggregate(year=year, module=module, pipeline_id=ctx.pipeline_id)
-        meta = {"totals_written": a.totals_written, "kg_co2e": a.kg_co2e,
-                "rows_without_factor": a.rows_without_factor}
+        meta: dict[str, Any] = {"totals_written": a.totals_written, "kg_co2e": a.kg_co2e,
+                                "rows_without_factor": a.rows_without_factor}
         if a.recomputed:
             msg = f"Totals of {module} {year}: {a.kg_co2e:,.1f} kg CO2e ({a.totals_written - 1:,} units)"
         else:
