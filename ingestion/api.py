@@ -38,7 +38,7 @@ from pipelines.api.views import require_operate
 class ColumnSerializer(serializers.Serializer):
     name = serializers.CharField()
     type = serializers.CharField()
-    required = serializers.BooleanField()
+    required = serializers.BooleanField()  # type: ignore[assignment]  # a field, popped by the metaclass
     unit = serializers.CharField(allow_blank=True)
     allowed = serializers.ListField(child=serializers.CharField())
     min = serializers.FloatField(allow_null=True)
@@ -48,7 +48,7 @@ class ColumnSerializer(serializers.Serializer):
 
 class DetSerializer(serializers.Serializer):
     key = serializers.CharField()
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field, popped by the metaclass
     categories = serializers.ListField(child=serializers.CharField())
 
 
@@ -59,7 +59,7 @@ class TargetsSerializer(serializers.Serializer):
 
 class ModuleSerializer(serializers.Serializer):
     key = serializers.CharField()
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field, popped by the metaclass
     formula = serializers.CharField()
     dets = DetSerializer(many=True)
     targets = TargetsSerializer()

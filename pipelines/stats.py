@@ -68,7 +68,8 @@ def job_stats(*, jobs: QuerySet[Job]) -> dict[str, Any]:
     3. Throughput: jobs finished in the last minute and hour.
     """
     by: dict[str, dict[str, int]] = {"state": {}, "result": {}, "job_type": {}, "queue": {}}
-    for row in jobs.order_by().values("state", "result", "job_type", "queue").annotate(n=Count("id")):
+    for values in jobs.order_by().values("state", "result", "job_type", "queue").annotate(n=Count("id")):
+        row: dict[str, Any] = dict(values)
         for dimension, counts in by.items():
             key = str(row[dimension]) if row[dimension] is not None else "none"
             counts[key] = counts.get(key, 0) + row["n"]

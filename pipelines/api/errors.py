@@ -22,7 +22,10 @@ from pipelines.services import ConflictError
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     code = serializers.CharField()
-    errors = serializers.DictField(required=False, help_text="Field errors of a 400, by field name.")
+    # Shadows ``Serializer.errors`` on purpose: the metaclass pops declared fields.
+    errors = serializers.DictField(  # type: ignore[assignment]
+        required=False, help_text="Field errors of a 400, by field name."
+    )
     reasons = serializers.DictField(required=False, help_text="409 on opening a year: why, per module.")
 
 

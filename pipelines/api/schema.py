@@ -13,7 +13,7 @@ class AutoSchema(BaseAutoSchema):
     Without this every view's ``OutputSerializer`` would collide as one ``Output`` component.
     """
 
-    def get_serializer_name(self, serializer: Any, direction: str) -> str:
+    def get_serializer_name(self, serializer: Any, direction: Any) -> str:
         name = super().get_serializer_name(serializer, direction)
         qualname = type(serializer).__qualname__
         if "." in qualname:

@@ -26,6 +26,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 
 from backoffice import access
 from backoffice.api_auth import aauthenticate
@@ -108,7 +109,7 @@ def _after(request: HttpRequest) -> int | None:
     return value if value >= 0 else None
 
 
-async def pipeline_stream(request: HttpRequest, pipeline_id: Any) -> HttpResponse:
+async def pipeline_stream(request: HttpRequest, pipeline_id: Any) -> HttpResponseBase:
     if request.method != "GET":
         return _error(405, f'Method "{request.method}" not allowed.', "method_not_allowed", Allow="GET")
     user, _ = await aauthenticate(request)

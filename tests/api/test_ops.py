@@ -194,3 +194,12 @@ def test_out_of_range_dates_are_400(client_for: Any) -> None:
     client = client_for("viewer")
     assert client.get("/api/v1/jobs/", {"until": "5000-02-23T12:37:07.5+21:53"}).status_code in (200, 400)
     assert client.get("/api/v1/pipelines/", {"since": "9999-12-31T23:00:00-05:00"}).status_code == 400
+
+
+def test_admin_token_page(users: Any) -> None:
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(users["admin"])
+    assert browser.get("/admin/authtoken/tokenproxy/").status_code == 200
+    assert browser.get("/admin/authtoken/tokenproxy/add/").status_code == 200
