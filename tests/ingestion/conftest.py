@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,8 +48,20 @@ def _workers_idle_before_flush(request: pytest.FixtureRequest) -> Iterator[None]
     """
     yield
     marker = request.node.get_closest_marker("django_db")
-    if marker is not None and marker.kwargs.get("transaction"):
-        wait_until(lambda: not worker_busy(), timeout=60, interval=0.1)
+    if marker is None or not marker.kwargs.get("transaction"):
+        return
+    quiet_since: list[float] = []
+
+    def settled() -> bool:
+        # Every job finished and no worker statement running, continuously for 1 s
+        # (a worker is briefly idle between one job and the next).
+        if Job.objects.exclude(state="finished").exists() or worker_busy():
+            quiet_since.clear()
+            return False
+        quiet_since.append(time.monotonic())
+        return quiet_since[-1] - quiet_since[0] >= 1.0
+
+    wait_until(settled, timeout=120, interval=0.1)
 
 
 def sample(module: str, target: str) -> Path:

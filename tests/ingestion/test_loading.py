@@ -173,6 +173,7 @@ def test_a_big_file_reports_real_progress_in_a_few_dozen_events(configured_year:
     watcher.start()
     try:
         wait_until(lambda: Job.objects.get(pipeline=pipeline, job_type="csv_ingest").state == "finished", timeout=90)
+        wait_until(lambda: not Job.objects.filter(pipeline=pipeline).exclude(state="finished").exists(), timeout=90)
     finally:
         stop.set()
         watcher.join()
