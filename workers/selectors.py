@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypedDict
 
 from django.conf import settings
@@ -35,9 +36,10 @@ def worker_list(*, timeout: float = 1.0) -> list[WorkerInfo]:
     from config.celery import app
 
     inspect = app.control.inspect(timeout=timeout)
-    stats = inspect.stats() or {}
-    active = inspect.active() or {}
-    queues = inspect.active_queues() or {}
+    # Each broadcast waits its whole timeout for replies: ask the three at once.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(fn) for fn in (inspect.stats, inspect.active, inspect.active_queues)]
+        stats, active, queues = ((f.result() or {}) for f in futures)
     workers: list[WorkerInfo] = []
     for hostname in sorted(set(stats) | set(active) | set(queues)):
         info = stats.get(hostname, {})
