@@ -61,7 +61,9 @@ class JobContext:
         self._last_emit = 0.0
         self._last_percent = -100.0
         self._last_phase: str | None = None
-        self._last_check = 0.0
+        # The claim just checked ownership: a job shorter than the check interval
+        # costs no extra query.
+        self._last_check = time.monotonic()
 
     def set_stage(self, stage: str) -> None:
         """Names the step an error will be reported in (``error.stage``)."""
@@ -152,8 +154,10 @@ class _Heartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        beat = False
         try:
             while not self.stopped.wait(settings.SLUICE_HEARTBEAT_SECONDS):
+                beat = True
                 try:
                     if not services.job_heartbeat(job_id=self.ctx.job_id, attempt=self.ctx.attempt):
                         self.ctx.aborted.set()
@@ -161,7 +165,8 @@ class _Heartbeat(threading.Thread):
                 except DatabaseError:
                     logger.warning("heartbeat failed", exc_info=True)
         finally:
-            connections.close_all()
+            if beat:  # a thread that never beat opened no connection
+                connections.close_all()
 
     def stop(self) -> None:
         self.stopped.set()

@@ -17,6 +17,7 @@ Concurrency rules (read before changing anything here):
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,8 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, F, Func, JSONField, OuterRef, Q, Value
-from django.db.models.expressions import RawSQL
+from django.db.models import F, Func, JSONField, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -132,6 +132,19 @@ _COUNTS_SQL = "jsonb_strip_nulls(jsonb_build_object({}))".format(
 )
 
 
+_JOB_COLUMNS = ", ".join(
+    f"j.{f.column}" for f in Job._meta.concrete_fields if f.name not in ("meta", "error", "effect_outcome")
+)
+_JOBS_SQL = (
+    f"SELECT {_JOB_COLUMNS}, {_COUNTS_SQL.replace('meta->', 'j.meta->')} AS counts, "
+    "EXISTS (SELECT 1 FROM pipelines_queuestate q WHERE q.name = j.queue AND q.paused) AS queue_paused "
+    "FROM pipelines_job j WHERE j.pipeline_id = %s ORDER BY j.id"
+)
+_LOCK_BY_JOB_SQL = (
+    "SELECT * FROM pipelines_pipeline WHERE id = (SELECT pipeline_id FROM pipelines_job WHERE id = %s) FOR UPDATE"
+)
+
+
 class _Dag:
     """One pipeline, locked, with all its jobs: the working set of a transition.
 
@@ -143,18 +156,13 @@ class _Dag:
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
-        self.jobs: dict[int, Job] = {
-            j.pk: j
-            for j in Job.objects.filter(pipeline_id=pipeline.pk)
-            .defer("meta", "error", "effect_outcome")
-            .annotate(
-                counts=RawSQL(_COUNTS_SQL, [], output_field=JSONField()),  # noqa: S611 - constant SQL
-                queue_paused=Exists(QueueState.objects.filter(name=OuterRef("queue"), paused=True)),
-            )
-            .order_by("id")
-        }
+        # Raw SQL: this runs twice per job, and compiling the equivalent ORM query
+        # (annotations, Exists) cost more than executing it (bench/pipeline_overhead.py).
+        self.jobs: dict[int, Job] = {j.pk: j for j in Job.objects.raw(_JOBS_SQL, [pipeline.pk])}
         for job in self.jobs.values():
             job.pipeline = pipeline  # no lazy query when a handler reads ctx.year/module
+            if isinstance(job.counts, str):  # type: ignore[attr-defined]
+                job.counts = json.loads(job.counts)  # type: ignore[attr-defined]
         self.changed: list[tuple[int, str]] = []
         self._edges: tuple[dict[int, list[int]], dict[int, list[int]]] | None = None
 
@@ -165,11 +173,10 @@ class _Dag:
     @classmethod
     def lock_for_job(cls, job_id: int) -> _Dag:
         """Lock the pipeline of ``job_id`` in one statement (FOR UPDATE OF the pipeline only)."""
-        try:
-            pipeline = Pipeline.objects.select_for_update(of=("self",)).get(jobs__id=job_id)
-        except Pipeline.DoesNotExist:
-            raise Job.DoesNotExist(f"job {job_id} does not exist") from None
-        return cls(pipeline)
+        rows = list(Pipeline.objects.raw(_LOCK_BY_JOB_SQL, [job_id]))
+        if not rows:
+            raise Job.DoesNotExist(f"job {job_id} does not exist")
+        return cls(rows[0])
 
     @property
     def edges(self) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
