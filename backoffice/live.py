@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from django.db import connection, transaction
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from backoffice import access
 from pipelines import events, publish, selectors
@@ -249,6 +250,9 @@ def replay(
 
 # --- process-local fan-out ------------------------------------------------------------
 
+# redis-py's default socket timeout (``redis.connection.DEFAULT_SOCKET_TIMEOUT``).
+REDIS_SOCKET_TIMEOUT = 5.0
+
 
 class Subscriber(Protocol):
     def deliver(self, event: dict[str, Any], text: str) -> None: ...
@@ -270,6 +274,10 @@ class Hub:
 
     def __init__(self, layer: Any) -> None:
         self.layer = layer
+        # channels-redis blocks 5 s in BZPOPMIN and redis-py 8 times reads out after
+        # 5 s by default: the two race on every idle poll. Poll for less.
+        if getattr(layer, "brpop_timeout", 0) >= REDIS_SOCKET_TIMEOUT:
+            layer.brpop_timeout = REDIS_SOCKET_TIMEOUT / 2
         self.channel: str | None = None
         self.members: dict[str, set[Subscriber]] = {}
         self.pump: asyncio.Task[None] | None = None
@@ -308,7 +316,14 @@ class Hub:
                 tagged = await self.layer.receive(channel)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
+                # A cancel during a Redis read can surface as a Redis error: honour it,
+                # or the loop could never shut down.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
+                if isinstance(exc, RedisTimeoutError):
+                    continue  # an idle BZPOPMIN that outlived the socket timeout: poll again
                 # Redis restarting: keep the pump alive; sockets see the gap and resync.
                 logger.exception("live hub receive failed")
                 await asyncio.sleep(0.5)
@@ -339,3 +354,11 @@ def hub() -> Hub:
     if current is None or current.layer is not layer:
         current = _hubs[loop] = Hub(layer)
     return current
+
+
+async def close_hub() -> None:
+    """Stop the running loop's hub (tests end a loop per test; servers at shutdown)."""
+    current = _hubs.pop(asyncio.get_running_loop(), None)
+    if current is not None and current.pump is not None:
+        current.pump.cancel()
+        await asyncio.wait({current.pump}, timeout=5)

@@ -93,6 +93,9 @@ async def _close_sockets() -> Any:
     yield
     while _open_sockets:
         await _open_sockets.pop().close()
+    from backoffice import live
+
+    await live.close_hub()
     # The consumers' database thread keeps a connection; close it so the test
     # database can be dropped at the end of the session.
     from django.db import connections
