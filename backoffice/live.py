@@ -77,6 +77,7 @@ def resolve_access(user: Any, *, feed: Feed, pipeline_id: str | None = None, yea
     if feed == "year":
         assert year is not None
         return Access(True, modules=modules, groups=(publish.year_group(year),))
+    assert pipeline_id is not None
     module = Pipeline.objects.filter(pk=pipeline_id).values_list("module", flat=True).first()
     if module is None:
         return Access(False, CLOSE_NOT_FOUND)
