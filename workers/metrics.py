@@ -6,6 +6,7 @@ by every worker and web process: whichever process is scraped reports the same f
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,8 @@ from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, Histogr
 from prometheus_client.registry import Collector
 
 from pipelines.models import Job, JobEvent, JobState, QueueState
+
+logger = logging.getLogger(__name__)
 
 DURATION_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 1800)
 
@@ -28,8 +31,8 @@ class SluiceCollector(Collector):
         try:
             for queue, n in queue_depths().items():
                 depth.add_metric([queue], n)
-        except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is down
-            pass
+        except Exception:  # a scrape must not fail because Redis is down
+            logger.warning("queue depth unavailable for /metrics", exc_info=True)
         yield depth
 
         paused = GaugeMetricFamily("sluice_queue_paused", "1 when the queue is paused", labels=["queue"])
@@ -37,7 +40,9 @@ class SluiceCollector(Collector):
             paused.add_metric([name], 1 if is_paused else 0)
         yield paused
 
-        jobs = GaugeMetricFamily("sluice_jobs", "Jobs by state, result and type", labels=["state", "result", "job_type"])
+        jobs = GaugeMetricFamily(
+            "sluice_jobs", "Jobs by state, result and type", labels=["state", "result", "job_type"]
+        )
         for row in Job.objects.values("state", "result", "job_type").annotate(n=Count("id")):
             jobs.add_metric([row["state"], row["result"] or "", row["job_type"]], row["n"])
         yield jobs
@@ -55,7 +60,8 @@ class SluiceCollector(Collector):
         bounds = ", ".join(str(b) for b in DURATION_BUCKETS)
         with connection.cursor() as cursor:
             cursor.execute(
-                f"""SELECT job_type, width_bucket(extract(epoch FROM finished_at - started_at), ARRAY[{bounds}]::float[]),
+                f"""SELECT job_type,
+                           width_bucket(extract(epoch FROM finished_at - started_at), ARRAY[{bounds}]::float[]),
                            count(*), sum(extract(epoch FROM finished_at - started_at))
                     FROM pipelines_job WHERE state = %s AND started_at IS NOT NULL AND finished_at IS NOT NULL
                     GROUP BY 1, 2""",
