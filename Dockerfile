@@ -13,4 +13,4 @@ RUN pip install --no-cache-dir . && python manage.py collectstatic --no-input -v
 RUN useradd --create-home sluice && mkdir -p /app/.var/media && chown -R sluice /app/.var
 USER sluice
 EXPOSE 8000
-CMD ["uvicorn", "config.asgi:application", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "config.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--ws-per-message-deflate", "false"]

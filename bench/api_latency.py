@@ -26,9 +26,12 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench._scratch import drop_scratch_database, scratch_database_url  # noqa: E402
+
 DB_NAME = "sluice_bench_api"
 PIPELINES = 200_000
 JOBS_PER_PIPELINE = 5
@@ -108,23 +111,11 @@ SEED_SQL = [
 
 
 def scratch_url() -> str:
-    import psycopg
-
-    base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/sluice")
-    parts = urlsplit(base)
-    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    return urlunsplit(parts._replace(path="/" + quote(DB_NAME)))
+    return scratch_database_url(DB_NAME)
 
 
 def drop_scratch() -> None:
-    import psycopg
-
-    base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/sluice")
-    parts = urlsplit(base)
-    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+    drop_scratch_database(DB_NAME)
 
 
 def seed() -> float:

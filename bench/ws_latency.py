@@ -34,9 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench._scratch import scratch_database_url  # noqa: E402
+
 DB_NAME = "sluice_bench_ws"
 
 
@@ -88,14 +90,7 @@ async def _receive(url: str, cookie: str, origin: str, clients: int, out: str) -
 
 
 def _scratch_database() -> str:
-    import psycopg
-
-    base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/sluice")
-    parts = urlsplit(base)
-    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    return urlunsplit(parts._replace(path="/" + quote(DB_NAME)))
+    return scratch_database_url(DB_NAME)
 
 
 def _free_port() -> int:

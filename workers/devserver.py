@@ -91,7 +91,10 @@ def _manage(env: dict[str, str], *args: str) -> None:
 
 def _spawn(env: dict[str, str], port: int, *, log_dir: Path | None = None) -> list[subprocess.Popen[bytes]]:
     commands = {
-        "web": [str(BIN / "uvicorn"), "config.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
+        # No per-message deflate: compressing each small event was half the send cost
+        # of a 200-client fan-out (bench/ws_latency.py).
+        "web": [str(BIN / "uvicorn"), "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+                "--ws-per-message-deflate", "false"],
         "worker": [str(BIN / "celery"), "-A", "config", "worker", "-Q", QUEUES, "-c", "2", "-l", "info",
                    "--without-mingle", "--without-gossip", "-n", "worker@%h"],
         "beat": [str(BIN / "celery"), "-A", "config", "beat", "-l", "info",

@@ -8,7 +8,7 @@ visible objects without the operator role (or the module grant) are 403.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.http import StreamingHttpResponse
@@ -201,26 +201,25 @@ CONTROL_SCHEMA = extend_schema(
 )
 
 
+def _pipeline_control(request: Request, pipeline_id: Any, control: Callable[..., Pipeline]) -> Response:
+    """validate → check visibility and operate permission → call the service → 202."""
+    data = ControlInputSerializer(data=request.data)
+    data.is_valid(raise_exception=True)
+    pipeline = get_pipeline(user=request.user, pipeline_id=pipeline_id)
+    require_operate(request.user, pipeline.module)
+    return _accepted(control(pipeline_id=pipeline.pk, actor=request.user, **data.validated_data))
+
+
 class PipelineCancelView(ApiView):
     @CONTROL_SCHEMA
     def post(self, request: Request, pipeline_id: Any) -> Response:
-        data = ControlInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        pipeline = get_pipeline(user=request.user, pipeline_id=pipeline_id)
-        require_operate(request.user, pipeline.module)
-        pipeline = services.pipeline_cancel(pipeline_id=pipeline.pk, actor=request.user, **data.validated_data)
-        return _accepted(pipeline)
+        return _pipeline_control(request, pipeline_id, services.pipeline_cancel)
 
 
 class PipelineRetryView(ApiView):
     @CONTROL_SCHEMA
     def post(self, request: Request, pipeline_id: Any) -> Response:
-        data = ControlInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        pipeline = get_pipeline(user=request.user, pipeline_id=pipeline_id)
-        require_operate(request.user, pipeline.module)
-        pipeline = services.pipeline_retry(pipeline_id=pipeline.pk, actor=request.user, **data.validated_data)
-        return _accepted(pipeline)
+        return _pipeline_control(request, pipeline_id, services.pipeline_retry)
 
 
 # --- jobs -----------------------------------------------------------------------------------
