@@ -176,3 +176,21 @@ def isolated_queue(settings: Any) -> str:
 
     settings.SLUICE_QUEUES = [*settings.SLUICE_QUEUES, ISOLATED_QUEUE]
     return ISOLATED_QUEUE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _end_stray_sessions(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Before the test database is dropped, end sessions other processes left on it.
+
+    Subprocess servers and thread-pool connections (async consumers, SSE) may still hold
+    a session at the end; DROP DATABASE would then fail with "is being accessed by other
+    users" and leave the database behind. Runs before ``django_db_setup``'s teardown.
+    """
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
