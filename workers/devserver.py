@@ -138,6 +138,9 @@ def _prepare(env: dict[str, str]) -> None:
     _manage(env, "sluice_demo", "--username", DEMO_USER, "--password", DEMO_PASSWORD)
 
 
+RUN_ENV = VAR / "run.env"
+
+
 def run() -> int:
     services_env, stop_services = start_services()
     env = {**os.environ, **services_env}
@@ -148,10 +151,14 @@ def run() -> int:
         _prepare(env)
         procs = _spawn(env, port)
         _wait_http(f"http://127.0.0.1:{port}/healthz", 60)
+        # Ops commands in another shell must reach the same (embedded) servers.
+        RUN_ENV.write_text("".join(f"export {k}='{env[k]}'\n" for k in ("DATABASE_URL", "REDIS_URL")))
         print(
             f"\n  Sluice is running: http://127.0.0.1:{port}/admin/\n"
             f"  login: {DEMO_USER} / {DEMO_PASSWORD}\n"
+            f"  live console: http://127.0.0.1:{port}/admin/pipelines/pipeline/live/\n"
             f"  API docs: http://127.0.0.1:{port}/api/docs/\n"
+            f"  manage.py in another shell: source {RUN_ENV.relative_to(ROOT)} first\n"
             "  Ctrl-C stops web, worker, beat and the embedded servers.\n",
             flush=True,
         )
@@ -163,6 +170,7 @@ def run() -> int:
         print("\nstopping…", flush=True)
         return 0
     finally:
+        RUN_ENV.unlink(missing_ok=True)
         _stop(procs)
         stop_services()
 
@@ -201,7 +209,14 @@ def exec_(cmd: list[str]) -> int:
         stop_services()
 
 
+def _terminate_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> int:
+    # `docker stop`, `timeout` and process managers send SIGTERM: stop children and the
+    # embedded servers exactly as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     if not argv or argv[0] not in {"run", "exec", "smoke"}:
         print(__doc__)
         return 2
