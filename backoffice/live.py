@@ -31,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from backoffice import access
 from pipelines import events, publish, selectors
-from pipelines.models import DONE_STATUSES, EventCounter, Job, JobEvent, Pipeline
+from pipelines.models import DONE_STATUSES, EventCounter, JobEvent, Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def _pipeline_entry(pipeline: Pipeline) -> dict[str, Any]:
 def _jobs_of(pipeline_ids: Iterable[Any], *, per_pipeline: int | None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     counts: dict[Any, int] = {}
-    for job in Job.objects.filter(pipeline_id__in=list(pipeline_ids)).order_by("pipeline_id", "id"):
+    for job in selectors.slim_jobs().filter(pipeline_id__in=list(pipeline_ids)).order_by("pipeline_id", "id"):
         n = counts.get(job.pipeline_id, 0)
         if per_pipeline is not None and n >= per_pipeline:
             continue

@@ -5,10 +5,33 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Func, JSONField, QuerySet
+from django.db.models.fields.json import KeyTransform
+from django.db.models.functions import JSONObject
 
 from pipelines import events
 from pipelines.models import DONE_STATUSES, Job, JobEvent, Pipeline
+
+# What ``events.job_dict`` reads. ``meta`` is never loaded on list and live paths: it
+# may hold a thousand row errors, and only the allow-listed counts travel.
+SLIM_JOB_FIELDS = (
+    "id", "pipeline_id", "job_type", "det", "queue", "state", "result", "status_message", "phase",
+    "progress_processed", "progress_total", "attempts",
+)
+
+
+def counts_expression() -> Func:
+    """The allow-listed count keys of ``meta``, projected in SQL (``events.COUNT_KEYS``)."""
+    return Func(
+        JSONObject(**{key: KeyTransform(key, "meta") for key in events.COUNT_KEYS}),
+        function="jsonb_strip_nulls",
+        output_field=JSONField(),
+    )
+
+
+def slim_jobs() -> QuerySet[Job]:
+    """Jobs ready for ``events.job_dict`` without their meta (``counts`` annotated)."""
+    return Job.objects.only(*SLIM_JOB_FIELDS).annotate(counts=counts_expression()).order_by("id")
 
 
 def events_after(
@@ -42,7 +65,7 @@ def last_seq() -> int:
 def pipeline_snapshot(*, pipeline_id: Any) -> dict[str, Any]:
     """The whole DAG as live clients hold it: pipeline, jobs, edges, and the seqs it is current to."""
     pipeline = Pipeline.objects.get(pk=pipeline_id)
-    jobs = list(Job.objects.filter(pipeline_id=pipeline_id).order_by("id"))
+    jobs = list(slim_jobs().filter(pipeline_id=pipeline_id))
     edges = list(
         Job.depends_on.through.objects.filter(from_job__pipeline_id=pipeline_id).values_list("from_job_id", "to_job_id")
     )

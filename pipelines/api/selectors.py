@@ -9,33 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from django.db.models import Func, JSONField, Prefetch, QuerySet
-from django.db.models.fields.json import KeyTransform
-from django.db.models.functions import JSONObject
+from django.db.models import Prefetch, QuerySet
 
 from backoffice import access
 from pipelines import events, selectors
 from pipelines.models import Job, Pipeline
-
-# Only the allow-listed count keys leave PostgreSQL: a job's meta may hold a thousand
-# row errors, and a page of 25 pipelines must not drag megabytes out of the database.
-
-
-def _counts_expression() -> Func:
-    return Func(
-        JSONObject(**{key: KeyTransform(key, "meta") for key in events.COUNT_KEYS}),
-        function="jsonb_strip_nulls",
-        output_field=JSONField(),
-    )
-
-_LIST_JOB_FIELDS = (
-    "id", "pipeline_id", "job_type", "det", "queue", "state", "result", "status_message", "phase",
-    "progress_processed", "progress_total", "attempts",
-)
-
-
-def slim_jobs() -> QuerySet[Job]:
-    return Job.objects.only(*_LIST_JOB_FIELDS).annotate(counts_meta=_counts_expression()).order_by("id")
 
 
 def pipelines_visible(*, user: Any) -> QuerySet[Pipeline]:
@@ -47,14 +25,13 @@ def pipeline_list(*, user: Any) -> QuerySet[Pipeline]:
     return (
         pipelines_visible(user=user)
         .select_related("created_by")
-        .prefetch_related(Prefetch("jobs", queryset=slim_jobs()))
+        .prefetch_related(Prefetch("jobs", queryset=selectors.slim_jobs()))
         .order_by("-created_at", "-id")
     )
 
 
 def _slim_job_dict(job: Job) -> dict[str, Any]:
-    # ``meta`` is deferred; ``job_dict`` only reads the count keys, which we fetched.
-    job.meta = getattr(job, "counts_meta", None) or {}
+    # ``meta`` is deferred; ``job_dict`` reads the ``counts`` projected in SQL.
     return dict(events.job_dict(job))
 
 
@@ -95,7 +72,7 @@ def job_list(*, user: Any) -> QuerySet[Job]:
         jobs_visible(user=user)
         .select_related("pipeline")
         .defer("meta", "error", "params", "effect_outcome")
-        .annotate(counts_meta=_counts_expression())
+        .annotate(counts=selectors.counts_expression())
         .order_by("-created_at", "-id")
     )
 
