@@ -30,7 +30,7 @@ smoke: $(STAMP)
 	$(BIN)/python -m workers.devserver smoke
 
 bench: $(STAMP)
-	$(BIN)/python -m workers.devserver exec -- $(BIN)/python bench/pipeline_overhead.py
+	$(BIN)/python -m workers.devserver exec -- $(BIN)/python bench/pipeline_overhead.py --pipelines 150 --rounds 5
 
 clean:
 	rm -rf .var

@@ -333,13 +333,16 @@ class Hub:
             subscribers = self.members.get(group or "")
             if not subscribers:
                 continue
-            event = {k: v for k, v in tagged.items() if k != "group"}
-            text = json.dumps(event, separators=(",", ":"))
-            for subscriber in list(subscribers):
-                try:
-                    subscriber.deliver(event, text)
-                except Exception:
-                    logger.exception("live delivery failed")
+            # The publisher sends one batch per group per transaction (seq order).
+            batch = tagged["events"] if tagged.get("type") == "events.batch" else [tagged]
+            for raw in batch:
+                event = {k: v for k, v in raw.items() if k != "group"}
+                text = json.dumps(event, separators=(",", ":"))
+                for subscriber in list(subscribers):
+                    try:
+                        subscriber.deliver(event, text)
+                    except Exception:
+                        logger.exception("live delivery failed")
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()

@@ -6,7 +6,8 @@ Shape: 1 -> 3 -> 1 no-op jobs (a chain whose tail is a chord). Plain Celery runs
 canvas of a no-op task; Sluice plans each pipeline in PostgreSQL (5 jobs, edges,
 events), sends the same canvas, and every task claims, finishes and publishes through
 the database. Both are fired all at once and timed until the last one completes, on the
-same 2-process worker. Last line: one JSON object with the figures.
+same 2-process worker, in interleaved rounds (medians reported). Last line: one JSON
+object with the figures.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -59,7 +61,8 @@ def run_sluice(k: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pipelines", type=int, default=200)
+    parser.add_argument("--pipelines", type=int, default=200, help="pipelines per round and side")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     args = parser.parse_args()
     url = scratch_database_url("sluice_bench_engine")
     setup_django(url)
@@ -71,8 +74,14 @@ def main() -> None:
     try:
         run_plain(10)  # warm up both paths (imports, connections)
         run_sluice(5)
-        celery_per_s = run_plain(args.pipelines)
-        sluice_per_s = run_sluice(args.pipelines)
+        # Interleaved rounds: this VM's speed drifts by tens of percent over a minute,
+        # so one run of each side can't be compared; the medians of alternating rounds can.
+        celery_runs, sluice_runs = [], []
+        for _ in range(args.rounds):
+            celery_runs.append(run_plain(args.pipelines))
+            sluice_runs.append(run_sluice(args.pipelines))
+        celery_per_s = statistics.median(celery_runs)
+        sluice_per_s = statistics.median(sluice_runs)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
@@ -80,6 +89,9 @@ def main() -> None:
         "pipelines": args.pipelines,
         "shape": "1->3->1 no-op",
         "worker_concurrency": 2,
+        "rounds": args.rounds,
+        "celery_runs": [round(x, 1) for x in celery_runs],
+        "sluice_runs": [round(x, 1) for x in sluice_runs],
         "celery_per_s": round(celery_per_s, 1),
         "sluice_per_s": round(sluice_per_s, 1),
         "ratio": round(sluice_per_s / celery_per_s, 3),
