@@ -522,7 +522,9 @@ def job_commit_effect(*, job_id: int, attempt: int, outcome: Outcome) -> None:
     """
     from pipelines.engine import JobAborted
 
-    Pipeline.objects.select_for_update(of=("self",)).filter(jobs__id=job_id).exists()
+    # The pipeline row only (lock order: pipeline → job). ``.exists()`` would drop
+    # ``of=`` and lock the job row too, in join order: a deadlock with a transition.
+    list(Pipeline.objects.raw(_LOCK_BY_JOB_SQL, [job_id]))
     if not Job.objects.filter(_owned(attempt), pk=job_id).update(
         effect_committed=True, effect_outcome=outcome.as_dict()
     ):
