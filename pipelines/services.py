@@ -49,6 +49,26 @@ logger = logging.getLogger(__name__)
 Edge = Job.depends_on.through
 
 
+_S = JobState
+# Every job state change goes through ``_Dag.update``, which checks this table.
+ALLOWED_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
+    {
+        (_S.NOT_STARTED, _S.QUEUED),  # upstream done (promotion), retry of a root
+        (_S.QUEUED, _S.RUNNING),  # claim
+        (_S.RUNNING, _S.RUNNING),  # takeover after the holding process died
+        (_S.RUNNING, _S.QUEUED),  # recover, reaper, transient failure with attempts left
+        (_S.RUNNING, _S.FINISHED),  # finish, cancel, attempts exhausted
+        (_S.NOT_STARTED, _S.FINISHED),  # cancel, skipped because upstream failed
+        (_S.QUEUED, _S.FINISHED),  # cancel, skipped because upstream failed
+        (_S.FINISHED, _S.NOT_STARTED),  # retry (a new attempt)
+    }
+)
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
 class ConflictError(Exception):
     """The object's state does not allow the operation (HTTP 409)."""
 
@@ -91,13 +111,6 @@ def operator_action_record(
         reason=reason or "",
         detail=detail or {},
     )
-
-
-def _pipeline_id_of(job_id: int) -> Any:
-    pid = Job.objects.filter(pk=job_id).values_list("pipeline_id", flat=True).first()
-    if pid is None:
-        raise Job.DoesNotExist(f"job {job_id} does not exist")
-    return pid
 
 
 def _edges(pipeline_id: Any) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
@@ -208,6 +221,13 @@ class _Dag:
         updated = qs.filter(pk__in=matched).update(**sql_values)
         if len(ids) == 1 and updated == 0:
             return []
+        if "state" in values:
+            # Checked on the rows the CAS actually changed (the in-memory state is
+            # theirs: we hold the pipeline lock); raising rolls the transaction back.
+            for pk in matched:
+                move = (self.jobs[pk].state, values["state"])
+                if move not in ALLOWED_TRANSITIONS:
+                    raise IllegalTransition(f"job {pk}: {move[0]} → {move[1]} is not allowed")
         for pk in matched:
             job = self.jobs[pk]
             for key, value in values.items():
