@@ -285,26 +285,29 @@ class JobErrorsCsvView(ApiView):
         return response
 
 
+def _job_control(
+    request: Request, job_id: int, control: Callable[..., Job],
+    input_serializer: type[serializers.Serializer] = ControlInputSerializer,
+) -> Response:
+    """validate → check visibility and operate permission → call the service → 202."""
+    data = input_serializer(data=request.data)
+    data.is_valid(raise_exception=True)
+    job = get_job(user=request.user, job_id=job_id)
+    require_operate(request.user, job.pipeline.module)
+    job = control(job_id=job.pk, actor=request.user, **data.validated_data)
+    return _accepted(Pipeline.objects.get(pk=job.pipeline_id), job)
+
+
 class JobCancelView(ApiView):
     @CONTROL_SCHEMA
     def post(self, request: Request, job_id: int) -> Response:
-        data = ControlInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        job = get_job(user=request.user, job_id=job_id)
-        require_operate(request.user, job.pipeline.module)
-        job = services.job_cancel(job_id=job.pk, actor=request.user, **data.validated_data)
-        return _accepted(Pipeline.objects.get(pk=job.pipeline_id), job)
+        return _job_control(request, job_id, services.job_cancel)
 
 
 class JobRetryView(ApiView):
     @CONTROL_SCHEMA
     def post(self, request: Request, job_id: int) -> Response:
-        data = ControlInputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        job = get_job(user=request.user, job_id=job_id)
-        require_operate(request.user, job.pipeline.module)
-        job = services.job_retry(job_id=job.pk, actor=request.user, **data.validated_data)
-        return _accepted(Pipeline.objects.get(pk=job.pipeline_id), job)
+        return _job_control(request, job_id, services.job_retry)
 
 
 class JobRecoverView(ApiView):
@@ -313,10 +316,5 @@ class JobRecoverView(ApiView):
 
     @extend_schema(request=InputSerializer, responses={202: AcceptedSerializer, **error_responses(400, 404, 409)})
     def post(self, request: Request, job_id: int) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        job = get_job(user=request.user, job_id=job_id)
-        require_operate(request.user, job.pipeline.module)
-        job = services.job_recover(job_id=job.pk, actor=request.user, **data.validated_data)
-        return _accepted(Pipeline.objects.get(pk=job.pipeline_id), job)
+        return _job_control(request, job_id, services.job_recover, self.InputSerializer)
 
