@@ -91,10 +91,7 @@ def job_list_item(job: Job) -> dict[str, Any]:
 
 def job_detail(*, job: Job) -> dict[str, Any]:
     return {
-        **events.job_dict(job),
-        "pipeline_id": str(job.pipeline_id),
-        "year": job.pipeline.year,
-        "module": job.pipeline.module,
+        **job_list_item(job),
         "depends_on": sorted(job.depends_on.values_list("pk", flat=True)),
         "params": job.params,
         "meta": job.meta,
@@ -104,27 +101,19 @@ def job_detail(*, job: Job) -> dict[str, Any]:
         "worker": job.worker,
         "heartbeat_at": job.heartbeat_at,
         "cancel_requested": job.cancel_requested,
-        "created_at": job.created_at,
         "queued_at": job.queued_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
     }
 
 
 def job_row_errors(*, job: Job) -> Iterator[dict[str, Any]]:
     """Every row error of a job: from ingestion's full store when it has one, else meta."""
-    try:
-        from ingestion import selectors as ingestion_selectors
+    from ingestion import selectors as ingestion_selectors
 
-        source = getattr(ingestion_selectors, "job_row_errors", None)
-    except ImportError:
-        source = None
-    if source is not None:
-        found = False
-        for error in source(job_id=job.pk):
-            found = True
-            yield error
-        if found:
-            return
+    found = False
+    for error in ingestion_selectors.job_row_errors(job_id=job.pk):
+        found = True
+        yield error
+    if found:
+        return
     # Kinds that keep their (few) row errors only in meta.
     yield from (job.meta or {}).get("row_errors", []) or []

@@ -88,10 +88,16 @@ class JobErrorSerializer(serializers.Serializer):
     stage = serializers.CharField(allow_blank=True)
 
 
-class JobDetailSerializer(JobSummarySerializer):
+class JobListItemSerializer(JobSummarySerializer):
     pipeline_id = serializers.UUIDField()
     year = serializers.IntegerField(allow_null=True)
     module = serializers.CharField(allow_blank=True)
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class JobDetailSerializer(JobListItemSerializer):
     depends_on = serializers.ListField(child=serializers.IntegerField())
     params = serializers.DictField()
     meta = serializers.DictField(help_text="The full meta: counts, stats and the first row errors.")
@@ -101,19 +107,7 @@ class JobDetailSerializer(JobSummarySerializer):
     worker = serializers.CharField(allow_blank=True)
     heartbeat_at = serializers.DateTimeField(allow_null=True)
     cancel_requested = serializers.BooleanField()
-    created_at = serializers.DateTimeField()
     queued_at = serializers.DateTimeField(allow_null=True)
-    started_at = serializers.DateTimeField(allow_null=True)
-    finished_at = serializers.DateTimeField(allow_null=True)
-
-
-class JobListItemSerializer(JobSummarySerializer):
-    pipeline_id = serializers.UUIDField()
-    year = serializers.IntegerField(allow_null=True)
-    module = serializers.CharField(allow_blank=True)
-    created_at = serializers.DateTimeField()
-    started_at = serializers.DateTimeField(allow_null=True)
-    finished_at = serializers.DateTimeField(allow_null=True)
 
 
 class AcceptedSerializer(serializers.Serializer):
