@@ -26,7 +26,7 @@ from ingestion.models import DataEntry, ModuleState, Report, Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGETS, UnknownModule, get_module
 from pipelines.models import JobResult, OperatorActionKind, Pipeline
 from pipelines.registry import Outcome
-from pipelines.services import ConflictError, JobSpec, operator_action_record, pipeline_plan
+from pipelines.services import ConflictError, JobSpec, actor_user, operator_action_record, pipeline_plan
 
 if TYPE_CHECKING:
     from pipelines.engine import JobContext
@@ -239,7 +239,7 @@ def upload_create(
             upload = Upload.objects.create(
                 year_id=year, module=module, target=target, original_name=safe_name,
                 stored_name=str(dest.relative_to(settings.MEDIA_ROOT)), sha256=scan.sha256, size=scan.size,
-                line_count=scan.line_count, delimiter=scan.header.delimiter, uploaded_by=_user(actor),
+                line_count=scan.line_count, delimiter=scan.header.delimiter, uploaded_by=actor_user(actor),
                 duplicate_of=previous,
             )
             pipeline = _plan_upload(upload, actor=actor)
@@ -274,10 +274,6 @@ def upload_rerun(*, upload_id: int, actor: Any) -> Pipeline:
 
 def upload_path(upload: Upload) -> Path:
     return Path(settings.MEDIA_ROOT) / upload.stored_name
-
-
-def _user(actor: Any) -> Any:
-    return actor if getattr(actor, "pk", None) is not None else None
 
 
 # --- job bodies (called by ingestion.handlers) -----------------------------------------------

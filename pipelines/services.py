@@ -87,7 +87,8 @@ def _actor_name(actor: Any) -> str:
     return str(actor.get_username()) if hasattr(actor, "get_username") else str(actor)
 
 
-def _actor_user(actor: Any) -> Any:
+def actor_user(actor: Any) -> Any:
+    """The User behind an actor, or None for system/CLI actors given as names."""
     return actor if getattr(actor, "pk", None) is not None else None
 
 
@@ -102,7 +103,7 @@ def operator_action_record(
     detail: dict[str, Any] | None = None,
 ) -> OperatorAction:
     return OperatorAction.objects.create(
-        actor=_actor_user(actor),
+        actor=actor_user(actor),
         actor_name=_actor_name(actor),
         action=action,
         target_type=target_type,
@@ -353,7 +354,7 @@ def pipeline_plan(
             kind=kind,
             year=year,
             module=module,
-            created_by=_actor_user(created_by),
+            created_by=actor_user(created_by),
             params=params or {},
             jobs_total=len(specs),
         )
