@@ -1,4 +1,4 @@
-"""API authentication helpers: token issue/revoke, the token throttle, SSE auth.
+"""API authentication helpers: token issue/revoke, token and login throttles, SSE auth.
 
 Tokens are DRF's ``authtoken`` tokens (one per user). Issuing and revoking go through
 :func:`token_issue` / :func:`token_revoke` so the management command and the admin
@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from axes.backends import AxesStandaloneBackend
+from axes.helpers import get_cool_off
 from django.contrib.auth import get_user_model
 from django.core.cache import caches
 from django.core.cache.backends.base import InvalidCacheBackendError
 from django.db import transaction
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.authentication import TokenAuthentication
@@ -58,14 +60,37 @@ def token_revoke(*, username: str, actor: Any = None) -> bool:
     return bool(deleted)
 
 
+def _throttle_cache() -> Any:
+    try:
+        return caches[TOKEN_THROTTLE_CACHE]
+    except InvalidCacheBackendError:
+        return caches["default"]
+
+
+class LoginRateThrottle(SimpleRateThrottle):
+    """Password guesses on the token endpoint, per client IP (scope ``login``, 429 + Retry-After)."""
+
+    scope = "login"
+
+    def __init__(self) -> None:
+        self.cache = _throttle_cache()
+        super().__init__()
+
+    def get_cache_key(self, request: Request, view: Any) -> str | None:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
 class TokenObtainView(ObtainAuthToken):
     """``POST /api/v1/auth/token/`` username + password → the user's token (for curl)."""
+
+    throttle_classes = [LoginRateThrottle]
 
     @extend_schema(
         request={"application/x-www-form-urlencoded": AuthTokenSerializer, "application/json": AuthTokenSerializer},
         responses={
             200: inline_serializer("TokenOutput", {"token": serializers.CharField()}),
             400: OpenApiResponse(description="Wrong username or password ({detail, code, errors})"),
+            429: OpenApiResponse(description="Too many attempts from this client; see Retry-After"),
         },
     )
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -82,16 +107,37 @@ class TokenRateThrottle(SimpleRateThrottle):
     scope = "token"
 
     def __init__(self) -> None:
-        try:
-            self.cache = caches[TOKEN_THROTTLE_CACHE]
-        except InvalidCacheBackendError:
-            self.cache = caches["default"]
+        self.cache = _throttle_cache()
         super().__init__()
 
     def get_cache_key(self, request: Request, view: Any) -> str | None:
         if not isinstance(request.auth, Token):
             return None
         return self.cache_format % {"scope": self.scope, "ident": request.auth.user_id}
+
+
+class AdminLoginLockoutBackend(AxesStandaloneBackend):
+    """django-axes' lockout check, for logins that come with a request (the admin form).
+
+    ``authenticate()`` without a request (``Client.login`` in tests, scripts) is no web
+    login to lock out; axes would raise on it instead of letting the next backend decide.
+    """
+
+    def authenticate(self, request: HttpRequest | None, *args: Any, **kwargs: Any) -> None:
+        if request is None:
+            return None
+        return super().authenticate(request, *args, **kwargs)  # type: ignore[func-returns-value]
+
+
+def admin_lockout_response(request: HttpRequest, *args: Any) -> HttpResponse:
+    """A locked-out admin login: 429 with ``Retry-After`` (axes sends no such header itself)."""
+    cool_off = get_cool_off(request)
+    response = HttpResponse(
+        "Too many failed login attempts from this address; try again later.", status=429, content_type="text/plain"
+    )
+    if cool_off is not None:
+        response["Retry-After"] = str(int(cool_off.total_seconds()))
+    return response
 
 
 def _token_user(key: str) -> Any:

@@ -186,7 +186,11 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 25,
-    "DEFAULT_THROTTLE_RATES": {"token": env_str("SLUICE_TOKEN_THROTTLE", "600/min")},
+    "DEFAULT_THROTTLE_RATES": {
+        "token": env_str("SLUICE_TOKEN_THROTTLE", "600/min"),
+        # Token issuance (username + password) per client IP: see the security block below.
+        "login": env_str("SLUICE_LOGIN_THROTTLE", "10/min"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Sluice API",
@@ -241,3 +245,25 @@ SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
     "drf_spectacular.hooks.postprocess_schema_enums",
     "pipelines.api.schema.add_stream_path",
 ]
+
+# --- Security: login throttling, offline API docs (issue 8) -------------------------------
+INSTALLED_APPS += ["drf_spectacular_sidecar", "axes"]
+# Swagger UI from the sidecar package's static files, not a CDN: /api/docs/ works offline.
+SPECTACULAR_SETTINGS["SWAGGER_UI_DIST"] = "SIDECAR"
+SPECTACULAR_SETTINGS["SWAGGER_UI_FAVICON_HREF"] = "SIDECAR"
+SPECTACULAR_SETTINGS["REDOC_DIST"] = "SIDECAR"
+# validatorUrl: none, or Swagger UI sends the schema to validator.swagger.io.
+SPECTACULAR_SETTINGS["SWAGGER_UI_SETTINGS"] = {"deepLinking": True, "validatorUrl": None}
+# django-axes locks the admin login of a client IP after repeated failures (429 + Retry-After).
+AUTHENTICATION_BACKENDS = [
+    "backoffice.api_auth.AdminLoginLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last, as axes requires
+AXES_ONLY_ADMIN_SITE = True
+AXES_FAILURE_LIMIT = env_int("SLUICE_ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = env_float("SLUICE_ADMIN_LOGIN_COOLOFF_MINUTES", 15.0, minimum=0.1) / 60  # hours
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "backoffice.api_auth.admin_lockout_response"
+# Behind a reverse proxy, REMOTE_ADDR is the proxy: list the header it sets, e.g. HTTP_X_FORWARDED_FOR.
+AXES_IPWARE_META_PRECEDENCE_ORDER = env_list("SLUICE_CLIENT_IP_HEADERS", ["REMOTE_ADDR"])

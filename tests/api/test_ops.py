@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
@@ -158,6 +159,24 @@ def test_schema_and_docs_served(client_for: Any) -> None:
                      "/api/v1/years/{year}/modules/{module}/uploads/", "/api/v1/alerts/"):
         assert expected in paths
     assert client_for(None).get("/api/docs/").status_code == 200
+
+
+def test_docs_page_loads_nothing_from_outside(client_for: Any) -> None:
+    """Swagger UI comes from the sidecar package's static files: the page works offline."""
+    import re
+
+    page = client_for(None).get("/api/docs/")
+    html = page.content.decode()
+    assert page.status_code == 200 and "SwaggerUIBundle" in html
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", html, re.I), "external URL in /api/docs/"
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets) and any(a.endswith(".css") for a in assets)
+    anonymous = Client()
+    for asset in assets:
+        response = anonymous.get(asset)
+        assert response.status_code == 200, asset
+        body = b"".join(response.streaming_content) if response.streaming else response.content
+        assert len(body) > 100, asset
 
 
 def test_overlapping_aggregations_of_one_year(client_for: Any, make_pipeline: Any) -> None:
