@@ -61,12 +61,9 @@ ALLOWED_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
         (_S.NOT_STARTED, _S.FINISHED),  # cancel, skipped because upstream failed
         (_S.QUEUED, _S.FINISHED),  # cancel, skipped because upstream failed
         (_S.FINISHED, _S.NOT_STARTED),  # retry (a new attempt)
+        (_S.QUEUED, _S.NOT_STARTED),  # an upstream job is retried: wait for it again
     }
 )
-
-
-class IllegalTransition(RuntimeError):
-    pass
 
 
 class ConflictError(Exception):
@@ -76,6 +73,17 @@ class ConflictError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+class IllegalTransition(ConflictError):
+    """A change the transition table forbids; the transaction rolls back.
+
+    A conflict, not a crash: should a control ever attempt one, its caller gets a 409
+    naming the move instead of a 500, and nothing was written.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "illegal_transition")
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -694,13 +702,44 @@ def _cancel_jobs(work: _Dag, ids: list[int], *, actor: Any, reason: str) -> list
     )
 
 
+_RETRYABLE = (JobResult.ERROR, JobResult.CANCELLED, JobResult.SKIPPED)
+
+
+def _retry_targets(work: _Dag, job_ids: list[int]) -> list[int]:
+    """The jobs a retry of ``job_ids`` starts again: them, every failed or cancelled job
+    upstream of them, and everything downstream of those.
+
+    A job whose upstream failed can never run on its own (its skip was the upstream's
+    failure, not its own), so retrying it retries from the failure: what the operator
+    asked for — the work happens — instead of a job waiting for an upstream that is
+    already over (the wedge of issue 8). Upstream jobs that are still running or
+    waiting are left alone: the job is promoted when they end, or skipped again if they
+    fail. Ancestors that ended ``skipped`` are reached as downstream of their failure.
+    """
+    depends_on, dependents = work.edges
+    failed_upstream = {
+        pk for pk in dag.downstream(job_ids, depends_on) if work.jobs[pk].result in dag.FAILED_RESULTS
+    }
+    starts = set(job_ids) | failed_upstream
+    return sorted(starts | dag.downstream(starts, dependents))
+
+
 def _reset_for_retry(work: _Dag, job_ids: list[int], *, actor: Any) -> None:
+    """A new attempt of the finished jobs among ``job_ids``; then queue the ready ones.
+
+    ``job_ids`` is a closed sub-DAG (``_retry_targets``): unfinished jobs in it are not
+    reset (they have no result to clear) but a queued one goes back to waiting, since an
+    upstream job of it is about to run again.
+    """
     now = timezone.now()
+    message = f"Retry requested by {_actor_name(actor)}"
     for pk in job_ids:
         job = work.jobs[pk]
+        if job.state != JobState.FINISHED:
+            continue
         work.update(
             [pk],
-            where=Q(state=job.state),
+            where=Q(state=JobState.FINISHED),
             state=JobState.NOT_STARTED,
             result=None,
             error=None,
@@ -717,11 +756,19 @@ def _reset_for_retry(work: _Dag, job_ids: list[int], *, actor: Any) -> None:
             finished_at=None,
             worker="",
             max_attempts=job.attempts + settings.SLUICE_MAX_ATTEMPTS,
-            status_message=f"Retry requested by {_actor_name(actor)}",
+            status_message=message,
         )
         work.jobs[pk].counts = {}  # type: ignore[attr-defined]
-    roots = [pk for pk in job_ids if work.ok_to_run(pk)]
-    work.update(roots, state=JobState.QUEUED, queued_at=now, status_message="Waiting for a worker")
+    waiting = [pk for pk in job_ids if work.jobs[pk].state == JobState.QUEUED and not work.ok_to_run(pk)]
+    work.update(
+        waiting, where=Q(state=JobState.QUEUED), state=JobState.NOT_STARTED, queued_at=None,
+        status_message="Waiting for upstream jobs",
+    )
+    roots = [pk for pk in job_ids if work.jobs[pk].state == JobState.NOT_STARTED and work.ok_to_run(pk)]
+    work.update(
+        roots, where=Q(state=JobState.NOT_STARTED), state=JobState.QUEUED, queued_at=now,
+        status_message="Waiting for a worker",
+    )
 
 
 def pipeline_retry(*, pipeline_id: Any, actor: Any = None, reason: str = "") -> Pipeline:
@@ -730,13 +777,10 @@ def pipeline_retry(*, pipeline_id: Any, actor: Any = None, reason: str = "") -> 
         work = _Dag.lock(pipeline_id)
         if any(j.state == JobState.RUNNING for j in work.jobs.values()):
             raise ConflictError("Jobs of this pipeline are still running; cancel or wait first.", "still_running")
-        failed = [
-            pk for pk, j in work.jobs.items()
-            if j.result in (JobResult.ERROR, JobResult.CANCELLED, JobResult.SKIPPED)
-        ]
+        failed = [pk for pk, j in work.jobs.items() if j.result in _RETRYABLE]
         if not failed:
             raise ConflictError("Nothing to retry: no job failed, was cancelled or skipped.", "nothing_to_retry")
-        targets = sorted(set(failed) | dag.downstream(failed, work.edges[1]))
+        targets = _retry_targets(work, failed)
         _reset_for_retry(work, targets, actor=actor)
         work.save()
         operator_action_record(
@@ -748,18 +792,29 @@ def pipeline_retry(*, pipeline_id: Any, actor: Any = None, reason: str = "") -> 
 
 
 def job_retry(*, job_id: int, actor: Any = None, reason: str = "") -> Job:
+    """A new attempt of one failed, cancelled or skipped job and its downstream.
+
+    If the job cannot run because an upstream job failed or was cancelled, that
+    upstream job is retried too (``_retry_targets``); the action's detail lists every
+    job that was reset.
+    """
     with transaction.atomic():
         work = _Dag.lock_for_job(job_id)
         job = work.jobs[job_id]
-        if job.result not in (JobResult.ERROR, JobResult.CANCELLED, JobResult.SKIPPED):
+        if job.result not in _RETRYABLE:
             raise ConflictError(
                 f"Only failed, cancelled or skipped jobs can be retried; job {job_id} is "
                 f"{job.result or job.state}.",
                 "not_retryable",
             )
-        targets = sorted({job_id} | dag.downstream([job_id], work.edges[1]))
-        if any(work.jobs[pk].state == JobState.RUNNING for pk in targets):
-            raise ConflictError("A downstream job is running; wait for it or cancel it first.", "still_running")
+        targets = _retry_targets(work, [job_id])
+        running = [pk for pk in targets if work.jobs[pk].state == JobState.RUNNING]
+        if running:
+            raise ConflictError(
+                f"Job(s) {', '.join(map(str, running))} that this retry would reset are running; "
+                "wait for them or cancel them first.",
+                "still_running",
+            )
         _reset_for_retry(work, targets, actor=actor)
         work.save()
         operator_action_record(

@@ -1,0 +1,90 @@
+"""Sequences of worker, operator and reaper actions that once broke the job state machine.
+
+Each test is one failing example (found by hand for issue 8, or by the stateful test in
+``test_state_machine.py``), replayed through the services exactly as it was found.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines import services
+from pipelines.models import Job, Pipeline
+from pipelines.registry import Outcome
+from pipelines.services import ConflictError, JobSpec
+
+pytestmark = pytest.mark.django_db
+
+
+def _plan(*specs: JobSpec) -> list[Job]:
+    pipeline = services.pipeline_plan(kind="test", specs=list(specs))
+    return list(pipeline.jobs.order_by("id"))
+
+
+def _run_and_finish(job: Job, result: str = "success", task: str = "t1") -> None:
+    claim = services.job_claim(job_id=job.pk, task_id=task, worker="w@test")
+    assert claim.job is not None, claim.reason
+    assert services.job_finish(job_id=job.pk, attempt=claim.job.attempts, outcome=Outcome(result, result))
+
+
+def _states(jobs: list[Job]) -> list[tuple[str, str | None]]:
+    return [(j.state, j.result) for j in Job.objects.filter(pk__in=[j.pk for j in jobs]).order_by("id")]
+
+
+def _status(job: Job) -> str:
+    return Pipeline.objects.get(pk=job.pipeline_id).status
+
+
+def test_retry_of_a_job_behind_a_failed_job_and_a_skipped_one_starts_from_the_failure() -> None:
+    # given a chain a → b → c where a failed, so b and c were skipped
+    a, b, c = _plan(
+        JobSpec("a", "noop"), JobSpec("b", "noop", depends_on=("a",)), JobSpec("c", "noop", depends_on=("b",))
+    )
+    _run_and_finish(a, "error")
+    failed, skipped = ("finished", "error"), ("finished", "skipped")
+    assert _states([a, b, c]) == [failed, skipped, skipped]
+    # when the operator retries c
+    services.job_retry(job_id=c.pk, actor="op")
+    # then a runs again first, and c does not run before b (a skipped b is not b's output)
+    assert _states([a, b, c]) == [("queued", None), ("not_started", None), ("not_started", None)]
+    assert _status(a) == "not_started"
+    _run_and_finish(a, task="t2")
+    _run_and_finish(b)
+    _run_and_finish(c)
+    assert _status(a) == "success"
+
+
+def test_retry_of_a_skipped_job_whose_downstream_waits_for_a_worker_sends_it_back_to_waiting() -> None:
+    # given s ended "skipped" (nothing to do) and so its downstream t is queued
+    s, t = _plan(JobSpec("s", "noop"), JobSpec("t", "noop", depends_on=("s",)))
+    _run_and_finish(s, "skipped")
+    assert _states([s, t]) == [("finished", "skipped"), ("queued", None)]
+    # when s is retried (this was a 500: queued → not_started was not in the table)
+    services.job_retry(job_id=s.pk)
+    # then t waits for s again instead of running on the old result
+    assert _states([s, t]) == [("queued", None), ("not_started", None)]
+    assert services.job_claim(job_id=t.pk, task_id="early", worker="w").job is None
+    _run_and_finish(s, task="t2")
+    _run_and_finish(t, task="t2")
+    assert _status(s) == "success"
+
+
+def test_a_retry_that_would_reset_a_running_job_is_a_conflict_naming_it() -> None:
+    # given s skipped (nothing to do) and its downstream t running
+    s, t = _plan(JobSpec("s", "noop"), JobSpec("t", "noop", depends_on=("s",)))
+    _run_and_finish(s, "skipped")
+    services.job_claim(job_id=t.pk, task_id="t1", worker="w")
+    with pytest.raises(ConflictError) as exc:
+        services.job_retry(job_id=s.pk)
+    assert exc.value.code == "still_running" and str(t.pk) in exc.value.message
+    assert _states([s, t]) == [("finished", "skipped"), ("running", None)]
+
+
+def test_an_illegal_transition_that_escapes_answers_409_not_500() -> None:
+    from pipelines.api.errors import exception_handler
+    from pipelines.services import IllegalTransition
+
+    response = exception_handler(IllegalTransition("job 1: finished → running is not allowed"), {})
+    assert response is not None
+    assert response.status_code == 409
+    assert response.data == {"detail": "job 1: finished → running is not allowed", "code": "illegal_transition"}
