@@ -13,10 +13,18 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
+from django.utils.translation import gettext_lazy as _
 
 from backoffice import access, views
 from backoffice.models import ModuleGrant
+from ingestion.models import Upload, Year
 from pipelines.models import Job, OperatorAction, Pipeline, QueueState
+
+admin.site.site_header = "Sluice"
+admin.site.site_title = "Sluice"
+admin.site.index_title = _("Back office")
+# Sluice has no public site: the admin's "View site" link would lead to a 404.
+admin.site.site_url = None
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -93,3 +101,34 @@ class ModuleGrantAdmin(admin.ModelAdmin):
     list_display = ("module", "user", "group", "created_at")
     list_filter = ("module",)
     raw_id_fields = ("user",)
+
+
+@admin.register(Year)
+class YearAdmin(ReadOnlyAdmin):
+    """Years are created, configured and opened from the Data management page (services)."""
+
+    list_display = ("year", "is_open", "configured_at", "updated_at")
+    list_filter = ("is_open",)
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        pages = [
+            path("data/", wrap(self.data_management_view), name="data_management"),
+            path("data/jobs/<int:job_id>/updates/", wrap(self.job_updates_view), name="data_management_job_updates"),
+        ]
+        return [*pages, *super().get_urls()]
+
+    def data_management_view(self, request: HttpRequest) -> HttpResponse:
+        return views.data_management(request, admin_site=self.admin_site)
+
+    def job_updates_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
+        return views.job_updates(request, job_id=job_id)
+
+
+@admin.register(Upload)
+class UploadAdmin(ReadOnlyAdmin):
+    list_display = ("id", "year", "module", "target", "original_name", "size", "created_at")
+    list_filter = ("year", "module", "target")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Upload]:
+        return access.filter_pipelines(super().get_queryset(request), request.user)

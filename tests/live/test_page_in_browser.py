@@ -6,73 +6,24 @@ server restarted, and the page still ends with the final state (reconnect, repla
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, _test_database_url, wait_until
+from tests.conftest import wait_until
+from tests.support.browser import HAVE_CHROMIUM, NO_CHROMIUM, SCREENSHOTS, Server, chromium
 
-CHROMIUM = "/usr/bin/chromium"
-# Written under the ignored .var/ so a test run never dirties the checkout; the
-# pictures in docs/img/ were taken from these and are refreshed by copying them over.
-SCREENSHOT = ROOT / ".var" / "screenshots" / "live-console.png"
+SCREENSHOT = SCREENSHOTS / "live-console.png"
 SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.worker,
     pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed (apt-get install chromium)"),
+    pytest.mark.skipif(not HAVE_CHROMIUM, reason=NO_CHROMIUM),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """``uvicorn config.asgi:application`` on the test database, restartable on one port."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.log_path = ROOT / ".var" / "test-logs" / "live-uvicorn.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "DATABASE_URL": _test_database_url(), "DJANGO_DEBUG": "true", "PYTHONPATH": str(ROOT)}
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("uvicorn")), "config.asgi:application", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"uvicorn did not start: {self.log_path.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @pytest.fixture
@@ -88,20 +39,11 @@ def server(worker_factory: Any) -> Iterator[Server]:
 
 @pytest.fixture
 def browser(monkeypatch: Any) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
     # Playwright's sync API keeps an event loop running in this thread; the ORM calls
     # here are plain blocking test code, not code running inside that loop.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
-        )
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _slow_pipeline() -> Any:
