@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from backoffice import live
 
@@ -37,6 +38,10 @@ logger = logging.getLogger(__name__)
 # channels-redis drops a channel from its groups after ``group_expiry`` (1 day by
 # default) unless re-added: a console left open over a weekend would go silent.
 GROUP_REFRESH_SECONDS = 3600.0
+# How often an open socket re-reads its user (active? roles? module scope?): a user
+# deactivated or stripped of a role stops receiving within this many seconds.
+# ``SLUICE_LIVE_ACCESS_RECHECK_SECONDS`` overrides it.
+ACCESS_RECHECK_SECONDS = 3.0
 # A socket this far behind (a stalled browser) is closed; it reconnects with ?after=
 # and catches up from the database instead of holding the server's memory.
 OUTBOX_MAX = 5000
@@ -77,7 +82,11 @@ class LiveConsumer(AsyncWebsocketConsumer):
             await hub.join(group, self)
             self.joined.append(group)
         self.sync_task = asyncio.create_task(self._catch_up(after=self._after_param()))
-        self.tasks = [asyncio.create_task(self._write()), asyncio.create_task(self._refresh_groups())]
+        self.tasks = [
+            asyncio.create_task(self._write()),
+            asyncio.create_task(self._refresh_groups()),
+            asyncio.create_task(self._watch_access()),
+        ]
 
     async def disconnect(self, code: int) -> None:
         for task in [*getattr(self, "tasks", []), getattr(self, "sync_task", None)]:
@@ -93,11 +102,15 @@ class LiveConsumer(AsyncWebsocketConsumer):
         except ValueError:
             return
         if isinstance(request, dict) and request.get("action") == "resync" and self.access.allowed:
-            if self.sync_task is not None:
-                self.sync_task.cancel()
-            self.syncing = True
-            self.buffer = []
-            self.sync_task = asyncio.create_task(self._catch_up(after=None))
+            self._resync()
+
+    def _resync(self) -> None:
+        """Send a fresh snapshot (the client replaces what it holds with it)."""
+        if self.sync_task is not None:
+            self.sync_task.cancel()
+        self.syncing = True
+        self.buffer = []
+        self.sync_task = asyncio.create_task(self._catch_up(after=None))
 
     # --- events from the hub ----------------------------------------------------------
 
@@ -169,15 +182,31 @@ class LiveConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps(snap, separators=(",", ":")))
         return int(snap["seq"])
 
-    async def _refresh_groups(self) -> None:
-        """Re-join the groups before they expire, and drop the socket if access was revoked."""
+    async def _watch_access(self) -> None:
+        """Re-read the user every few seconds: close on revocation, resend on a new scope."""
+        seconds = float(getattr(settings, "SLUICE_LIVE_ACCESS_RECHECK_SECONDS", ACCESS_RECHECK_SECONDS))
         while True:
-            await asyncio.sleep(self.refresh_seconds)
-            access = await self._resolve_access()
+            await asyncio.sleep(seconds)
+            try:
+                access = await database_sync_to_async(live.recheck_access)(
+                    self.scope.get("user"), feed=self.feed, pipeline_id=self.pipeline_id, year=self.year
+                )
+            except Exception:
+                logger.exception("live access re-check failed")  # database blip: next round
+                continue
             if not access.allowed:
+                self.syncing = True  # deliver nothing more while the close goes out
                 await self.close(code=access.close_code)
                 return
-            self.access = access
+            if access.modules != self.access.modules:
+                # What the client holds was narrowed by the old scope: replace it.
+                self.access = access
+                self._resync()
+
+    async def _refresh_groups(self) -> None:
+        """Re-join the groups before they expire (access is re-checked by ``_watch_access``)."""
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
             for group in self.joined:
                 with contextlib.suppress(Exception):  # Redis hiccup: try again next round
                     await live.hub().refresh(group)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ SNAPSHOT_JOBS_PER_PIPELINE = 500
 
 @dataclass(frozen=True)
 class Access:
-    """What one socket may receive, decided once on connect (and re-checked on refresh)."""
+    """What one socket may receive, decided on connect and re-checked every few seconds."""
 
     allowed: bool
     close_code: int = 0
@@ -88,12 +89,33 @@ def resolve_access(user: Any, *, feed: Feed, pipeline_id: str | None = None, yea
     return Access(True, modules=modules, groups=(publish.pipeline_group(str(pipeline_id)),))
 
 
+# Sockets of one user on one feed share a re-check for this long (a console with many
+# tabs, a bench with 200 sockets): one query per user and feed, not per socket.
+RECHECK_CACHE_SECONDS = 1.0
+_rechecks: dict[tuple[Any, ...], tuple[float, Access]] = {}
+
+
+def recheck_access(user: Any, *, feed: Feed, pipeline_id: str | None = None, year: int | None = None) -> Access:
+    """:func:`resolve_access` for the user *as stored now* (deactivated, roles or grants changed).
+
+    The socket's user object was loaded at connect and caches its permissions; it is
+    re-read so a revocation is seen.
+    """
+    key = (getattr(user, "pk", None), feed, pipeline_id, year)
+    now = time.monotonic()
+    cached = _rechecks.get(key)
+    if cached is not None and now - cached[0] < RECHECK_CACHE_SECONDS:
+        return cached[1]
+    result = resolve_access(access.reload(user), feed=feed, pipeline_id=pipeline_id, year=year)
+    if len(_rechecks) > 10_000:
+        _rechecks.clear()
+    _rechecks[key] = (now, result)
+    return result
+
+
 def visible(modules: frozenset[str] | None, message: dict[str, Any]) -> bool:
-    """May a socket restricted to ``modules`` see this event? Module-less pipelines: unrestricted only."""
-    if modules is None:
-        return True
-    module = (message.get("pipeline") or {}).get("module") or ""
-    return bool(module) and module in modules
+    """May a socket of scope ``modules`` see this event? Module-less pipelines: "every module" only."""
+    return access.in_scope(modules, (message.get("pipeline") or {}).get("module"))
 
 
 # --- snapshots ------------------------------------------------------------------------
@@ -113,10 +135,6 @@ def _repeatable_read() -> None:
 def _current_seq() -> int:
     value = EventCounter.objects.filter(pk=1).values_list("value", flat=True).first()
     return int(value) if value is not None else selectors.last_seq()
-
-
-def _restrict(qs: Any, modules: frozenset[str] | None) -> Any:
-    return qs if modules is None else qs.filter(module__in=sorted(modules))
 
 
 def _pipeline_entry(pipeline: Pipeline) -> dict[str, Any]:
@@ -139,7 +157,7 @@ def console_snapshot(*, modules: frozenset[str] | None) -> dict[str, Any]:
     with transaction.atomic():
         _repeatable_read()
         seq = _current_seq()
-        qs = _restrict(Pipeline.objects.all(), modules)
+        qs = access.narrow(Pipeline.objects.all(), modules)
         newest = list(qs.order_by("-created_at", "-id")[:CONSOLE_PIPELINES])
         seen = {p.pk for p in newest}
         active = [p for p in qs.exclude(status__in=DONE_STATUSES).order_by("-created_at") if p.pk not in seen]
@@ -175,7 +193,7 @@ def year_snapshot(*, year: int, modules: frozenset[str] | None) -> dict[str, Any
     with transaction.atomic():
         _repeatable_read()
         seq = _current_seq()
-        qs = _restrict(Pipeline.objects.filter(year=year), modules)
+        qs = access.narrow(Pipeline.objects.filter(year=year), modules)
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         chosen: dict[Any, Pipeline] = {}
         for p in qs.order_by("-created_at", "-id"):
@@ -238,7 +256,7 @@ def replay(
             after_seq=cursor,
             pipeline_id=pipeline_id if feed == "pipeline" else None,
             year=year if feed == "year" else None,
-            modules=modules,
+            base=access.narrow(JobEvent.objects.all(), modules),
             limit=REPLAY_PAGE,
         )
         out.extend(page)

@@ -9,11 +9,12 @@ from django.db.models import Q
 
 
 class ModuleGrant(models.Model):
-    """Restricts a user (directly or through a group) to the listed modules.
+    """Gives a user (directly or through a group) the listed modules.
 
-    A user with no grant at all, directly or through a group, is not restricted: the
-    viewer/operator roles decide what they may do. A user with grants sees, uploads and
-    operates only pipelines of the granted modules.
+    Roles (``view_console``, ``operate``) say what someone may do; the *scope* says
+    where: every module with the ``all_modules`` permission (the ``viewer`` and
+    ``operator`` groups carry it), otherwise only the modules granted here. Scope is
+    never implied: a user whose last grant (or grant group) is removed sees nothing.
     """
 
     user = models.ForeignKey(
@@ -35,6 +36,7 @@ class ModuleGrant(models.Model):
         permissions = [
             ("view_console", "Can read the console and the API (viewer)"),
             ("operate", "Can upload, cancel, retry, recover, pause, create and open years (operator)"),
+            ("all_modules", "Can see (and, with operate, operate) every module without module grants"),
         ]
 
     def __str__(self) -> str:

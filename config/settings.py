@@ -244,6 +244,9 @@ CACHES = {
 }
 SLUICE_SSE_POLL_SECONDS = env_float("SLUICE_SSE_POLL_SECONDS", 0.25, minimum=0.01)
 SLUICE_SSE_PING_SECONDS = env_float("SLUICE_SSE_PING_SECONDS", 15.0, minimum=0.1)
+# Open WebSockets and SSE streams re-read their user this often: revoked access stops
+# the stream within it.
+SLUICE_LIVE_ACCESS_RECHECK_SECONDS = env_float("SLUICE_LIVE_ACCESS_RECHECK_SECONDS", 3.0, minimum=0.1)
 SLUICE_INSPECT_TIMEOUT = env_float("SLUICE_INSPECT_TIMEOUT", 0.5, minimum=0.05)
 SLUICE_ALERT_WINDOW_HOURS = env_float("SLUICE_ALERT_WINDOW_HOURS", 168.0, minimum=1.0)
 REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "pipelines.api.schema.AutoSchema"

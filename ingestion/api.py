@@ -4,7 +4,10 @@ Thin views over ``ingestion.services`` / ``ingestion.selectors``. Access:
 
 - the module registry and the list of *open* years: any authenticated user;
 - closed years, year details and totals of closed years: viewers (404 otherwise);
-- a module-granted user sees only their modules in year details, totals and uploads;
+  without a role an open year's detail is a summary (no job/upload ids, messages or
+  reasons);
+- a module-granted user sees only their modules in year details (their reasons and
+  active pipelines too), totals and uploads;
 - creating, configuring and opening years: operators without module restrictions
   (a year spans every module); uploading: operators granted that module.
 """
@@ -27,7 +30,7 @@ from rest_framework.response import Response
 from backoffice import access
 from ingestion import selectors, services
 from ingestion.models import Upload, Year
-from ingestion.modules import TARGETS
+from ingestion.modules import MODULES, TARGETS
 from pipelines.api.base import ApiView
 from pipelines.api.errors import PayloadTooLarge, error_responses
 from pipelines.api.views import require_operate
@@ -109,9 +112,70 @@ def _visible_year(user: Any, year: int) -> Year:
     return obj
 
 
-def _narrow_modules(user: Any, items: list[dict[str, Any]], key: str = "module") -> list[dict[str, Any]]:
-    grants = access.granted_modules(user)
-    return items if grants is None else [i for i in items if i.get(key) in grants]
+# A signed-in user without a role sees an open year as a summary: no job or upload ids,
+# no status messages (they quote rejected cell values), no per-module reasons.
+_SUMMARY_MODULE_FIELDS = ("module", "label", "enabled", "rows", "complete")
+
+
+def _year_detail_for(user: Any, year: int) -> dict[str, Any]:
+    """The year's detail narrowed to what ``user`` may see (see the module docstring)."""
+    detail = selectors.year_detail(year=year)
+    active = detail.pop("active_pipelines")
+    if not access.can_view(user):
+        detail["modules"] = [{k: m[k] for k in _SUMMARY_MODULE_FIELDS} for m in detail["modules"]]
+        detail["incomplete_reasons"] = {}
+        detail["active_pipeline_ids"] = []
+        return detail
+    scope = access.granted_modules(user)
+    detail["modules"] = access.narrow(detail["modules"], scope)
+    # "year" holds year-wide reasons (the unit sync); every other key is a module.
+    detail["incomplete_reasons"] = {
+        key: reasons for key, reasons in detail["incomplete_reasons"].items()
+        if key == "year" or access.in_scope(scope, key)
+    }
+    detail["active_pipeline_ids"] = [p["id"] for p in access.narrow(active, scope)]
+    return detail
+
+
+class YearConfigSerializer(serializers.Serializer):
+    """A year's ``config`` patch: every key known, every value typed (400 names the field)."""
+
+    modules = serializers.ListField(
+        child=serializers.ChoiceField(choices=list(MODULES)), allow_empty=False, required=False,
+        help_text="Enabled module keys (at least one).",
+    )
+    module_settings = serializers.DictField(
+        child=serializers.DictField(child=serializers.JSONField()), required=False,
+        help_text="Per module key: {setting name: string, number or boolean}.",
+    )
+
+    def validate_modules(self, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))  # keep order, drop repeats
+
+    def validate_module_settings(self, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        unknown = sorted(set(value) - set(MODULES))
+        if unknown:
+            raise serializers.ValidationError(
+                f"Unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}.", "unknown_module"
+            )
+        for module, items in value.items():
+            for name, item in items.items():
+                if isinstance(item, dict | list) or item is None:
+                    raise serializers.ValidationError(
+                        f"{module}.{name}: a setting is a string, number or boolean.", "invalid_setting"
+                    )
+        return value
+
+    def to_internal_value(self, data: Any) -> Any:
+        # A serializer ignores keys it does not declare; a stored unknown key would be
+        # a silent typo, so name it.
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {key: [f"Unknown config key; known: {', '.join(self.fields)}."] for key in unknown}, "unknown_key"
+                )
+        return super().to_internal_value(data)
 
 
 class YearListView(ApiView):
@@ -144,7 +208,7 @@ class YearDetailView(ApiView):
 
     class PatchSerializer(serializers.Serializer):
         is_open = serializers.BooleanField(required=False)
-        config = serializers.DictField(required=False, help_text="Merged into the year's config")
+        config = YearConfigSerializer(required=False, help_text="Merged into the year's config (key by key)")
 
         def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
             if not attrs:
@@ -164,9 +228,7 @@ class YearDetailView(ApiView):
     @extend_schema(responses={200: DetailSerializer, **error_responses(404)})
     def get(self, request: Request, year: int) -> Response:
         _visible_year(request.user, year)
-        detail = selectors.year_detail(year=year)
-        detail["modules"] = _narrow_modules(request.user, detail["modules"])
-        return Response(self.DetailSerializer(detail).data)
+        return Response(self.DetailSerializer(_year_detail_for(request.user, year)).data)
 
     @extend_schema(request=PatchSerializer, responses={200: DetailSerializer, **error_responses(400, 404, 409)})
     def patch(self, request: Request, year: int) -> Response:
@@ -181,7 +243,7 @@ class YearDetailView(ApiView):
             )
         except ValueError as exc:
             raise serializers.ValidationError({"config": [str(exc)]}, "invalid")
-        return Response(self.DetailSerializer(selectors.year_detail(year=year)).data)
+        return Response(self.DetailSerializer(_year_detail_for(request.user, year)).data)
 
 
 class TotalSerializer(serializers.Serializer):
@@ -215,9 +277,12 @@ class YearTotalsView(ApiView):
         params.is_valid(raise_exception=True)
         _visible_year(request.user, year)
         totals = selectors.year_totals(year=year, **params.validated_data)
-        if access.granted_modules(request.user) is not None:
-            totals["modules"] = _narrow_modules(request.user, totals["modules"])
-            totals["units"] = _narrow_modules(request.user, totals["units"])
+        # An open year's totals are published to every signed-in user; back-office
+        # users see them through their module scope.
+        scope = access.granted_modules(request.user) if access.can_view(request.user) else None
+        if scope is not None:
+            totals["modules"] = access.narrow(totals["modules"], scope)
+            totals["units"] = access.narrow(totals["units"], scope)
             totals["kg_co2e"] = sum(m["kg_co2e"] for m in totals["modules"])
         return Response(self.OutputSerializer(totals).data)
 

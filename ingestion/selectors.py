@@ -84,7 +84,9 @@ def year_incomplete_reasons(*, year: Year) -> dict[str, list[str]]:
     """Every reason the year may not open, by module (and "year" for year-wide ones)."""
     reasons: dict[str, list[str]] = {}
     if year.configured_at is None:
-        reasons["year"] = ["units not synced yet (the unit sync has not succeeded)"]
+        reasons.setdefault("year", []).append("units not synced yet (the unit sync has not succeeded)")
+    if not year.enabled_modules:
+        reasons.setdefault("year", []).append("no module enabled (config.modules is empty)")
     for module in year.enabled_modules:
         found = module_incomplete_reasons(year=year.year, module=module)
         if found:
@@ -148,7 +150,8 @@ def year_detail(*, year: int) -> dict[str, Any]:
         "modules": modules,
         "incomplete_reasons": all_reasons,
         "can_open": not all_reasons,
-        "active_pipeline_ids": [str(pk) for pk in active.values_list("id", flat=True)],
+        # With their modules so callers narrow them (``ingestion.api``) before showing ids.
+        "active_pipelines": [{"id": str(pk), "module": m} for pk, m in active.values_list("id", "module")],
     }
 
 

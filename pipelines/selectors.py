@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from django.db.models import Func, JSONField, QuerySet
@@ -39,21 +38,20 @@ def events_after(
     after_seq: int,
     pipeline_id: Any = None,
     year: int | None = None,
-    modules: Iterable[str] | None = None,
+    base: QuerySet[JobEvent] | None = None,
     limit: int = 1000,
 ) -> list[dict[str, Any]]:
     """Event payloads with ``seq > after_seq`` in seq order, for replay.
 
     Safe to use as a cursor: seq order equals commit order (see ``EventCounter``).
-    ``modules`` narrows to those modules (a module-restricted user); ``None`` = all.
+    ``base`` is the caller's events already narrowed to what its user may see
+    (``backoffice.access.narrow``); ``None`` = every event.
     """
-    qs: QuerySet[JobEvent] = JobEvent.objects.filter(seq__gt=after_seq)
+    qs: QuerySet[JobEvent] = (JobEvent.objects.all() if base is None else base).filter(seq__gt=after_seq)
     if pipeline_id is not None:
         qs = qs.filter(pipeline_id=pipeline_id)
     if year is not None:
         qs = qs.filter(year=year)
-    if modules is not None:
-        qs = qs.filter(module__in=list(modules))
     return list(qs.order_by("seq").values_list("payload", flat=True)[:limit])
 
 

@@ -8,7 +8,8 @@ Design: PostgreSQL is the source. The stream polls ``events_after`` with the las
 ``EventCounter`` row lock), so nothing can appear behind the cursor. Each frame is
 ``id: <seq>`` / ``event: <type>`` / ``data: <the same payload as the WebSocket>``; a
 reconnecting browser sends ``Last-Event-ID`` and resumes exactly after it. The stream
-ends once the pipeline is done and every event up to that point was sent.
+ends once the pipeline is done and every event up to that point was sent, or within
+``SLUICE_LIVE_ACCESS_RECHECK_SECONDS`` (3 s) of the user losing access to it.
 
 DRF views are synchronous, so authentication and the viewer check are done here by
 hand with the same rules (token header, else session; ``backoffice.access``).
@@ -59,6 +60,16 @@ def _visible_module(user: Any, pipeline_id: Any) -> tuple[bool, bool]:
     return visible, True
 
 
+def _access_seconds() -> float:
+    return float(getattr(settings, "SLUICE_LIVE_ACCESS_RECHECK_SECONDS", 3.0))
+
+
+def _still_visible(user: Any, pipeline_id: Any) -> bool:
+    """Re-read the user (deactivated? role or grant removed?) and check again."""
+    close_old_connections()
+    return _visible_module(access.reload(user), pipeline_id)[0]
+
+
 def _read(pipeline_id: Any, after: int) -> tuple[bool, list[dict[str, Any]]]:
     """(pipeline done, events after ``after``).
 
@@ -77,12 +88,19 @@ def frame(event: dict[str, Any]) -> str:
     return f"id: {event['seq']}\nevent: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
 
 
-async def events_stream(pipeline_id: Any, after: int) -> AsyncIterator[str]:
+async def events_stream(pipeline_id: Any, after: int, user: Any) -> AsyncIterator[str]:
     cursor = after
-    last_sent = time.monotonic()
+    last_sent = last_checked = time.monotonic()
     # Tell EventSource to reconnect quickly; Last-Event-ID makes the reconnect lossless.
     yield "retry: 1000\n\n"
     while True:
+        if time.monotonic() - last_checked >= _access_seconds():
+            # Access revoked since the stream began: end it. The browser's reconnect
+            # then gets the 403/404 and EventSource stops.
+            if not await sync_to_async(_still_visible, thread_sensitive=False)(user, pipeline_id):
+                yield ": access revoked\n\n"
+                return
+            last_checked = time.monotonic()
         # thread_sensitive=False: a pool of threads serves every stream's polls, instead
         # of one dedicated thread (and one DB connection) per connected client.
         done, batch = await sync_to_async(_read, thread_sensitive=False)(pipeline_id, cursor)
@@ -126,7 +144,7 @@ async def pipeline_stream(request: HttpRequest, pipeline_id: Any) -> HttpRespons
     after = _after(request)
     if after is None:
         return _error(400, "Last-Event-ID / after must be a non-negative integer.", "invalid")
-    response = StreamingHttpResponse(events_stream(pipeline_id, after), content_type="text/event-stream")
+    response = StreamingHttpResponse(events_stream(pipeline_id, after, user), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return response

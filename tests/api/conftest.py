@@ -33,11 +33,18 @@ def roles(db: Any) -> dict[str, Group]:
     operate, _ = Permission.objects.get_or_create(
         codename="operate", content_type=ct, defaults={"name": "Can operate (operator)"}
     )
+    all_modules, _ = Permission.objects.get_or_create(
+        codename="all_modules", content_type=ct, defaults={"name": "Can see every module"}
+    )
     viewer, _ = Group.objects.get_or_create(name="viewer")
-    viewer.permissions.add(view)
+    viewer.permissions.add(view, all_modules)
     operator, _ = Group.objects.get_or_create(name="operator")
-    operator.permissions.add(view, operate)
-    return {"viewer": viewer, "operator": operator}
+    operator.permissions.add(view, operate, all_modules)
+    module_viewer, _ = Group.objects.get_or_create(name="module viewer")
+    module_viewer.permissions.add(view)
+    module_operator, _ = Group.objects.get_or_create(name="module operator")
+    module_operator.permissions.add(view, operate)
+    return {"viewer": viewer, "operator": operator, "module viewer": module_viewer, "module operator": module_operator}
 
 
 @pytest.fixture
@@ -52,7 +59,7 @@ def users(roles: dict[str, Group]) -> dict[str, User]:
         "norole": make("norole"),
         "viewer": make("viewer", "viewer"),
         "operator": make("operator", "operator"),
-        "granted": make("granted", "operator"),
+        "granted": make("granted", "module operator"),
         "admin": make("admin", is_superuser=True, is_staff=True),
     }
     ModuleGrant.objects.create(user=result["granted"], module=GRANTED_MODULE)

@@ -58,8 +58,11 @@ def make_user(username: str, *, perms: tuple[str, ...] = ("view_console",), modu
     """A user with backoffice permissions and optional module grants.
 
     Transactional tests truncate tables, so groups made by migrations may be gone:
-    permissions are attached to the user directly.
+    permissions are attached to the user directly. A role without grants comes with
+    the "every module" scope (``all_modules``), as the viewer/operator groups give it.
     """
+    if perms and not modules:
+        perms = (*perms, "all_modules")
     from django.contrib.auth.models import Permission, User
     from django.contrib.contenttypes.models import ContentType
 
