@@ -54,6 +54,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "pipelines.api.errors.ApiErrorMiddleware",  # JSON 500 with a request id under /api/
 ]
 
 ROOT_URLCONF = "config.urls"

@@ -211,7 +211,9 @@ MODULES: dict[str, ModuleDef] = {
 
 
 class UnknownModule(LookupError):
-    pass
+    # How the API answers it (pipelines.api.errors matches ``status`` and ``code``).
+    status = 404
+    code = "unknown_module"
 
 
 def get_module(key: str) -> ModuleDef:

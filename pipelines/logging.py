@@ -30,7 +30,7 @@ class StructuredFormatter(logging.Formatter):
             "msg": record.getMessage(),
             **(_context.get() or {}),
         }
-        for key in ("pipeline_id", "job_id"):
+        for key in ("pipeline_id", "job_id", "request_id"):
             if hasattr(record, key):
                 data[key] = str(getattr(record, key))
         if record.exc_info:

@@ -47,7 +47,9 @@ class HandlerSpec:
 
 
 class UnknownJobType(LookupError):
-    pass
+    # How the API answers it (pipelines.api.errors matches ``status`` and ``code``).
+    status = 400
+    code = "unknown_job_type"
 
 
 _HANDLERS: dict[str, HandlerSpec] = {}

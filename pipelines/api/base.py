@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils.dateparse import parse_datetime
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
@@ -37,6 +38,21 @@ class NewestFirstCursor(CursorPagination):
     def decode_cursor(self, request: Request) -> Any:
         # DRF answers a malformed cursor with 404; it is a bad parameter (400).
         try:
-            return super().decode_cursor(request)
+            cursor = super().decode_cursor(request)
         except NotFound:
+            cursor = None
+            valid = False
+        else:
+            # DRF checks only the cursor's encoding; a position that is not a timestamp
+            # (base64 of "p=junk") would reach the ``created_at <`` filter and fail there.
+            valid = cursor is None or cursor.position is None or _is_timestamp(str(cursor.position))
+        if not valid:
             raise ValidationError({self.cursor_query_param: ["Invalid cursor."]}, "invalid_cursor")
+        return cursor
+
+
+def _is_timestamp(value: str) -> bool:
+    try:
+        return parse_datetime(value) is not None
+    except ValueError:  # well formed but out of range ("2025-13-45")
+        return False

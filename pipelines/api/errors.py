@@ -1,22 +1,47 @@
 """Every API error is ``{"detail": str, "code": str}`` (plus ``errors`` for field errors).
 
-One exception handler maps DRF's exceptions and the domain's ``ConflictError`` /
-``UploadRejected`` onto that shape, so views raise and never build error bodies.
+One exception handler maps DRF's exceptions and the domain's exceptions onto that shape,
+so views raise and never build error bodies:
+
+- ``ConflictError`` (and ``YearIncomplete``) → 409 with its code; ``IllegalTransition``
+  (a state change lost a race or a control asked for a move the table forbids) → 409
+  ``illegal_transition``;
+- any exception carrying an HTTP ``status`` and a ``code`` (``UploadRejected``,
+  ``FileRejected``, ``UnknownModule``, ``UnknownJobType``) → that status and code;
+- Django's ``ValidationError`` → 400 ``invalid``; ``DoesNotExist`` / ``Http404`` → 404;
+- anything else → a JSON 500 ``server_error`` whose ``request_id`` (also the
+  ``X-Request-ID`` header) is logged with the traceback, so a user's report finds the log line.
+
+``ApiErrorMiddleware`` gives the same 500 for the plain Django views under ``/api/``
+(the SSE stream), which DRF's handler never sees.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import uuid
 from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.utils.deprecation import MiddlewareMixin
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
-from pipelines.services import ConflictError
+from pipelines.services import ConflictError, IllegalTransition
+
+logger = logging.getLogger("sluice.api")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A caller's own id is reused (so a proxy's id links its log to ours) only if it is short
+# and plain: it goes into a header and a log line.
+_CALLER_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -27,6 +52,9 @@ class ErrorSerializer(serializers.Serializer):
         required=False, help_text="Field errors of a 400, by field name."
     )
     reasons = serializers.DictField(required=False, help_text="409 on opening a year: why, per module.")
+    request_id = serializers.CharField(
+        required=False, help_text="500 only: the id of the logged error (also the X-Request-ID header)."
+    )
 
 
 class Conflict(exceptions.APIException):
@@ -50,12 +78,13 @@ _DESCRIPTIONS = {
     413: "File too large",
     415: "Not a CSV file",
     429: "Throttled",
+    500: "Unexpected error (JSON, with the request id that is in the log)",
 }
 
 
 def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
     """Schema entries for the error statuses an operation can answer (401/403/429 always)."""
-    wanted = sorted({401, 403, 429, *codes})
+    wanted = sorted({401, 403, 429, 500, *codes})
     return {c: OpenApiResponse(ErrorSerializer, description=_DESCRIPTIONS[c]) for c in wanted}
 
 
@@ -70,7 +99,41 @@ def _first_code(codes: Any) -> str:
     return "invalid"
 
 
+def request_id(request: HttpRequest | None) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER, "") if request is not None else ""
+    return given if _CALLER_REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def server_error(request: HttpRequest | None, exc: BaseException) -> tuple[dict[str, str], dict[str, str]]:
+    """Log an unexpected exception under a request id; the body and headers of the 500."""
+    rid = request_id(request)
+    method, path = (request.method, request.get_full_path()) if request is not None else ("", "")
+    logger.error(
+        "unhandled %s on %s %s (request id %s)", type(exc).__name__, method, path, rid,
+        exc_info=(type(exc), exc, exc.__traceback__), extra={"request_id": rid},
+    )
+    body = {
+        "detail": f"Internal server error; quote request id {rid} when reporting it.",
+        "code": "server_error",
+        "request_id": rid,
+    }
+    return body, {REQUEST_ID_HEADER: rid}
+
+
+def _status_and_code(exc: Exception) -> tuple[int, str] | None:
+    """A domain exception that says how to answer: an int HTTP ``status`` and a str ``code``.
+
+    Matched by shape because the domain apps (ingestion) import this module, not the reverse.
+    """
+    code, status_ = getattr(exc, "code", None), getattr(exc, "status", None)
+    if isinstance(code, str) and isinstance(status_, int) and 400 <= status_ < 600:
+        return status_, code
+    return None
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, IllegalTransition):
+        exc = ConflictError(f"{exc} (the state changed meanwhile; reload and try again).", "illegal_transition")
     if isinstance(exc, ConflictError):
         conflict = Conflict(exc.message, exc.code)
         response = drf_exception_handler(conflict, context)
@@ -80,11 +143,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         if reasons:
             response.data["reasons"] = reasons
         return response
-    elif _is_upload_rejected(exc):
-        return Response(
-            {"detail": str(getattr(exc, "message", exc)), "code": str(getattr(exc, "code", "rejected"))},
-            status=int(getattr(exc, "status", 400)),
-        )
+    elif (answer := _status_and_code(exc)) is not None:
+        set_rollback()
+        return Response({"detail": str(getattr(exc, "message", exc)), "code": answer[1]}, status=answer[0])
+    elif isinstance(exc, DjangoValidationError):
+        # e.g. a model field refusing a value a filter let through: the caller's input.
+        exc = exceptions.ValidationError({"non_field_errors": exc.messages}, "invalid")
     elif isinstance(exc, Http404 | ObjectDoesNotExist):
         # A service looked up an id the caller gave (a year, an upload): unknown → 404.
         exc = exceptions.NotFound()
@@ -92,7 +156,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.PermissionDenied()
     response = drf_exception_handler(exc, context)
     if response is None or not isinstance(exc, exceptions.APIException):
-        return response
+        set_rollback()
+        body, headers = server_error(context.get("request"), exc)
+        return Response(body, status=status.HTTP_500_INTERNAL_SERVER_ERROR, headers=headers)
     if isinstance(exc, exceptions.ValidationError):
         errors = response.data if isinstance(response.data, dict) else {"non_field_errors": response.data}
         response.data = {"detail": "Invalid input.", "code": _first_code(exc.get_codes()), "errors": errors}
@@ -103,6 +169,16 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return response
 
 
-def _is_upload_rejected(exc: Exception) -> bool:
-    # ingestion is optional at import time (built in parallel); match by name and shape.
-    return type(exc).__name__ == "UploadRejected" and hasattr(exc, "status")
+class ApiErrorMiddleware(MiddlewareMixin):
+    """A JSON 500 (with a logged request id) for any exception a view under ``/api/`` lets out.
+
+    DRF views never get here (their handler above answers); this covers the plain Django
+    views there (the async SSE view: ``MiddlewareMixin`` keeps the chain async-capable),
+    so no client of the API ever gets Django's HTML error page.
+    """
+
+    def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
+        if not request.path.startswith("/api/"):
+            return None
+        body, headers = server_error(request, exc)
+        return JsonResponse(body, status=500, headers=headers)
