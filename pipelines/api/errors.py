@@ -3,9 +3,8 @@
 One exception handler maps DRF's exceptions and the domain's exceptions onto that shape,
 so views raise and never build error bodies:
 
-- ``ConflictError`` (and ``YearIncomplete``) → 409 with its code; ``IllegalTransition``
-  (a state change lost a race or a control asked for a move the table forbids) → 409
-  ``illegal_transition``;
+- ``ConflictError`` (and its ``YearIncomplete``, ``IllegalTransition``) → 409 with its
+  code (``illegal_transition``: a move the transition table forbids);
 - any exception carrying an HTTP ``status`` and a ``code`` (``UploadRejected``,
   ``FileRejected``, ``UnknownModule``, ``UnknownJobType``) → that status and code;
 - Django's ``ValidationError`` → 400 ``invalid``; ``DoesNotExist`` / ``Http404`` → 404;
@@ -34,7 +33,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
-from pipelines.services import ConflictError, IllegalTransition
+from pipelines.services import ConflictError
 
 logger = logging.getLogger("sluice.api")
 
@@ -132,8 +131,6 @@ def _status_and_code(exc: Exception) -> tuple[int, str] | None:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, IllegalTransition):
-        exc = ConflictError(f"{exc} (the state changed meanwhile; reload and try again).", "illegal_transition")
     if isinstance(exc, ConflictError):
         conflict = Conflict(exc.message, exc.code)
         response = drf_exception_handler(conflict, context)
