@@ -48,8 +48,9 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Pipeline)
 class PipelineAdmin(ReadOnlyAdmin):
-    list_display = ("id", "kind", "year", "module", "status", "progress_percent", "jobs_finished", "jobs_total",
-                    "error_count", "created_at")
+    # ``phase`` carries why a finished pipeline is not a success ("superseded by upload #12").
+    list_display = ("id", "kind", "year", "module", "status", "phase", "progress_percent", "jobs_finished",
+                    "jobs_total", "error_count", "created_at")
     list_filter = ("status", "kind", "year", "module")
     search_fields = ("id", "kind", "module")
     date_hierarchy = "created_at"

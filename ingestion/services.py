@@ -24,7 +24,7 @@ from django.utils import timezone
 from ingestion import loading, parsing
 from ingestion.models import DataEntry, ModuleState, Report, Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGETS, UnknownModule, get_module
-from pipelines.models import JobResult, OperatorActionKind, Pipeline
+from pipelines.models import Job, JobResult, OperatorActionKind, Pipeline
 from pipelines.registry import Outcome
 from pipelines.services import ConflictError, JobSpec, actor_user, operator_action_record, pipeline_plan
 
@@ -384,11 +384,16 @@ def _ingest_outcome(
     if stats.rows_skipped:
         counts += f" ({stats.rows_skipped:,} blank lines skipped)"
     if applied is not None and not applied.applied:
+        # Users know uploads, not jobs: name the upload whose ingest is loaded.
+        winner_job = applied.superseded_by_job or 0
+        params = Job.objects.filter(pk=winner_job).values_list("params", flat=True).first() or {}
+        upload_id = params.get("upload_id")
+        winner = f"upload #{upload_id}" if upload_id else f"ingest job #{winner_job}"
         return Outcome(
             JobResult.SKIPPED,
-            f"{prefix}Not applied: a later upload (ingest job #{applied.superseded_by_job}) is already loaded; "
-            f"this file had {counts}",
+            f"{prefix}Not applied: superseded by {winner}, a later upload already loaded; this file had {counts}",
             {**meta, "superseded_by_job": applied.superseded_by_job},
+            superseded_by=winner,
         )
     if meta.get("factors_stale"):
         counts += f"; {meta['factors_stale']:,} factors missing from this file marked stale"

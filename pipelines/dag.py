@@ -25,6 +25,7 @@ class JobSnapshot:
     processed: int = 0
     total: int | None = None
     phase: str = ""
+    superseded_by: str = ""
 
 
 def pipeline_status(jobs: Iterable[JobSnapshot]) -> str:
@@ -33,7 +34,9 @@ def pipeline_status(jobs: Iterable[JobSnapshot]) -> str:
     1. Any job not finished: ``running`` once any job has started, else ``not_started``.
     2. All finished: ``cancelled`` if any was cancelled; with errors, ``partial`` when
        some job still produced a result (success/warning), ``failed`` when none did;
-       otherwise ``success`` (warnings and "nothing to do" skips included).
+       ``superseded`` when a job's work was not applied because a later one was (an
+       older upload): it must not read as applied; otherwise ``success`` (warnings and
+       "nothing to do" skips included).
     """
     jobs = list(jobs)
     if not jobs:
@@ -47,7 +50,14 @@ def pipeline_status(jobs: Iterable[JobSnapshot]) -> str:
     if JobResult.ERROR in results:
         produced = results & {JobResult.SUCCESS, JobResult.WARNING}
         return PipelineStatus.PARTIAL if produced else PipelineStatus.FAILED
+    if superseded_by(jobs):
+        return PipelineStatus.SUPERSEDED
     return PipelineStatus.SUCCESS
+
+
+def superseded_by(jobs: Iterable[JobSnapshot]) -> str:
+    """What superseded the pipeline ("upload #12"), or "" when nothing did."""
+    return next((j.superseded_by for j in jobs if j.superseded_by and j.state == JobState.FINISHED), "")
 
 
 def job_fraction(job: JobSnapshot) -> float:
@@ -75,7 +85,8 @@ def pipeline_progress(jobs: Iterable[JobSnapshot]) -> tuple[float, str]:
             label += f": {first.phase}"
         return percent, label
     if all(j.state == JobState.FINISHED for j in jobs):
-        return 100.0, "done"
+        winner = superseded_by(jobs)
+        return 100.0, f"superseded by {winner}" if winner else "done"
     if any(j.state == JobState.QUEUED for j in jobs):
         return percent, "waiting for a worker"
     return percent, "not started"

@@ -208,7 +208,7 @@ def _run_handler(job: Job) -> str:
         ctx.set_stage("run")
         outcome = spec.func(ctx) or Outcome(JobResult.SUCCESS, "Done")
         if not outcome.message:
-            outcome = Outcome(outcome.result, str(outcome.result).capitalize(), outcome.meta)
+            outcome = Outcome(outcome.result, str(outcome.result).capitalize(), outcome.meta, outcome.superseded_by)
         services.job_finish(job_id=job.pk, attempt=ctx.attempt, outcome=outcome)
         return str(outcome.result)
     except JobAborted as exc:

@@ -32,6 +32,7 @@ COUNT_KEYS = (
     "factors_upserted",
     "factors_stale",
     "duplicate_of_upload",
+    "superseded_by",  # not a count: the pipeline status is derived from it (see dag.pipeline_status)
 )
 
 

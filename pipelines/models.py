@@ -35,6 +35,9 @@ class PipelineStatus(models.TextChoices):
     PARTIAL = "partial"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # An upload's ingest found a later upload of the same module-year already loaded:
+    # nothing of this file was applied and nothing downstream ran (phase names the winner).
+    SUPERSEDED = "superseded"
 
 
 class JobType(models.TextChoices):
@@ -53,6 +56,7 @@ DONE_STATUSES = (
     PipelineStatus.PARTIAL,
     PipelineStatus.FAILED,
     PipelineStatus.CANCELLED,
+    PipelineStatus.SUPERSEDED,
 )
 
 

@@ -26,13 +26,18 @@ class Outcome:
     result: str = JobResult.SUCCESS
     message: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    # Set (e.g. "upload #12") when the job's work was not applied because a later one
+    # already was: its downstream jobs are skipped and the pipeline reads ``superseded``.
+    superseded_by: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"result": str(self.result), "message": self.message, "meta": self.meta}
+        data = {"result": str(self.result), "message": self.message, "meta": self.meta}
+        return {**data, "superseded_by": self.superseded_by} if self.superseded_by else data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Outcome:
-        return cls(result=data["result"], message=data.get("message", ""), meta=data.get("meta", {}))
+        return cls(result=data["result"], message=data.get("message", ""), meta=data.get("meta", {}),
+                   superseded_by=data.get("superseded_by", ""))
 
 
 Handler = Callable[["JobContext"], "Outcome | None"]

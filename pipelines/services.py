@@ -260,6 +260,7 @@ class _Dag:
             dag.JobSnapshot(
                 id=j.pk, job_type=j.job_type, state=j.state, result=j.result, det=j.det,
                 processed=j.progress_processed, total=j.progress_total, phase=j.phase,
+                superseded_by=str((j.counts or {}).get("superseded_by") or ""),  # type: ignore[attr-defined]
             )
             for j in jobs
         ]
@@ -575,10 +576,10 @@ def job_finish(*, job_id: int, attempt: int, outcome: Outcome, error: dict[str, 
         }
         if outcome.result in (JobResult.SUCCESS, JobResult.WARNING) and job.progress_total:
             values["progress_processed"] = job.progress_total
-        if not work.update([job_id], where=Q(state=JobState.RUNNING, attempts=attempt), meta_merge=outcome.meta,
-                           **values):
+        meta = {**outcome.meta, "superseded_by": outcome.superseded_by} if outcome.superseded_by else outcome.meta
+        if not work.update([job_id], where=Q(state=JobState.RUNNING, attempts=attempt), meta_merge=meta, **values):
             return False
-        _after_finish(work, job_id, outcome.result)
+        _after_finish(work, job_id, outcome.result, superseded_by=outcome.superseded_by)
         work.save()
     return True
 
@@ -607,12 +608,17 @@ def job_requeue_after_failure(
 
 
 def _after_finish(
-    work: _Dag, job_id: int, result: str, *, skip_result: str = JobResult.SKIPPED, reason: str = ""
+    work: _Dag, job_id: int, result: str, *, skip_result: str = JobResult.SKIPPED, reason: str = "",
+    superseded_by: str = "",
 ) -> None:
-    """Promote downstream jobs that became ready, or end the ones that never will."""
+    """Promote downstream jobs that became ready, or end the ones that never will.
+
+    A superseded job ends its downstream like a failed one: recomputing from data this
+    job did not apply would only redo (or race) the later upload's own pipeline.
+    """
     _, dependents = work.edges
     now = timezone.now()
-    if result in dag.OK_RESULTS:
+    if result in dag.OK_RESULTS and not superseded_by:
         ready = [
             c for c in dependents.get(job_id, ())
             if work.jobs[c].state == JobState.NOT_STARTED and work.ok_to_run(c)
@@ -627,7 +633,7 @@ def _after_finish(
         return
     origin = work.jobs[job_id]
     verbs: dict[str, str] = {JobResult.CANCELLED: "was cancelled", JobResult.ERROR: "failed"}
-    verb = verbs.get(result, f"ended {result}")
+    verb = f"was superseded by {superseded_by}" if superseded_by else verbs.get(result, f"ended {result}")
     doomed = [
         j for j in sorted(dag.downstream([job_id], dependents))
         if work.jobs[j].state in (JobState.NOT_STARTED, JobState.QUEUED)

@@ -30,6 +30,16 @@ def test_cancelled_wins_over_everything() -> None:
     assert dag.pipeline_status(jobs) == "cancelled"
 
 
+def test_a_superseded_job_makes_the_pipeline_superseded_not_success() -> None:
+    # given an ingest that was not applied because a later upload was, and its skipped downstream
+    jobs = [S(1, "csv_ingest", "finished", "skipped", superseded_by="upload #12"), S(2, "b", "finished", "skipped")]
+    # then the pipeline does not read as applied, and its label names the winner
+    assert dag.pipeline_status(jobs) == "superseded"
+    assert dag.pipeline_progress(jobs) == (100.0, "superseded by upload #12")
+    # while it is still running, it is running
+    assert dag.pipeline_status([jobs[0], S(2, "b", "queued")]) == "running"
+
+
 def test_progress_counts_rows_of_the_running_node() -> None:
     # given 4 nodes: one done, one halfway through its rows, two waiting
     jobs = [
