@@ -217,6 +217,10 @@ class _Dag:
         """
         if not ids:
             return []
+        if values.get("state") == JobState.FINISHED:
+            # Every way a job ends (finish, cancel, skip, give up) shows it ended, not
+            # the last phase it reported ("applying" on a finished job reads as stuck).
+            values.setdefault("phase", "done")
         qs = Job.objects.filter(pk__in=ids)
         if where is not None:
             qs = qs.filter(where)
