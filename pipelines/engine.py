@@ -32,6 +32,14 @@ class JobAborted(Exception):
     """This attempt no longer owns the job (cancelled, recovered, taken over): stop, write nothing."""
 
 
+class RecheckLater(Exception):
+    """The job's owner is alive (fresh heartbeat): deliver this message again later."""
+
+    def __init__(self, seconds: float, reason: str) -> None:
+        super().__init__(reason)
+        self.seconds = seconds
+
+
 class RetryableError(Exception):
     """A transient failure: the job is re-queued while attempts remain."""
 
@@ -189,6 +197,8 @@ def execute_job(*, job_id: int, task_id: str, worker: str) -> str:
     job = claim.job
     if job is None:
         logger.info("job %s not run: %s", job_id, claim.reason)
+        if claim.recheck_in is not None:
+            raise RecheckLater(claim.recheck_in, claim.reason)
         return claim.reason
     with log_context(pipeline_id=job.pipeline_id, job_id=job.pk):
         if job.effect_committed:

@@ -427,16 +427,21 @@ def pipeline_start_noop(
 class Claim:
     job: Job | None
     reason: str
+    # Set when the job runs under this very message with a fresh heartbeat: look again
+    # after this many seconds (when the heartbeat would be stale), do not drop it.
+    recheck_in: float | None = None
 
 
 def job_claim(*, job_id: int, task_id: str, worker: str) -> Claim:
     """queued → running for this delivery, or say why not.
 
-    A redelivery of the *same* Celery message while the job is still ``running`` means
-    the process that held it died (Celery requeues on worker loss): it takes over at
-    once instead of waiting for the heartbeat reaper. The exception is a job running
-    longer than the broker's visibility timeout, where a redelivery is expected while
-    the first run is alive.
+    A redelivery of the *same* Celery message while the job is still ``running`` may
+    mean the process that held it died (Celery requeues on worker loss) — or not: the
+    broker also redelivers a healthy long job's message (visibility timeout, a
+    reconnect), and a duplicate may be sent by hand. Only a stale heartbeat (older than
+    ``SLUICE_STALE_AFTER_SECONDS``) proves the owner gone; a fresh one answers "look
+    again when it would be stale", so a dead owner is still taken over within that bound
+    without waiting for the reaper, and a live one is never aborted.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -459,10 +464,14 @@ def job_claim(*, job_id: int, task_id: str, worker: str) -> Claim:
         takeover = ""
         where = Q(state=JobState.QUEUED)
         if job.state == JobState.RUNNING:
-            started = job.started_at or now
-            long_running = (now - started).total_seconds() > settings.VISIBILITY_TIMEOUT * 0.9
-            if job.celery_task_id != task_id or long_running:
+            if job.celery_task_id != task_id:
                 return Claim(None, f"already running on {job.worker}")
+            age = (now - job.heartbeat_at).total_seconds() if job.heartbeat_at else float("inf")
+            if age < settings.SLUICE_STALE_AFTER_SECONDS:
+                return Claim(
+                    None, f"running on {job.worker}, heartbeat {age:.1f}s ago: not taken over",
+                    recheck_in=settings.SLUICE_STALE_AFTER_SECONDS - age + settings.SLUICE_HEARTBEAT_SECONDS,
+                )
             if job.attempts >= job.max_attempts:
                 return _fail_exhausted(work, job, "worker lost while running")
             where = Q(state=JobState.RUNNING, attempts=job.attempts)

@@ -13,7 +13,11 @@ from pipelines import engine, services
 # instead of losing it; the claim makes the redelivery safe (at-least-once, idempotent).
 @shared_task(bind=True, name="sluice.run_job", acks_late=True, reject_on_worker_lost=True)
 def run_job(self: Any, job_id: int) -> dict[str, Any]:
-    outcome = engine.execute_job(job_id=job_id, task_id=self.request.id or "", worker=self.request.hostname or "")
+    try:
+        outcome = engine.execute_job(job_id=job_id, task_id=self.request.id or "", worker=self.request.hostname or "")
+    except engine.RecheckLater as later:
+        # Same task id (a retry keeps it), so the next look may take over if the owner died.
+        raise self.retry(countdown=later.seconds, max_retries=None) from None
     return {"job_id": job_id, "outcome": outcome}
 
 
