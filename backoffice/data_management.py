@@ -126,7 +126,9 @@ def page(*, user: Any, year: int | None) -> Page:
             module=key, label=mod.label, enabled=item["enabled"], complete=item["complete"],
             reasons=item["incomplete_reasons"], targets=targets, can_recalculate=may_operate,
         ))
-    result.reasons = detail["incomplete_reasons"]
+    # A module-granted user is told about the year and their modules, not the others.
+    result.reasons = {k: v for k, v in detail["incomplete_reasons"].items()
+                      if grants is None or k == "year" or k in grants}
     result.can_open = detail["can_open"]
     result.active = _active_pipelines(chosen.year, grants)
     # Where each running pipeline's bar goes (the page's script places live ones alike):

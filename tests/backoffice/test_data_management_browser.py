@@ -110,3 +110,152 @@ def test_reload_mid_run_reattaches_and_finishes(open_page: Any, synced_year: Any
     page.wait_for_selector(f'{row} .dm-live[data-status=success] .live-pct:has-text("100%")', timeout=WAIT)
     expected = data_rows("purchases", "factors")
     page.wait_for_selector(f'{row} [data-role=result] .chip.success:has-text("{expected} loaded")', timeout=WAIT)
+
+
+def _bad_rows_file() -> bytes:
+    lines = sample("headcount", "data_entries").read_bytes().splitlines(keepends=True)[:21]  # header + 20 rows
+    return b"".join(lines) + b"ADM-0294,staff,professor,two,\nNOPE-9,staff,professor,1,\n"
+
+
+def test_bad_rows_give_a_warning_entry_with_row_errors_and_errors_csv(open_page: Any, synced_year: Any) -> None:
+    import csv
+    import io
+
+    from ingestion.models import Upload
+    from pipelines.models import Job
+
+    synced_year(2033)
+    make_staff("admin", superuser=True)
+    page = open_page("admin", DM + "?year=2033")
+    page.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
+    row = 'tr.dm-target[data-module="headcount"][data-target="data_entries"]'
+    jobs_before = Job.objects.count()
+
+    # A file with a wrong header is refused in the page, before any job exists
+    wrong = b"unit_id,det,category,comment\nENG-0001,staff,professor,x\n"
+    page.set_input_files(f"{row} input.dm-file", files=[{"name": "wrong.csv", "mimeType": "text/csv",
+                                                           "buffer": wrong}])
+    page.wait_for_selector(f'{row} [data-role=check]:has-text("missing required column(s): fte")', timeout=WAIT)
+    assert Upload.objects.count() == 0 and Job.objects.count() == jobs_before
+    assert page.locator(f"{row} .dm-actions .dm-live").is_hidden()
+
+    # A file with two bad rows among twenty good ones loads with a warning
+    page.set_input_files(f"{row} input.dm-file", files=[{"name": "bad-rows.csv", "mimeType": "text/csv",
+                                                           "buffer": _bad_rows_file()}])
+    page.wait_for_selector(f"{row} [data-role=result] .chip.warning:has-text('20 loaded, 2 rejected')", timeout=WAIT)
+    assert page.inner_text(f"{row} [data-role=check]") == ""  # the earlier refusal is gone
+
+    # The history entry looks like a warning, and its row errors name row and column
+    entry = page.locator("li.dm-entry.look-warning[data-job-type=csv_ingest]")
+    entry.locator("> details > summary").click()
+    cells = entry.locator("table.dm-row-errors tbody tr").evaluate_all(
+        "rows => rows.map(r => [...r.cells].map(c => c.textContent.trim()))")
+    assert [c[:2] for c in cells] == [["21", "fte"], ["22", "unit_id"]]
+    assert "NOPE-9" in cells[1][2]
+    assert entry.locator("[data-stat=rows_rejected]").inner_text() == "2"
+    # ...and look different at a glance from a success
+    success = page.locator("li.dm-entry.look-success").first
+    assert entry.locator(".chip").first.evaluate("e => getComputedStyle(e).backgroundColor") != \
+        success.locator(".chip").first.evaluate("e => getComputedStyle(e).backgroundColor")
+    entry.locator("details.dm-raw > summary").click()
+    assert '"rows_rejected": 2' in entry.locator("details.dm-raw pre").inner_text()
+    entry.locator("details.dm-updates > summary").click()
+    entry.locator("table.dm-job-updates tbody tr").first.wait_for(timeout=WAIT)
+    states = entry.locator("table.dm-job-updates tbody tr td:nth-child(4)").all_inner_texts()
+    assert states[0] == "queued" and states[-1] == "warning"
+    shot(page, "data-management-row-errors.png")
+
+    # errors.csv downloads and holds every rejected row
+    with page.expect_download(timeout=WAIT) as download:
+        entry.locator("a.dm-errors-csv").click()
+    rows = list(csv.DictReader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
+    assert [(r["row"], r["column"]) for r in rows] == [("21", "fte"), ("22", "unit_id")]
+
+
+def test_create_year_then_open_it_once_complete(open_page: Any) -> None:
+    from ingestion.models import Year
+    from ingestion.modules import MODULES, TARGETS
+
+    make_staff("admin", superuser=True)
+    page = open_page("admin", DM)
+    assert "No year yet." in page.inner_text("#content-main")
+
+    # Creating a year from the page shows its unit sync live, phases and percentage
+    page.fill("#dm-new-year", "2034")
+    page.click("#dm-create-year button[type=submit]")
+    page.wait_for_url("**?year=2034&watch=*", timeout=WAIT)
+    page.wait_for_selector('.dm-live[data-slot=year][data-status=success] .live-pct:has-text("100%")', timeout=WAIT)
+    page.wait_for_selector("#dm-units:has-text('Units synced')", timeout=WAIT)
+    assert page.evaluate("window.sluiceDm.trace.year")[-1] == 100
+
+    # "Open year for users" is disabled and says why, module by module
+    button = page.locator("#dm-open-year")
+    assert button.is_disabled()
+    reasons = page.locator("#dm-reasons li").all_inner_texts()
+    assert len(reasons) == len(MODULES) and all("no data entries loaded" in r for r in reasons)
+    assert page.inner_text("#dm-year-chip") == "Not open to users"
+    shot(page, "data-management-year-incomplete.png")
+
+    # When every module is complete (uploads by someone else), the page follows live
+    for target in reversed(TARGETS):
+        for module in MODULES:
+            upload_sample(2034, module, target)
+    page.wait_for_selector("#dm-open-year:not([disabled])", timeout=WAIT)
+    assert page.locator("#dm-reasons").count() == 0
+
+    # Opening asks for confirmation, then the chip flips
+    page.once("dialog", lambda d: d.accept())
+    button.click()
+    page.wait_for_selector("#dm-year-chip[data-open=true]", timeout=WAIT)
+    assert page.inner_text("#dm-year-chip") == "Open to users"
+    assert Year.objects.get(pk=2034).is_open
+    assert page.locator("#dm-close-year").is_visible()
+
+
+def test_viewer_sees_everything_and_no_button_module_operator_only_their_modules(
+    open_page: Any, synced_year: Any, browser: Any
+) -> None:
+    synced_year(2035)
+    upload_sample(2035, "headcount", "factors")
+    upload_sample(2035, "buildings", "factors")
+    make_staff("viewer", perms=("view_console",))
+    make_staff("ops", perms=("operate",), modules=("buildings",))
+    actions = "#dm-create-year, #dm-open-year, #dm-close-year, button.dm-upload, button.dm-recalc, input.dm-file"
+
+    # A viewer sees every module and the whole history, and no button that would 403
+    page = open_page("viewer", DM + "?year=2035")
+    page.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
+    assert page.locator("#dm-modules > tbody[data-module]").count() == 5
+    assert page.locator(actions).count() == 0
+    assert page.locator("li.dm-entry[data-module=headcount]").count() > 0
+    assert page.locator("a:has-text('Template')").count() == 10  # reading the schema is harmless
+
+    # An operator granted one module sees and acts on that module only
+    page = open_page("ops", DM + "?year=2035")
+    page.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
+    assert page.locator("#dm-modules > tbody[data-module]").evaluate_all("bs => bs.map(b => b.dataset.module)") == \
+        ["buildings"]
+    assert page.locator("button.dm-upload").count() == 2 and page.locator("button.dm-recalc").count() == 1
+    assert page.locator("#dm-create-year, #dm-open-year, #dm-close-year").count() == 0
+    assert [r.split(":")[0] for r in page.locator("#dm-reasons li").all_inner_texts()] == ["buildings"]
+    modules = set(page.locator("li.dm-entry").evaluate_all("es => es.map(e => e.dataset.module)"))
+    assert modules == {"buildings"}
+
+    # ...and can use it with the keyboard: Tab to Recalculate, Enter, the bar runs to the end
+    page.locator("button.dm-recalc").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector('.dm-live[data-slot="m:buildings"][data-status] .live-pct:has-text("100%")',
+                           timeout=WAIT)
+
+    # With JavaScript off, in dark mode, the page is a readable server-rendered page
+    static = browser.new_context(java_script_enabled=False, color_scheme="dark",
+                                 viewport={"width": 1366, "height": 900})
+    static.add_cookies(page.context.cookies())
+    plain = static.new_page()
+    plain.goto(page.url)
+    assert "Buildings" in plain.inner_text("#dm-modules")
+    assert plain.locator("li.dm-entry[data-module=buildings]").count() > 0
+    bg = plain.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert bg not in ("rgb(255, 255, 255)", "rgba(0, 0, 0, 0)"), bg  # the admin's dark theme applies
+    shot(plain, "data-management-nojs-dark.png")
+    static.close()

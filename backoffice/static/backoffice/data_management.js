@@ -204,8 +204,11 @@ function startFeed() {
   if (!path) return;
   state.feed = connectFeed(path, {
     onSnapshot(store) {
+      // ?watch=<pipeline>: the one this page just started (a year's unit sync), shown
+      // to its end even if it finished before the page loaded.
+      const watch = new URLSearchParams(location.search).get("watch");
       for (const p of store.pipelines.values()) {
-        if (!DONE.has(p.status)) drawPipeline(p);
+        if (!DONE.has(p.status) || p.id === watch) drawPipeline(p);
       }
     },
     onJob(job) {
@@ -228,7 +231,7 @@ async function createYear(form) {
   const res = await api("POST", "/api/v1/years/", { year });
   if (!res.ok) { showError(actionError(), res.data); return; }
   const url = new URL(location.href);
-  url.search = "?year=" + year;
+  url.search = `?year=${year}&watch=${res.data.pipeline_id}`;
   location.assign(url.toString());
 }
 
