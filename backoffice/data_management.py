@@ -20,6 +20,7 @@ from backoffice import access
 from ingestion import selectors as ingestion_selectors
 from ingestion.models import Factor, Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGET_FACTORS, TARGETS
+from pipelines import selectors as pipeline_selectors
 from pipelines.models import DONE_STATUSES, Job, JobEvent, JobResult, Pipeline
 
 TARGET_LABELS = {TARGET_DATA: _("Data entries"), TARGET_FACTORS: _("Factors")}
@@ -68,6 +69,9 @@ class Page:
     can_manage_years: bool = False
     active: list[dict[str, Any]] = field(default_factory=list)
     year_active: dict[str, Any] | None = None
+    # The last event seq before the page was read: the script refetches the page when its
+    # feed's snapshot is newer (something finished between the render and the socket).
+    seq: int = 0
 
 
 def _active_pipelines(year: int, modules: frozenset[str] | None) -> list[dict[str, Any]]:
@@ -90,9 +94,10 @@ def _active_pipelines(year: int, modules: frozenset[str] | None) -> list[dict[st
 
 def page(*, user: Any, year: int | None) -> Page:
     """The page for ``year`` (the newest year when ``None``); ``Page.year`` is None if there is none."""
+    seq = pipeline_selectors.last_seq()  # first: later reads can only be newer
     years = list(ingestion_selectors.year_list(include_closed=True))
     chosen = next((y for y in years if y.year == year), None) if year is not None else (years[0] if years else None)
-    result = Page(years=years, year=chosen, can_manage_years=access.can_operate_module(user, None))
+    result = Page(years=years, year=chosen, can_manage_years=access.can_operate_module(user, None), seq=seq)
     if chosen is None:
         return result
     grants = access.granted_modules(user)

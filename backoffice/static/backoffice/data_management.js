@@ -83,6 +83,9 @@ function slotFor(p) {
   for (const j of state.feed.store.jobs.values()) {
     if (j.pipeline_id === p.id && TARGET_OF[j.job_type]) return `t:${p.module}:${TARGET_OF[j.job_type]}`;
   }
+  // Placed by the server (it knows an upload's target from the pipeline's params).
+  const placed = root.querySelector(`.dm-live[data-pipeline="${CSS.escape(p.id)}"]`);
+  if (placed) return placed.dataset.slot;
   return `m:${p.module}`;
 }
 
@@ -127,6 +130,7 @@ function drawPipeline(p) {
 
 // --- refresh (fetch the page again, swap its sections) -----------------------------------
 
+let renderedSeq = Number(root.dataset.seq || 0); // the event seq the shown sections are current to
 let refreshTimer = null;
 let refreshing = false;
 let refreshAgain = false;
@@ -155,6 +159,7 @@ async function refresh() {
     const res = await fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
     if (!res.ok) return;
     const doc = new DOMParser().parseFromString(await res.text(), "text/html");
+    renderedSeq = Number(doc.querySelector(".dm-page")?.dataset.seq || renderedSeq);
     const open = [...root.querySelectorAll("li[data-job] details[open]")].map((d) =>
       `li[data-job="${d.closest("li").dataset.job}"] ${d.classList.length ? "details." + d.classList[0] : "details:not([class])"}`);
     const checks = [...root.querySelectorAll("tr.dm-target")].map((tr) =>
@@ -203,7 +208,10 @@ function startFeed() {
   const path = root.dataset.feed;
   if (!path) return;
   state.feed = connectFeed(path, {
-    onSnapshot(store) {
+    onSnapshot(store, snap) {
+      // Something happened between the render and this snapshot (a pipeline finished
+      // in between): the sections are stale, fetch them again.
+      if (snap.seq > renderedSeq) scheduleRefresh();
       // ?watch=<pipeline>: the one this page just started (a year's unit sync), shown
       // to its end even if it finished before the page loaded.
       const watch = new URLSearchParams(location.search).get("watch");
