@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench smoke venv clean
+.PHONY: run test prop-long lint bench smoke venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m workers.devserver exec -- $(BIN)/python -m pytest $(ARGS)
+
+# The job state machine's property test with many random examples (docs/ENGINE.md);
+# `make test` runs a bounded, repeatable profile of it. EXAMPLES=… to change the count.
+prop-long: $(STAMP)
+	SLUICE_HYPOTHESIS_PROFILE=long SLUICE_HYPOTHESIS_EXAMPLES=$(or $(EXAMPLES),3000) \
+		$(BIN)/python -m workers.devserver exec -- $(BIN)/python -m pytest tests/pipelines/test_state_machine.py -x $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

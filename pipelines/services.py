@@ -496,6 +496,8 @@ def job_claim(*, job_id: int, task_id: str, worker: str) -> Claim:
 
 
 def _fail_exhausted(work: _Dag, job: Job, why: str) -> Claim:
+    if job.effect_committed:
+        return _finish_from_effect(work, job, why)
     message = f"Error: {why}; gave up after {job.attempts} attempt(s)"
     work.update(
         [job.pk],
@@ -508,6 +510,28 @@ def _fail_exhausted(work: _Dag, job: Job, why: str) -> Claim:
         error={"type": "WorkerLost", "message": message, "traceback": "", "stage": "worker"},
     )
     _after_finish(work, job.pk, JobResult.ERROR)
+    work.save()
+    return Claim(None, message)
+
+
+def _finish_from_effect(work: _Dag, job: Job, why: str) -> Claim:
+    """The lost attempt had committed its effect: the job's data is in, so it ends with
+    the outcome stored with the effect (what a redelivery would do), never ``error`` —
+    a retry of an "error" would apply the effect a second time."""
+    job.refresh_from_db(fields=["effect_outcome"])  # deferred by _Dag's query
+    outcome = Outcome.from_dict(job.effect_outcome or {"result": JobResult.SUCCESS})
+    message = f"{outcome.message or str(outcome.result).capitalize()} ({why} after committing its data)"
+    work.update(
+        [job.pk],
+        where=Q(state=job.state, attempts=job.attempts),
+        meta_merge=outcome.meta,
+        state=JobState.FINISHED,
+        result=outcome.result,
+        status_message=message,
+        finished_at=timezone.now(),
+        heartbeat_at=None,
+    )
+    _after_finish(work, job.pk, outcome.result)
     work.save()
     return Claim(None, message)
 
@@ -706,9 +730,9 @@ def pipeline_cancel(*, pipeline_id: Any, actor: Any = None, reason: str = "") ->
 
 
 def _cancel_jobs(work: _Dag, ids: list[int], *, actor: Any, reason: str) -> list[int]:
-    cancellable = Q(state__in=[JobState.NOT_STARTED, JobState.QUEUED]) | Q(
-        state=JobState.RUNNING, effect_committed=False
-    )
+    # A committed effect is data already in, whether its attempt is still running or
+    # was lost and the job re-queued to finish from it: "cancelled" would be a lie.
+    cancellable = Q(state__in=[JobState.NOT_STARTED, JobState.QUEUED, JobState.RUNNING], effect_committed=False)
     return work.update(
         ids,
         where=cancellable,
@@ -725,22 +749,41 @@ _RETRYABLE = (JobResult.ERROR, JobResult.CANCELLED, JobResult.SKIPPED)
 
 
 def _retry_targets(work: _Dag, job_ids: list[int]) -> list[int]:
-    """The jobs a retry of ``job_ids`` starts again: them, every failed or cancelled job
-    upstream of them, and everything downstream of those.
+    """The jobs a retry of ``job_ids`` starts again.
 
-    A job whose upstream failed can never run on its own (its skip was the upstream's
-    failure, not its own), so retrying it retries from the failure: what the operator
-    asked for — the work happens — instead of a job waiting for an upstream that is
-    already over (the wedge of issue 8). Upstream jobs that are still running or
-    waiting are left alone: the job is promoted when they end, or skipped again if they
-    fail. Ancestors that ended ``skipped`` are reached as downstream of their failure.
+    1. Them, and every failed or cancelled job upstream of them: a job whose upstream
+       failed can never run on its own (its skip was the upstream's failure, not its
+       own), so retrying it retries from the failure — what the operator asked for, the
+       work happens — instead of leaving a job waiting for an upstream that is already
+       over (the wedge of issue 8). Upstream jobs still running or waiting are left
+       alone: the job is promoted when they end, or skipped again if they fail.
+    2. Everything downstream of those, except jobs that another failure outside the
+       retry still blocks (a second cancelled branch of a fan-in): resetting those
+       would leave them waiting forever, so they stay skipped until that failure is
+       retried too.
     """
     depends_on, dependents = work.edges
     failed_upstream = {
         pk for pk in dag.downstream(job_ids, depends_on) if work.jobs[pk].result in dag.FAILED_RESULTS
     }
     starts = set(job_ids) | failed_upstream
-    return sorted(starts | dag.downstream(starts, dependents))
+    targets = starts | dag.downstream(starts, dependents)
+    blocked: dict[int, bool] = {}
+
+    def is_blocked(pk: int) -> bool:
+        """Failed, or skipped because of a failure: this job's output will not come."""
+        if pk not in blocked:
+            job = work.jobs[pk]
+            blocked[pk] = job.result in dag.FAILED_RESULTS or (
+                job.result == JobResult.SKIPPED and any(is_blocked(p) for p in depends_on.get(pk, ()))
+            )
+        return blocked[pk]
+
+    for layer in dag.layers(targets - starts, depends_on):
+        for pk in layer:
+            if any(p not in targets and is_blocked(p) for p in depends_on.get(pk, ())):
+                targets.discard(pk)
+    return sorted(targets)
 
 
 def _reset_for_retry(work: _Dag, job_ids: list[int], *, actor: Any) -> None:

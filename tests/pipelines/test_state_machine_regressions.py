@@ -6,7 +6,11 @@ Each test is one failing example (found by hand for issue 8, or by the stateful 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.db import transaction
+from django.utils import timezone
 
 from pipelines import services
 from pipelines.models import Job, Pipeline
@@ -88,3 +92,78 @@ def test_an_illegal_transition_that_escapes_answers_409_not_500() -> None:
     assert response is not None
     assert response.status_code == 409
     assert response.data == {"detail": "job 1: finished → running is not allowed", "code": "illegal_transition"}
+
+
+def test_retry_of_one_cancelled_branch_leaves_the_fan_in_skipped_while_the_other_branch_is_cancelled() -> None:
+    # Found by the stateful test: a → (b, c) → d; b and c cancelled, so d was skipped.
+    a, b, c, d = _plan(
+        JobSpec("a", "noop"), JobSpec("b", "noop", depends_on=("a",)), JobSpec("c", "noop", depends_on=("a",)),
+        JobSpec("d", "noop", depends_on=("b", "c")),
+    )
+    _run_and_finish(a)
+    services.job_cancel(job_id=b.pk)
+    services.job_cancel(job_id=c.pk)
+    # when only c is retried (d used to be reset too, and waited for b forever)
+    services.job_retry(job_id=c.pk)
+    # then c runs, d stays skipped (b's output will not come), and the pipeline ends
+    assert _states([b, c, d]) == [("finished", "cancelled"), ("queued", None), ("finished", "skipped")]
+    _run_and_finish(c, task="t2")
+    assert _status(a) == "cancelled"
+    # and retrying b then runs b and d
+    services.job_retry(job_id=b.pk)
+    assert _states([b, c, d]) == [("queued", None), ("finished", "success"), ("not_started", None)]
+    _run_and_finish(b, task="t2")
+    _run_and_finish(d, task="t2")
+    assert _status(a) == "success"
+
+
+def _claim(job: Job, task: str) -> int:
+    claim = services.job_claim(job_id=job.pk, task_id=task, worker="w@test")
+    assert claim.job is not None, claim.reason
+    return claim.job.attempts
+
+
+def _lose_heartbeat(job: Job) -> None:
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+
+
+def test_a_job_whose_last_attempt_committed_its_data_is_not_failed_by_the_reaper() -> None:
+    # Found by the stateful test: the third (last) attempt commits its effect, then its
+    # worker dies; the reaper used to finish the job "error" although the data was in
+    # (and a retry of that "error" would then load it twice).
+    (a,) = _plan(JobSpec("a", "test_effect"))
+    for n in range(1, a.max_attempts):
+        _claim(a, f"t{n}")
+        _lose_heartbeat(a)
+        assert services.reap(queue_depths={"ingest": 1}).recovered == [a.pk]
+    attempt = _claim(a, "last")
+    with transaction.atomic():
+        services.job_commit_effect(job_id=a.pk, attempt=attempt, outcome=Outcome("warning", "3 loaded, 1 rejected"))
+    _lose_heartbeat(a)
+    assert services.reap(queue_depths={"ingest": 1}).failed == [a.pk]
+    a.refresh_from_db()
+    assert (a.state, a.result, a.effect_committed) == ("finished", "warning", True)
+    assert a.status_message.startswith("3 loaded, 1 rejected (worker w@test stopped sending heartbeats")
+    assert _status(a) == "success"
+    with pytest.raises(ConflictError):
+        services.job_retry(job_id=a.pk)
+
+
+def test_a_requeued_job_whose_data_is_in_cannot_be_cancelled() -> None:
+    # Found by the stateful test: attempt 1 commits its effect and dies, the reaper
+    # re-queues the job (to finish from the effect); a cancel then read "cancelled"
+    # although the data was loaded.
+    a, b = _plan(JobSpec("a", "test_effect"), JobSpec("b", "noop", depends_on=("a",)))
+    attempt = _claim(a, "t1")
+    with transaction.atomic():
+        services.job_commit_effect(job_id=a.pk, attempt=attempt, outcome=Outcome(message="loaded"))
+    _lose_heartbeat(a)
+    assert services.reap(queue_depths={"ingest": 1}).recovered == [a.pk]
+    with pytest.raises(ConflictError) as exc:
+        services.job_cancel(job_id=a.pk)
+    assert exc.value.code == "effect_committed"
+    services.pipeline_cancel(pipeline_id=a.pipeline_id)  # cancels b only
+    assert _states([a, b]) == [("queued", None), ("finished", "cancelled")]
+    # the next delivery finishes a from its effect
+    claim = services.job_claim(job_id=a.pk, task_id="t2", worker="w")
+    assert claim.job is not None and claim.job.effect_committed
