@@ -75,6 +75,8 @@ def pipeline_progress(jobs: Iterable[JobSnapshot]) -> tuple[float, str]:
     if not jobs:
         return 100.0, "done"
     percent = round(100.0 * sum(job_fraction(j) for j in jobs) / len(jobs), 1)
+    if any(j.state != JobState.FINISHED for j in jobs):
+        percent = min(percent, 99.9)  # 100 % means done, not "the last job has processed its last row"
     running = [j for j in jobs if j.state == JobState.RUNNING]
     if running:
         first = running[0]

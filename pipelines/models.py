@@ -166,7 +166,8 @@ class Job(models.Model):
         if self.state == JobState.FINISHED:
             return 100.0
         if self.progress_total:
-            return min(100.0, 100.0 * self.progress_processed / self.progress_total)
+            # 100 % means finished: the last unit processed is not the job committed.
+            return min(99.9, 100.0 * self.progress_processed / self.progress_total)
         return None
 
 

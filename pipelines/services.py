@@ -487,6 +487,9 @@ def job_claim(*, job_id: int, task_id: str, worker: str) -> Claim:
             celery_task_id=task_id[:64],
             status_message=f"Running on {worker}{takeover}",
             phase="",
+            # A new attempt starts from zero: a lost attempt's 60 % is not this one's.
+            progress_processed=0,
+            progress_total=None,
             dispatch_when_ready=False,
         )
         if not claimed:

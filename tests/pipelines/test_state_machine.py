@@ -155,12 +155,19 @@ class JobStateMachine(RuleBasedStateMachine):
         """What ``engine.execute_job`` does with one delivery, up to running the handler."""
         before = self._job(job_id)
         claim = services.job_claim(job_id=job_id, task_id=task_id, worker="w@model")
-        claimable = before.state == S.QUEUED or (before.state == S.RUNNING and task_id == before.celery_task_id)
+        stale_before = timezone.now() - timedelta(seconds=django_settings.SLUICE_STALE_AFTER_SECONDS)
+        owner_gone = before.heartbeat_at is None or before.heartbeat_at < stale_before
+        redelivered = before.state == S.RUNNING and task_id == before.celery_task_id and owner_gone
+        claimable = before.state == S.QUEUED or redelivered
         if claim.job is None:
             # A queued job in a running queue must be claimable: else nothing ever runs it.
             assert not (
                 before.state == S.QUEUED and not self._paused(before.queue)
             ), f"queued job {job_id} refused a delivery: {claim.reason}"
+            # A dead owner's own message takes over at once (attempts left, queue running).
+            assert not (
+                redelivered and before.attempts < before.max_attempts and not self._paused(before.queue)
+            ), f"job {job_id}'s redelivery did not take over from a dead worker: {claim.reason}"
             return None
         assert claimable, f"job {job_id} was claimed from {before.state}"
         assert claim.job.attempts == before.attempts + 1
@@ -176,7 +183,7 @@ class JobStateMachine(RuleBasedStateMachine):
         self.alive[a] = 0
         return a
 
-    def _shift_clock(self, *, heartbeats: bool, dispatches: bool, started: bool = False) -> None:
+    def _shift_clock(self, *, heartbeats: bool, dispatches: bool) -> None:
         """Move time forward by moving the rows' timestamps back (the reaper reads ``now``)."""
         if heartbeats:
             past = timedelta(seconds=django_settings.SLUICE_STALE_AFTER_SECONDS + 1)
@@ -186,9 +193,6 @@ class JobStateMachine(RuleBasedStateMachine):
             Job.objects.filter(state=S.QUEUED).update(
                 queued_at=timezone.now() - past, dispatched_at=timezone.now() - past
             )
-        if started:
-            past = timedelta(seconds=django_settings.VISIBILITY_TIMEOUT + 1)
-            Job.objects.filter(state=S.RUNNING).update(started_at=timezone.now() - past)
 
     def _drive_to_completion(self) -> None:
         """From here, an operator resuming queues, the reaper and healthy workers finish everything."""
@@ -239,15 +243,18 @@ class JobStateMachine(RuleBasedStateMachine):
         a = self._claim(job, str(uuid.uuid4()))
         return multiple() if a is None else a
 
-    @rule(target=attempts, job=jobs, long_running=st.booleans())
-    def deliver_duplicate(self, job: int, long_running: bool) -> Any:
-        """The broker redelivers the running job's message (its worker died, or visibility ran out)."""
+    @rule(target=attempts, job=jobs, owner_silent=st.booleans())
+    def deliver_duplicate(self, job: int, owner_silent: bool) -> Any:
+        """The broker redelivers the running job's message: its worker died (heartbeat
+        stale), or it is alive (visibility timeout, reconnect) and must not be disturbed."""
+        if owner_silent:
+            stale = timezone.now() - timedelta(seconds=django_settings.SLUICE_STALE_AFTER_SECONDS + 1)
+            Job.objects.filter(pk=job, heartbeat_at__isnull=False).update(heartbeat_at=stale)
         before = self._job(job)
-        if long_running:
-            self._shift_clock(heartbeats=False, dispatches=False, started=True)
         a = self._claim(job, before.celery_task_id or str(uuid.uuid4()))
-        if a is not None and before.state == S.RUNNING:
-            assert not long_running, "a long-running job was taken over by its own redelivery"
+        if before.state == S.RUNNING and not owner_silent:
+            after = self._job(job)
+            assert (after.state, after.attempts) == (S.RUNNING, before.attempts), "a live attempt was taken over"
         return multiple() if a is None else a
 
     @rule(a=attempts, step=st.integers(0, 6))

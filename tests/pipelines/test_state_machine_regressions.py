@@ -167,3 +167,32 @@ def test_a_requeued_job_whose_data_is_in_cannot_be_cancelled() -> None:
     # the next delivery finishes a from its effect
     claim = services.job_claim(job_id=a.pk, task_id="t2", worker="w")
     assert claim.job is not None and claim.job.effect_committed
+
+
+def test_a_running_job_never_reads_100_percent_nor_does_its_pipeline() -> None:
+    # Found by the stateful test: a job that reported its last unit (10 of 10) read
+    # 100 % — and so did a one-job pipeline — while it was still running.
+    (a,) = _plan(JobSpec("a", "noop"))
+    attempt = _claim(a, "t1")
+    assert services.job_progress(job_id=a.pk, attempt=attempt, processed=10, total=10, phase="working")
+    a.refresh_from_db()
+    pipeline = Pipeline.objects.get(pk=a.pipeline_id)
+    assert (a.state, a.progress_percent) == ("running", 99.9)
+    assert (pipeline.status, pipeline.progress_percent) == ("running", 99.9)
+    assert services.job_finish(job_id=a.pk, attempt=attempt, outcome=Outcome(message="ok"))
+    a.refresh_from_db()
+    pipeline.refresh_from_db()
+    assert a.progress_percent == pipeline.progress_percent == 100.0
+
+
+def test_a_new_attempt_starts_its_progress_from_zero() -> None:
+    # Found by the stateful test: attempt 1 reached 5/10 and its worker died; attempt 2
+    # showed 50 % from the start, then "went back" to 10 % at its first report.
+    (a,) = _plan(JobSpec("a", "noop"))
+    first = _claim(a, "t1")
+    assert services.job_progress(job_id=a.pk, attempt=first, processed=5, total=10)
+    _lose_heartbeat(a)
+    assert services.reap(queue_depths={"default": 1}).recovered == [a.pk]
+    second = _claim(a, "t2")
+    a.refresh_from_db()
+    assert (a.attempts, a.progress_processed, a.progress_percent) == (second, 0, None)
