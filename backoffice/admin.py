@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 from django.utils.translation import gettext_lazy as _
 
-from backoffice import access, views
+from backoffice import access, console_views
 from backoffice.models import ModuleGrant
 from ingestion.models import Upload, Year
 from pipelines.models import Job, OperatorAction, Pipeline, QueueState
@@ -61,11 +61,15 @@ class PipelineAdmin(ReadOnlyAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         # Prepended, as UserAdmin does, so "live/" is not taken for an object id.
-        live = path("live/", self.admin_site.admin_view(self.live_console_view), name="pipelines_pipeline_live")
-        return [live, *super().get_urls()]
+        wrap = self.admin_site.admin_view
+        return [
+            path("live/", wrap(self.console_view), name="pipelines_pipeline_live"),
+            path("live/counters/", wrap(console_views.console_counters), name="pipelines_pipeline_live_counters"),
+            *super().get_urls(),
+        ]
 
-    def live_console_view(self, request: HttpRequest) -> HttpResponse:
-        return views.live_console(request, admin_site=self.admin_site)
+    def console_view(self, request: HttpRequest) -> HttpResponse:
+        return console_views.operations_console(request, admin_site=self.admin_site)
 
 
 @admin.register(Job)

@@ -74,17 +74,6 @@ def job_stats(*, jobs: QuerySet[Job]) -> dict[str, Any]:
             key = str(row[dimension]) if row[dimension] is not None else "none"
             counts[key] = counts.get(key, 0) + row["n"]
 
-    recent = Job.objects.filter(
-        pk__in=_finished_ok(jobs).order_by("-created_at", "-id").values("pk")[:DURATION_SAMPLE]
-    )
-    seconds = Seconds(F("finished_at"), F("started_at"))
-    durations = {
-        r["job_type"]: {"count": r["n"], "p50_seconds": _round(r["p50"]), "p95_seconds": _round(r["p95"])}
-        for r in recent.order_by()
-        .values("job_type")
-        .annotate(n=Count("id"), p50=Percentile(seconds, 0.5), p95=Percentile(seconds, 0.95))
-    }
-    overall = recent.aggregate(n=Count("id"), p50=Percentile(seconds, 0.5), p95=Percentile(seconds, 0.95))
     now = timezone.now()
     finished = jobs.filter(state=JobState.FINISHED, finished_at__gte=now - timedelta(hours=1))
     last_minute = finished.filter(finished_at__gte=now - timedelta(minutes=1)).count()
@@ -95,17 +84,35 @@ def job_stats(*, jobs: QuerySet[Job]) -> dict[str, Any]:
         "by_result": by["result"],
         "by_job_type": by["job_type"],
         "by_queue": by["queue"],
-        "durations": {
-            "sample": overall["n"],
-            "p50_seconds": _round(overall["p50"]),
-            "p95_seconds": _round(overall["p95"]),
-            "by_job_type": durations,
-        },
+        "durations": durations(jobs=jobs),
         "throughput": {
             "finished_last_minute": last_minute,
             "finished_last_hour": last_hour,
             "per_minute_last_hour": round(last_hour / 60.0, 2),
         },
+    }
+
+
+def durations(*, jobs: QuerySet[Job]) -> dict[str, Any]:
+    """p50/p95 run time overall and per job type of the newest ``DURATION_SAMPLE``
+    successful jobs among ``jobs`` (newest first on the ``job_newest`` index)."""
+    recent = Job.objects.filter(
+        pk__in=_finished_ok(jobs).order_by("-created_at", "-id").values("pk")[:DURATION_SAMPLE]
+    )
+    seconds = Seconds(F("finished_at"), F("started_at"))
+    by_type = {
+        r["job_type"]: {"count": r["n"], "p50_seconds": _round(r["p50"]), "p95_seconds": _round(r["p95"])}
+        for r in recent.order_by()
+        .values("job_type")
+        .annotate(n=Count("id"), p50=Percentile(seconds, 0.5), p95=Percentile(seconds, 0.95))
+        .order_by("job_type")
+    }
+    overall = recent.aggregate(n=Count("id"), p50=Percentile(seconds, 0.5), p95=Percentile(seconds, 0.95))
+    return {
+        "sample": overall["n"],
+        "p50_seconds": _round(overall["p50"]),
+        "p95_seconds": _round(overall["p95"]),
+        "by_job_type": by_type,
     }
 
 

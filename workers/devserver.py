@@ -156,7 +156,7 @@ def run() -> int:
         print(
             f"\n  Sluice is running: http://127.0.0.1:{port}/admin/\n"
             f"  login: {DEMO_USER} / {DEMO_PASSWORD}\n"
-            f"  live console: http://127.0.0.1:{port}/admin/pipelines/pipeline/live/\n"
+            f"  operations console: http://127.0.0.1:{port}/admin/pipelines/pipeline/live/\n"
             f"  API docs: http://127.0.0.1:{port}/api/docs/\n"
             f"  manage.py in another shell: source {RUN_ENV.relative_to(ROOT)} first\n"
             "  Ctrl-C stops web, worker, beat and the embedded servers.\n",

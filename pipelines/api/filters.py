@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC
 from typing import Any
@@ -12,6 +13,8 @@ from rest_framework.exceptions import ValidationError
 
 from pipelines import alerts
 from pipelines.models import Job, JobResult, JobState, Pipeline, PipelineStatus
+
+SHORT_ID = re.compile(r"[0-9a-fA-F]{4,8}(-[0-9a-fA-F-]{0,27})?")
 
 
 class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
@@ -41,7 +44,9 @@ class PipelineFilter(django_filters.FilterSet):
     )
     since = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
     until = UtcDateTimeFilter(field_name="created_at", lookup_expr="lt")
-    q = django_filters.CharFilter(method="filter_q", label="Search: a pipeline id, or text in kind/module/phase/error")
+    q = django_filters.CharFilter(
+        method="filter_q", label="Search: a pipeline id or its first characters, or text in kind/module/phase/error"
+    )
 
     class Meta:
         model = Pipeline
@@ -65,6 +70,9 @@ class PipelineFilter(django_filters.FilterSet):
             pass
         text = Q(kind__icontains=value) | Q(module__icontains=value) | Q(phase__icontains=value)
         text |= Q(last_error__icontains=value)
+        if SHORT_ID.fullmatch(value):
+            # The short id the console shows (the UUID's first characters).
+            text |= Q(id__startswith=value.lower())
         if value.isdigit() and len(value) == 4:
             text |= Q(year=int(value))
         return queryset.filter(text)

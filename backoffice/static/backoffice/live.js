@@ -10,6 +10,7 @@
 //   feed.store.pipelines  // Map id -> pipeline dict (+ pipeline_seq)
 //   feed.store.jobs       // Map id -> job dict (+ pipeline_id)
 //   feed.resync(); feed.close();
+//   connectFeed(path, callbacks, { initial: { seq, pipelines, jobs } })  // start after a server render
 //
 // Protocol and guarantees: docs/LIVE.md. In short: the server sends a snapshot, or
 // with ?after=SEQ the events missed since SEQ; events carry a global `seq` and a
@@ -28,12 +29,20 @@ const REPLAY_OVERLAP = 100;
 // Close codes after which retrying cannot help (see backoffice/live.py).
 const PERMANENT_CLOSE_CODES = new Set([4401, 4403, 4404]);
 
-export function connectFeed(path, callbacks = {}) {
+export function connectFeed(path, callbacks = {}, options = {}) {
   const cb = {
     onSnapshot() {}, onPipeline() {}, onJob() {}, onStatus() {}, onEvent() {},
     ...callbacks,
   };
   const store = { pipelines: new Map(), jobs: new Map(), seq: 0 };
+  // A page rendered on the server passes what it rendered (``{seq, pipelines, jobs}``):
+  // the feed then starts with the events after that seq instead of a snapshot.
+  if (options.initial) {
+    for (const p of options.initial.pipelines || []) store.pipelines.set(p.id, p);
+    for (const j of options.initial.jobs || []) store.jobs.set(j.id, j);
+    store.seq = options.initial.seq || 0;
+  }
+  let exactAfter = Boolean(options.initial && store.seq > 0);
   const pending = new Map(); // pipeline id -> Map(pipeline_seq -> event) held for a gap
   let socket = null;
   let attempt = 0;
@@ -46,7 +55,12 @@ export function connectFeed(path, callbacks = {}) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     let query = "";
     // After a gap our seq cannot be trusted as a cursor: start from a snapshot.
-    if (store.seq > 0 && pending.size === 0) {
+    if (exactAfter) {
+      // The server render is exact as of its seq: no overlap (an overlap would replay
+      // events of pipelines the page chose not to show).
+      query = "?after=" + store.seq;
+      exactAfter = false;
+    } else if (store.seq > 0 && pending.size === 0) {
       query = "?after=" + Math.max(0, store.seq - REPLAY_OVERLAP);
     }
     return scheme + "//" + location.host + path + query;

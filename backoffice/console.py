@@ -1,0 +1,177 @@
+"""Reads behind the Operations console page: filters, the pipeline page, alert counters, stat cards.
+
+The page is paged by *pipeline* with a keyset cursor on ``(created_at, id)`` (the
+``pipeline_newest`` index): no OFFSET and no COUNT(*), so the thousandth page costs
+what the first one does. Jobs are then fetched for the page's pipelines only.
+
+Every read starts from what the user may see (``backoffice.access``): a module-granted
+operator's counters, cards and rows cover their modules only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from django import forms
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from backoffice import access, live
+from pipelines import alerts, events, stats
+from pipelines.api.filters import PipelineFilter
+from pipelines.models import Job, JobResult, JobState, Pipeline, PipelineStatus
+
+PAGE_SIZE = 20
+
+ALERT_LABELS = {
+    "rows_all_rejected": _("All rows rejected"),
+    "transaction_poisoned": _("Poisoned transaction"),
+    "deadlock": _("Deadlock"),
+    "aggregation_amplified": _("Aggregation amplified"),
+    "stuck": _("Stuck"),
+    "queue_stalled": _("Queue stalled"),
+    "slow": _("Slow"),
+}
+
+
+class ConsoleFilterForm(forms.Form):
+    """The filter bar. Values are handed to the API's ``PipelineFilter`` (one definition)."""
+
+    q = forms.CharField(required=False, label=_("Search"), max_length=100,
+                        widget=forms.TextInput(attrs={"placeholder": _("short id, kind, module, error…")}))
+    year = forms.IntegerField(required=False, min_value=1900, max_value=2999, label=_("Year"))
+    module = forms.CharField(required=False, max_length=40, label=_("Module"))
+    kind = forms.CharField(required=False, max_length=40, label=_("Kind"))
+    status = forms.ChoiceField(required=False, label=_("Status"),
+                               choices=[("", _("any status")), *PipelineStatus.choices])
+    has_errors = forms.BooleanField(required=False, label=_("Has errors"))
+    alert = forms.ChoiceField(required=False, label=_("Alert"),
+                              choices=[("", _("any alert")), *ALERT_LABELS.items()])
+    date_from = forms.DateField(required=False, label=_("From"), widget=forms.DateInput(attrs={"type": "date"}))
+    date_to = forms.DateField(required=False, label=_("To"), widget=forms.DateInput(attrs={"type": "date"}))
+
+    def filter_data(self) -> dict[str, Any]:
+        """The cleaned values in ``PipelineFilter``'s vocabulary (dates become a UTC range)."""
+        data = {k: v for k, v in self.cleaned_data.items() if v not in (None, "", False)}
+        start: date | None = data.pop("date_from", None)
+        end: date | None = data.pop("date_to", None)
+        if start:
+            data["since"] = datetime.combine(start, time.min, tzinfo=UTC).isoformat()
+        if end:  # inclusive: the whole "to" day
+            data["until"] = datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC).isoformat()
+        if data.get("has_errors"):
+            data["has_errors"] = "true"
+        return data
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in the newest-first order: the last pipeline of the previous page."""
+
+    created_at: datetime
+    id: str
+
+    def encode(self) -> str:
+        raw = f"{self.created_at.isoformat()}|{self.id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor | None:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            stamp, pk = raw.split("|", 1)
+            return cls(datetime.fromisoformat(stamp), pk)
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            return None
+
+
+@dataclass
+class ConsolePage:
+    rows: list[dict[str, Any]]
+    next_cursor: str | None
+    first_page: bool
+    seq: int
+    filters: dict[str, Any] = field(default_factory=dict)
+
+
+def visible_pipelines(user: Any) -> QuerySet[Pipeline]:
+    return access.filter_pipelines(Pipeline.objects.all(), user)
+
+
+def visible_jobs(user: Any) -> QuerySet[Job]:
+    return access.filter_jobs(Job.objects.all(), user)
+
+
+def pipeline_page(*, user: Any, filters: dict[str, Any], cursor: str = "", size: int = PAGE_SIZE) -> ConsolePage:
+    """One page of pipelines (newest first) with their jobs, and the event seq it is current to."""
+    seq = live._current_seq()  # read first: events after it are replayed to the page
+    fs = PipelineFilter(data=filters, queryset=visible_pipelines(user))
+    qs = fs.qs if fs.is_valid() else visible_pipelines(user).none()
+    position = Cursor.decode(cursor) if cursor else None
+    if position is not None:
+        qs = qs.filter(Q(created_at__lt=position.created_at) | Q(created_at=position.created_at, id__lt=position.id))
+    pipelines = list(qs.order_by("-created_at", "-id")[: size + 1])
+    more = len(pipelines) > size
+    pipelines = pipelines[:size]
+    jobs_by_pipeline: dict[str, list[dict[str, Any]]] = {}
+    for job in live._jobs_of([p.pk for p in pipelines], per_pipeline=live.SNAPSHOT_JOBS_PER_PIPELINE):
+        jobs_by_pipeline.setdefault(job["pipeline_id"], []).append(job)
+    rows = [
+        {
+            "pipeline": {**events.pipeline_dict(p), "pipeline_seq": p.event_count},
+            "created_at": p.created_at,
+            "warning_count": p.warning_count,
+            "jobs": jobs_by_pipeline.get(str(p.pk), []),
+        }
+        for p in pipelines
+    ]
+    last = pipelines[-1] if pipelines else None
+    next_cursor = Cursor(last.created_at, str(last.pk)).encode() if more and last is not None else None
+    return ConsolePage(rows=rows, next_cursor=next_cursor, first_page=position is None, seq=seq, filters=filters)
+
+
+# --- counters -------------------------------------------------------------------------
+
+
+def alert_counts(*, user: Any) -> list[dict[str, Any]]:
+    """One counter per alert kind (SPEC "Alerts"), over the jobs the user may see."""
+    jobs = visible_jobs(user)
+    return [
+        {"kind": kind, "label": ALERT_LABELS[kind], "count": alerts.alert_jobs(kind, jobs).count()}
+        for kind in alerts.ALERT_KINDS
+    ]
+
+
+def stat_cards(*, user: Any) -> dict[str, Any]:
+    """Running, queued, failed (24 h), success rate (24 h), p95 per job type, throughput.
+
+    Windowed on the job indexes so the cards stay cheap on a long history: "24 h" means
+    jobs created in the last 24 hours (``job_newest`` / ``job_result_newest``).
+    """
+    jobs = visible_jobs(user)
+    now = timezone.now()
+    day = jobs.filter(created_at__gte=now - timedelta(hours=24))
+    finished_day = day.filter(state=JobState.FINISHED)
+    failed = finished_day.filter(result=JobResult.ERROR).count()
+    finished_n = finished_day.exclude(result__in=[JobResult.CANCELLED, JobResult.SKIPPED]).count()
+    ok = finished_day.filter(result__in=[JobResult.SUCCESS, JobResult.WARNING]).count()
+    last_hour = finished_day.filter(finished_at__gte=now - timedelta(hours=1)).count()
+    return {
+        "running": jobs.filter(state=JobState.RUNNING).count(),
+        "queued": jobs.filter(state=JobState.QUEUED).count(),
+        "failed_24h": failed,
+        "success_rate": round(100.0 * ok / finished_n, 1) if finished_n else None,
+        "throughput_per_minute": round(last_hour / 60.0, 2),
+        "finished_last_hour": last_hour,
+        "p95": stats.durations(jobs=day)["by_job_type"],
+    }
+
+
+def counters(*, user: Any) -> dict[str, Any]:
+    return {"alerts": alert_counts(user=user), "cards": stat_cards(user=user)}
+

@@ -1,0 +1,170 @@
+// Operations console: keeps the server-rendered page current over ws/pipelines/.
+//
+// The page was rendered as of event `seq` (in #ops-initial); the feed replays what
+// happened after it and then streams. Rows on the page are updated in place; a
+// pipeline that is not on the page (new, or an older one that changed, e.g. retried)
+// is added at the top when this is the newest page and it matches the filters the
+// browser can evaluate. The alert strip and stat cards are re-read from the server
+// (a small fragment) shortly after state changes: pushed by events, never polled.
+
+import { connectFeed } from "./live.js";
+
+const root = document.getElementById("content-main");
+const table = document.getElementById("live-console");
+const statusEl = document.getElementById("live-status");
+const newerEl = document.getElementById("ops-newer");
+const initial = JSON.parse(document.getElementById("ops-initial").textContent);
+const T = JSON.parse(document.getElementById("ops-strings").textContent);
+const filters = initial.filters || {};
+const firstPage = root.dataset.firstPage === "1";
+const COUNTERS_DELAY_MS = 1500;
+
+function fmt(template, values) {
+  return template.replace(/%\((\w+)\)s/g, (_, k) => String(values[k] ?? ""));
+}
+
+function el(tag, attrs = {}, text = "") {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text) node.textContent = text;
+  return node;
+}
+
+function bar(percent) {
+  const td = el("td");
+  if (percent === null || percent === undefined) {
+    td.append(el("span", { class: "quiet" }, "—"));
+    return td;
+  }
+  const outer = el("span", { class: "live-bar" });
+  const inner = el("span");
+  inner.style.width = percent + "%";
+  outer.append(inner);
+  td.append(outer, " ", el("span", { class: "live-pct" }, Math.round(percent) + "%"));
+  return td;
+}
+
+function pipelineRow(p, old) {
+  const tr = el("tr", { class: "pipeline-row" });
+  const name = el("td", {}, [p.kind, p.year || "", p.module ? "/ " + p.module : ""].filter(Boolean).join(" ") + " ");
+  name.append(el("code", { class: "short-id", title: p.id }, p.id.slice(0, 8)));
+  const created = old && old.querySelector(".created");
+  if (created) name.append(" ", created.cloneNode(true));
+  const status = el("td");
+  status.append(el("span", { class: "chip " + p.status, "data-role": "status" }, p.status));
+  const jobs = p.jobs_finished + "/" + p.jobs_total + " " + T.finished + (p.error_count ? ", " + p.error_count + " " + T.errors : "");
+  tr.append(name, status, bar(p.progress.percent ?? 0), el("td", {}, p.progress.phase || ""), el("td", {}, jobs));
+  return tr;
+}
+
+function jobRow(j) {
+  const tr = el("tr", { class: "job-row", "data-job": String(j.id) });
+  const state = el("td");
+  state.append(el("span", { class: "chip " + (j.result || j.state), "data-role": "state" },
+                  j.state + (j.result ? " · " + j.result : "")));
+  tr.append(el("td", {}, "#" + j.id + " " + j.job_type + (j.det ? " [" + j.det + "]" : "")), state,
+            bar(j.progress.percent), el("td", {}, j.progress.phase || ""), el("td", {}, j.status_message || ""));
+  return tr;
+}
+
+// Filters the browser can check on an event; the others (alert, date range) need the
+// server, so under them nothing is added live (rows on the page still update).
+function matches(p) {
+  if (filters.alert || filters.since || filters.until) return false;
+  if (filters.year && String(p.year) !== String(filters.year)) return false;
+  if (filters.module && p.module !== filters.module) return false;
+  if (filters.kind && p.kind !== filters.kind) return false;
+  if (filters.status && p.status !== filters.status) return false;
+  if (filters.has_errors && !p.error_count) return false;
+  if (filters.q) {
+    const q = filters.q.trim().toLowerCase();
+    const text = [p.id, p.kind, p.module, p.progress.phase || "", String(p.year || "")].join(" ").toLowerCase();
+    if (!p.id.startsWith(q) && !text.includes(q)) return false;
+  }
+  return true;
+}
+
+function body(pipelineId) {
+  return table.querySelector(`tbody[data-pipeline="${pipelineId}"]`);
+}
+
+let newer = 0;
+function insertTop(p) {
+  if (!firstPage) {
+    newer += 1;
+    newerEl.hidden = false;
+    newerEl.textContent = T.newer + " (" + newer + ")";
+    return null;
+  }
+  table.querySelector("tbody.empty")?.remove();
+  const tbody = el("tbody", { class: "pipeline arrived", "data-pipeline": p.id });
+  table.querySelector("thead").after(tbody);
+  return tbody;
+}
+
+function renderPipeline(p, { insert = true } = {}) {
+  let tbody = body(p.id);
+  if (!tbody) {
+    if (!insert || !matches(p)) return;
+    tbody = insertTop(p);
+    if (!tbody) return;
+    // Its jobs already in the store (the event carried them one by one).
+    for (const j of feed.store.jobs.values()) if (j.pipeline_id === p.id) renderJob(j);
+  }
+  const old = tbody.querySelector("tr.pipeline-row");
+  const row = pipelineRow(p, old);
+  old ? old.replaceWith(row) : tbody.prepend(row);
+}
+
+function renderJob(j) {
+  const tbody = body(j.pipeline_id);
+  if (!tbody) return;
+  const row = jobRow(j);
+  const old = tbody.querySelector(`tr[data-job="${j.id}"]`);
+  if (old) { old.replaceWith(row); return; }
+  // Keep jobs in id order under their pipeline.
+  const after = [...tbody.querySelectorAll("tr.job-row")].find((tr) => Number(tr.dataset.job) > j.id);
+  after ? after.before(row) : tbody.append(row);
+}
+
+// --- counters: re-read after state changes (not after progress), at most every 1.5 s ---
+let countersTimer = null;
+function refreshCountersSoon() {
+  if (countersTimer) return;
+  countersTimer = setTimeout(async () => {
+    countersTimer = null;
+    const url = root.dataset.counters + (filters.alert ? "?alert=" + encodeURIComponent(filters.alert) : "");
+    try {
+      const response = await fetch(url, { credentials: "same-origin" });
+      if (response.ok) {
+        document.getElementById("ops-counters").innerHTML = await response.text();
+        root.dataset.countersAt = String(Date.now());
+      }
+    } catch (e) { /* offline: the next event tries again */ }
+  }, COUNTERS_DELAY_MS);
+}
+
+let feed = null;
+feed = connectFeed(root.dataset.feed, {
+  onSnapshot(store) {
+    // A resync: update what the page shows; do not pull in the snapshot's other pipelines.
+    for (const p of store.pipelines.values()) renderPipeline(p, { insert: false });
+    for (const j of store.jobs.values()) renderJob(j);
+    refreshCountersSoon();
+  },
+  onJob(j, ev) {
+    renderJob(j);
+    if (ev.kind !== "progress") refreshCountersSoon();
+  },
+  onPipeline(p) { renderPipeline(p); },
+  onStatus(status, detail) {
+    statusEl.dataset.status = status;
+    statusEl.textContent = status === "live" ? fmt(T.live, { seq: feed ? feed.store.seq : detail.seq })
+      : status === "reconnecting" ? fmt(T.reconnecting, detail)
+      : T[status] || status;
+  },
+  onEvent(ev) {
+    if (statusEl.dataset.status === "live") statusEl.textContent = fmt(T.live, { seq: ev.seq });
+  },
+}, { initial });
+window.sluiceFeed = feed; // for debugging and the browser tests
