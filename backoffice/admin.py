@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 from django.utils.translation import gettext_lazy as _
 
-from backoffice import access, console_views
+from backoffice import access, console_views, views
 from backoffice.models import ModuleGrant
 from ingestion.models import Upload, Year
 from pipelines.models import Job, OperatorAction, Pipeline, QueueState

@@ -41,7 +41,7 @@ def test_admin_index_leads_to_sluice_pages(open_page: Any) -> None:
     assert page.inner_text("#site-name") == "Sluice"
     first = page.locator("#content-main > div.module").first
     assert first.get_attribute("id") == "sluice-pages"
-    assert "Data management" in first.inner_text() and "Live console" in first.inner_text()
+    assert "Data management" in first.inner_text() and "Operations console" in first.inner_text()
     # "View site" led to a 404: it is gone
     assert page.get_by_text("View site").count() == 0
 
@@ -49,7 +49,7 @@ def test_admin_index_leads_to_sluice_pages(open_page: Any) -> None:
     page.goto(page.url.split("/admin/")[0] + "/admin/pipelines/job/")
     page.click("#sluice-nav >> text=Data management")
     page.wait_for_selector("h1:has-text('Data management')", timeout=WAIT)
-    page.click("#sluice-nav >> text=Live console")
+    page.click("#sluice-nav >> text=Operations console")
     page.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
 
 
