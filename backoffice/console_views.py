@@ -25,6 +25,47 @@ def _js_strings() -> dict[str, Any]:
         "finished": _("finished"),
         "errors": _("error(s)"),
         "newer": _("Newer pipelines arrived: go to the newest page to see them."),
+        "actions": {"cancel": _("Cancel"), "retry": _("Retry"), "recover": _("Recover")},
+        "titles": {
+            "pipeline.cancel": _("Cancel pipeline %(name)s?"),
+            "pipeline.retry": _("Retry pipeline %(name)s?"),
+            "job.cancel": _("Cancel job %(name)s?"),
+            "job.retry": _("Retry job %(name)s?"),
+            "job.recover": _("Recover job %(name)s?"),
+        },
+        "effects": {
+            "pipeline.cancel": _("Every job not finished ends cancelled; jobs that already committed their data "
+                                 "keep it."),
+            "pipeline.retry": _("Failed, cancelled and skipped jobs run again, with everything downstream of them."),
+            "job.cancel": _("The job ends cancelled (its uncommitted work rolls back); jobs that need it are skipped."),
+            "job.retry": _("The job runs again (from its failed upstream job, if any), then everything downstream."),
+            "job.recover": _("The running job goes back to its queue and runs again; its old attempt can no longer "
+                             "write a result."),
+        },
+        "done": {
+            "cancel": _("Cancel requested for %(name)s: the table shows the result."),
+            "retry": _("Retry requested for %(name)s: the table shows the result."),
+            "recover": _("%(name)s is back in its queue: the table shows the result."),
+        },
+        "refused": {
+            "409": _("Not possible in its current state:"),
+            "403": _("Not permitted:"),
+            "404": _("It no longer exists, or you may not see it."),
+            "400": _("The request was refused:"),
+            "other": _("The server could not do it:"),
+            "network": _("The server could not be reached; nothing was changed."),
+        },
+        "hints": {
+            "heartbeat_fresh": _("Its worker is alive and still working on it. "
+                                 "Tick Force only if you know it is stuck."),
+            "still_running": _("Wait for the running jobs to finish, or cancel them first."),
+            "effect_committed": _("Its data is already in; retry the pipeline later if needed."),
+            "already_finished": _("It finished meanwhile: the table shows how."),
+            "nothing_to_cancel": _("Everything has already finished."),
+            "nothing_to_retry": _("Nothing failed: there is nothing to run again."),
+            "not_running": _("Only a running job can be recovered."),
+            "not_retryable": _("Only failed, cancelled or skipped jobs can be retried."),
+        },
     }
 
 

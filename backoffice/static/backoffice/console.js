@@ -18,6 +18,9 @@ const T = JSON.parse(document.getElementById("ops-strings").textContent);
 const filters = initial.filters || {};
 const firstPage = root.dataset.firstPage === "1";
 const COUNTERS_DELAY_MS = 1500;
+const canOperate = root.dataset.canOperate === "1";
+const DONE = new Set(["success", "partial", "failed", "cancelled"]);
+const RETRYABLE = new Set(["error", "cancelled", "skipped"]);
 
 function fmt(template, values) {
   return template.replace(/%\((\w+)\)s/g, (_, k) => String(values[k] ?? ""));
@@ -54,6 +57,7 @@ function pipelineRow(p, old) {
   status.append(el("span", { class: "chip " + p.status, "data-role": "status" }, p.status));
   const jobs = p.jobs_finished + "/" + p.jobs_total + " " + T.finished + (p.error_count ? ", " + p.error_count + " " + T.errors : "");
   tr.append(name, status, bar(p.progress.percent ?? 0), el("td", {}, p.progress.phase || ""), el("td", {}, jobs));
+  if (canOperate) tr.append(actionsCell("pipeline", p.id, pipelineActions(p)));
   return tr;
 }
 
@@ -64,7 +68,121 @@ function jobRow(j) {
                   j.state + (j.result ? " · " + j.result : "")));
   tr.append(el("td", {}, "#" + j.id + " " + j.job_type + (j.det ? " [" + j.det + "]" : "")), state,
             bar(j.progress.percent), el("td", {}, j.progress.phase || ""), el("td", {}, j.status_message || ""));
+  if (canOperate) tr.append(actionsCell("job", j.id, jobActions(j)));
   return tr;
+}
+
+// --- controls -------------------------------------------------------------------------
+// Buttons only for operators (the server says so in data-can-operate; a viewer's page
+// has none), and only where the state allows; the server still decides (409).
+
+function pipelineActions(p) {
+  const out = [];
+  if (!DONE.has(p.status)) out.push("cancel");
+  if (p.status === "failed" || p.status === "partial" || p.status === "cancelled") out.push("retry");
+  return out;
+}
+
+function jobActions(j) {
+  const out = [];
+  if (j.state !== "finished") out.push("cancel");
+  if (j.state === "finished" && RETRYABLE.has(j.result)) out.push("retry");
+  if (j.state === "running") out.push("recover");
+  return out;
+}
+
+function actionsCell(target, id, actions) {
+  const td = el("td", { class: "actions" });
+  for (const action of actions) {
+    td.append(el("button", { type: "button", class: "button ops-act", "data-action": action,
+                             "data-target": target, "data-id": String(id) }, T.actions[action]), " ");
+  }
+  return td;
+}
+
+function describe(target, id) {
+  if (target === "pipeline") {
+    const p = feed.store.pipelines.get(id);
+    return [p.kind, p.year || "", p.module ? "/ " + p.module : "", id.slice(0, 8)].filter(Boolean).join(" ");
+  }
+  const j = feed.store.jobs.get(Number(id));
+  return "#" + id + " " + j.job_type + (j.det ? " [" + j.det + "]" : "");
+}
+
+const dialog = document.getElementById("ops-dialog");
+const flash = document.getElementById("ops-flash");
+let pending = null; // {target, id, action, name}
+
+function openDialog(target, id, action) {
+  const name = describe(target, id);
+  pending = { target, id, action, name };
+  const key = target + "." + action;
+  document.getElementById("ops-dialog-title").textContent = fmt(T.titles[key], { name });
+  document.getElementById("ops-dialog-effect").textContent = T.effects[key];
+  document.getElementById("ops-dialog-error").replaceChildren();
+  document.getElementById("ops-reason").value = "";
+  document.getElementById("ops-force").checked = false;
+  document.getElementById("ops-force-label").hidden = action !== "recover";
+  dialog.showModal();
+  document.getElementById("ops-reason").focus();
+}
+
+function refusal(status, body) {
+  const box = document.getElementById("ops-dialog-error");
+  const head = T.refused[String(status)] || T.refused.other;
+  const parts = [el("strong", {}, head)];
+  if (status !== 404 && body && body.detail) parts.push(" ", el("span", { class: "detail" }, body.detail));
+  if (body && body.errors) parts.push(" ", el("span", {}, Object.values(body.errors).flat().join(" ")));
+  const hint = body && T.hints[body.code];
+  box.replaceChildren(...parts);
+  if (hint) box.append(el("p", { class: "hint" }, hint));
+  box.dataset.status = String(status);
+  box.dataset.code = (body && body.code) || "";
+}
+
+async function confirmPending(event) {
+  event.preventDefault();
+  if (!pending) return;
+  const { target, id, action, name } = pending;
+  const payload = { reason: document.getElementById("ops-reason").value.trim() };
+  if (action === "recover") payload.force = document.getElementById("ops-force").checked;
+  const url = `/api/v1/${target === "pipeline" ? "pipelines" : "jobs"}/${id}/${action}/`;
+  const button = document.getElementById("ops-confirm");
+  button.disabled = true;
+  try {
+    const response = await fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "X-CSRFToken": dialog.querySelector("input[name=csrfmiddlewaretoken]").value,
+      },
+      body: JSON.stringify(payload),
+    });
+    if (response.status === 202) {
+      dialog.close();
+      pending = null;
+      flash.textContent = fmt(T.done[action], { name });
+      return;
+    }
+    let body = null;
+    try { body = await response.json(); } catch (e) { /* not JSON */ }
+    refusal(response.status, body);
+  } catch (e) {
+    refusal("network", null);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+if (dialog) {
+  table.addEventListener("click", (event) => {
+    const button = event.target.closest("button.ops-act");
+    if (button) openDialog(button.dataset.target, button.dataset.id, button.dataset.action);
+  });
+  document.getElementById("ops-dialog-form").addEventListener("submit", confirmPending);
+  document.getElementById("ops-back").addEventListener("click", () => { pending = null; dialog.close(); });
 }
 
 // Filters the browser can check on an event; the others (alert, date range) need the
@@ -167,4 +285,7 @@ feed = connectFeed(root.dataset.feed, {
     if (statusEl.dataset.status === "live") statusEl.textContent = fmt(T.live, { seq: ev.seq });
   },
 }, { initial });
+// The page's rows again, from the same data, with what only the script adds (buttons).
+for (const p of feed.store.pipelines.values()) renderPipeline(p, { insert: false });
+for (const j of feed.store.jobs.values()) renderJob(j);
 window.sluiceFeed = feed; // for debugging and the browser tests

@@ -1,0 +1,175 @@
+"""The Operations console in a real browser: uvicorn + a real worker + Debian Chromium.
+
+An operator watches the console while real pipelines run: a new one arrives at the top
+without a reload, an upload whose every row is rejected raises the alert counter and
+that counter filters the table; pipelines and jobs are cancelled, recovered and retried
+from the page, refusals are explained, and viewers and module-granted operators see
+what their role allows.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+
+from tests.backoffice.conftest import make_staff
+from tests.conftest import wait_until
+from tests.support.browser import HAVE_CHROMIUM, NO_CHROMIUM, SCREENSHOTS, Server
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.worker,
+    pytest.mark.slow,
+    pytest.mark.skipif(not HAVE_CHROMIUM, reason=NO_CHROMIUM),
+]
+
+CONSOLE = "/admin/pipelines/pipeline/live/"
+WAIT = 30000
+ALL_REJECTED = b"unit_id,det,category,fte,comment\nENG-0001,staff,professor,x,\nENG-0007,staff,professor,y,\n"
+OPERATOR = ("view_console", "operate")
+
+
+def _slow_pipeline(module: str = "energy", seconds: float = 1.0) -> Any:
+    from pipelines.services import JobSpec, pipeline_plan
+
+    slow = {"sleep": seconds, "steps": 10}
+    specs = [JobSpec(key="start", job_type="noop", params=slow)]
+    specs += [JobSpec(key="end", job_type="noop", params=slow, depends_on=("start",))]
+    return pipeline_plan(kind="noop", specs=specs, year=2031, module=module)
+
+
+def _shown(page: Any) -> list[str]:
+    return page.eval_on_selector_all("#live-console tbody.pipeline", "els => els.map(e => e.dataset.pipeline)")
+
+
+def _shot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+
+def test_console_shows_new_pipelines_live_and_an_alert_counter_filters_the_table(
+    open_page: Any, server: Server, synced_year: Any
+) -> None:
+    from ingestion import services
+    from pipelines.models import Pipeline
+
+    synced_year(2025)
+    make_staff("admin", superuser=True)
+    page = open_page("admin", CONSOLE)
+    page.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
+    assert page.inner_text(".ops-alert[data-alert=rows_all_rejected] .count") == "0"
+
+    # When a pipeline starts after the page was rendered, it arrives at the top, live
+    pipeline = _slow_pipeline()
+    pid = str(pipeline.pk)
+    row = f'tbody[data-pipeline="{pid}"]'
+    page.wait_for_selector(f'{row} tr.job-row [data-role=state]:has-text("running")', timeout=WAIT)
+    assert _shown(page)[0] == pid
+    assert page.inner_text(f"{row} code.short-id") == pid[:8]
+    page.wait_for_selector('.ops-card[data-card=running] .value:text-is("1")', timeout=WAIT)
+    _shot(page, "console-running.png")
+
+    # When an upload has every row rejected, the alert counter goes up without a reload
+    _, rejected = services.upload_create(
+        year=2025, module="headcount", target="data_entries", file=io.BytesIO(ALL_REJECTED),
+        filename="all-bad.csv", actor=None,
+    )
+    wait_until(lambda: Pipeline.objects.get(pk=rejected.pk).is_done, timeout=90, message="rejected upload")
+    page.wait_for_selector(".ops-alert[data-alert=rows_all_rejected].hot .count:text-is('1')", timeout=WAIT)
+
+    # ...and clicking it shows only the pipelines with that alert
+    page.click(".ops-alert[data-alert=rows_all_rejected]")
+    page.wait_for_url("**alert=rows_all_rejected*", timeout=WAIT)
+    page.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
+    assert _shown(page) == [str(rejected.pk)]
+    assert "failed" in page.inner_text(f'tbody[data-pipeline="{rejected.pk}"] tr.pipeline-row [data-role=status]')
+    _shot(page, "console-alert-filter.png")
+
+    # The free-text filter takes the short id shown on screen
+    page.goto(f"{server.base}{CONSOLE}")
+    page.fill("#id_q", pid[:8])
+    page.click("#ops-filters button[type=submit]")
+    page.wait_for_url(f"**q={pid[:8]}*", timeout=WAIT)
+    assert _shown(page) == [pid]
+    wait_until(lambda: Pipeline.objects.get(pk=pid).is_done, timeout=60)
+    page.wait_for_selector(f'{row} tr.pipeline-row [data-role=status]:has-text("success")', timeout=WAIT)
+
+
+def _confirm(page: Any, selector: str, *, reason: str = "", force: bool = False) -> None:
+    page.click(selector)
+    page.wait_for_selector("#ops-dialog[open]", timeout=WAIT)
+    if reason:
+        page.fill("#ops-reason", reason)
+    if force:
+        page.check("#ops-force")
+    page.click("#ops-confirm")
+
+
+def test_operator_cancels_recovers_and_retries_viewer_and_granted_operator_see_what_they_may(
+    open_page: Any, server: Server
+) -> None:
+    from pipelines.models import Job, JobState, OperatorAction, Pipeline
+
+    make_staff("op", perms=OPERATOR)
+    make_staff("viewer", perms=("view_console",))
+    make_staff("energy-op", perms=OPERATOR, modules=("energy",))
+    water = _slow_pipeline(module="water", seconds=0.2)
+    pipeline = _slow_pipeline(seconds=20.0)
+    pid = str(pipeline.pk)
+    row = f'tbody[data-pipeline="{pid}"]'
+    page = open_page("op", CONSOLE)
+    page.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
+    page.wait_for_selector(f"{row} tr.job-row button[data-action=recover]", timeout=WAIT)
+    running = Job.objects.get(pipeline=pipeline, state=JobState.RUNNING)
+    job_row = f'{row} tr.job-row[data-job="{running.pk}"]'
+
+    # Recovering a job whose worker is alive is refused, and the page says why in words
+    _confirm(page, f"{job_row} button[data-action=recover]")
+    page.wait_for_selector("#ops-dialog-error[data-code=heartbeat_fresh]", timeout=WAIT)
+    assert "Not possible in its current state" in page.inner_text("#ops-dialog-error")
+    assert "Tick Force only if you know it is stuck" in page.inner_text("#ops-dialog-error")
+    _shot(page, "console-refused.png")
+
+    # ...and with Force it goes back to its queue and runs again (a new attempt)
+    page.check("#ops-force")
+    page.click("#ops-confirm")
+    page.wait_for_selector("#ops-dialog", state="hidden", timeout=WAIT)
+    wait_until(lambda: Job.objects.get(pk=running.pk).attempts == running.attempts + 1, timeout=60,
+               message="recovered job claimed again")
+    page.wait_for_selector(f"{job_row} [data-role=state]:has-text('running')", timeout=WAIT)
+    assert OperatorAction.objects.filter(action="recover", target_id=str(running.pk), actor_name="op").exists()
+
+    # Cancelling the pipeline with a reason ends it cancelled, live, and records who and why
+    _confirm(page, f"{row} tr.pipeline-row button[data-action=cancel]", reason="wrong file uploaded")
+    page.wait_for_selector(f"{row} tr.pipeline-row [data-role=status]:text-is('cancelled')", timeout=WAIT)
+    assert "Cancel requested" in page.inner_text("#ops-flash")
+    action = OperatorAction.objects.get(action="cancel", target_type="pipeline", target_id=pid)
+    assert (action.actor_name, action.reason) == ("op", "wrong file uploaded")
+    _shot(page, "console-cancelled.png")
+
+    # Retrying it runs it again to success, shown live
+    Job.objects.filter(pipeline=pipeline).update(params={"sleep": 0.3, "steps": 3})
+    _confirm(page, f"{row} tr.pipeline-row button[data-action=retry]")
+    page.wait_for_selector(f"{row} tr.pipeline-row [data-role=status]:text-is('success')", timeout=60000)
+    assert Pipeline.objects.get(pk=pid).status == "success"
+    assert page.locator(f"{row} button.ops-act").count() == 0  # nothing left to do on it
+
+    # A viewer sees the same rows and no button at all
+    wait_until(lambda: Pipeline.objects.get(pk=water.pk).is_done, timeout=60)
+    viewer = open_page("viewer", CONSOLE)
+    viewer.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
+    assert set(_shown(viewer)) == {pid, str(water.pk)}
+    assert viewer.locator("button.ops-act").count() == 0 and viewer.locator("#ops-dialog").count() == 0
+
+    # An operator granted "energy" sees only energy pipelines, with their buttons
+    another = _slow_pipeline(seconds=30.0)
+    granted = open_page("energy-op", CONSOLE)
+    granted.wait_for_selector(f'tbody[data-pipeline="{another.pk}"] button[data-action=cancel]', timeout=WAIT)
+    assert str(water.pk) not in _shown(granted)
+    assert set(_shown(granted)) == {pid, str(another.pk)}
+    _confirm(granted, f'tbody[data-pipeline="{another.pk}"] tr.pipeline-row button[data-action=cancel]')
+    granted.wait_for_selector(
+        f'tbody[data-pipeline="{another.pk}"] tr.pipeline-row [data-role=status]:text-is("cancelled")', timeout=WAIT
+    )
