@@ -65,11 +65,17 @@ class PipelineAdmin(ReadOnlyAdmin):
         return [
             path("live/", wrap(self.console_view), name="pipelines_pipeline_live"),
             path("live/counters/", wrap(console_views.console_counters), name="pipelines_pipeline_live_counters"),
+            path("live/<uuid:pipeline_id>/", wrap(self.pipeline_page_view), name="pipelines_pipeline_live_detail"),
+            path("live/<uuid:pipeline_id>/fragment/", wrap(console_views.pipeline_fragment),
+                 name="pipelines_pipeline_live_fragment"),
             *super().get_urls(),
         ]
 
     def console_view(self, request: HttpRequest) -> HttpResponse:
         return console_views.operations_console(request, admin_site=self.admin_site)
+
+    def pipeline_page_view(self, request: HttpRequest, pipeline_id: Any) -> HttpResponse:
+        return console_views.pipeline_page(request, pipeline_id, admin_site=self.admin_site)
 
 
 @admin.register(Job)

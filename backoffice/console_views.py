@@ -6,11 +6,11 @@ from typing import Any
 
 from django.contrib.admin import AdminSite
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.translation import gettext as _
 
-from backoffice import access, console
+from backoffice import access, console, pipeline_detail
 
 
 def _js_strings() -> dict[str, Any]:
@@ -25,6 +25,7 @@ def _js_strings() -> dict[str, Any]:
         "finished": _("finished"),
         "errors": _("error(s)"),
         "newer": _("Newer pipelines arrived: go to the newest page to see them."),
+        "details": _("Show or hide the graph, job details, errors and timeline"),
         "actions": {"cancel": _("Cancel"), "retry": _("Retry"), "recover": _("Recover")},
         "titles": {
             "pipeline.cancel": _("Cancel pipeline %(name)s?"),
@@ -116,3 +117,30 @@ def console_counters(request: HttpRequest) -> HttpResponse:
     context = {"counters": console.counters(user=request.user), "active_alert": request.GET.get("alert", ""),
                "filter_query": ""}
     return TemplateResponse(request, "backoffice/console_counters.html", context)
+
+
+def _detail_or_404(request: HttpRequest, pipeline_id: Any) -> dict[str, Any]:
+    if not access.can_view(request.user):
+        raise PermissionDenied
+    detail = pipeline_detail.pipeline_detail(user=request.user, pipeline_id=pipeline_id)
+    if detail is None:  # absent, or another module's: the same answer
+        raise Http404
+    return detail
+
+
+def pipeline_page(request: HttpRequest, pipeline_id: Any, *, admin_site: AdminSite) -> HttpResponse:
+    """One pipeline on its own page: DAG, jobs with decoded meta and errors, timeline; live."""
+    detail = _detail_or_404(request, pipeline_id)
+    context = {
+        **admin_site.each_context(request),
+        "title": _("Pipeline %(id)s") % {"id": str(pipeline_id)[:8]},
+        "is_nav_sidebar_enabled": False,
+        "detail": detail,
+    }
+    return TemplateResponse(request, "backoffice/console_detail.html", context)
+
+
+def pipeline_fragment(request: HttpRequest, pipeline_id: Any) -> HttpResponse:
+    """The detail alone: the console's inline expand, re-read as live events arrive."""
+    return TemplateResponse(request, "backoffice/console_detail_body.html",
+                            {"detail": _detail_or_404(request, pipeline_id)})

@@ -87,6 +87,15 @@ def test_console_shows_new_pipelines_live_and_an_alert_counter_filters_the_table
     assert "failed" in page.inner_text(f'tbody[data-pipeline="{rejected.pk}"] tr.pipeline-row [data-role=status]')
     _shot(page, "console-alert-filter.png")
 
+    # ...and its detail shows the first row errors and links the full errors.csv
+    page.click(f'tbody[data-pipeline="{rejected.pk}"] button.ops-expand')
+    errors_panel = f'tbody[data-pipeline="{rejected.pk}"] details.ops-error'
+    page.wait_for_selector(f"{errors_panel} table.ops-row-errors", timeout=WAIT)
+    assert "not a number" in page.inner_text(f"{errors_panel} table.ops-row-errors")
+    csv_url = page.get_attribute(f"{errors_panel} a[data-field=errors_csv]", "href")
+    body = page.request.get(f"{server.base}{csv_url}").text()
+    assert body.splitlines()[0] == "row,column,reason" and len(body.splitlines()) == 3
+
     # The free-text filter takes the short id shown on screen
     page.goto(f"{server.base}{CONSOLE}")
     page.fill("#id_q", pid[:8])
@@ -173,3 +182,60 @@ def test_operator_cancels_recovers_and_retries_viewer_and_granted_operator_see_w
     granted.wait_for_selector(
         f'tbody[data-pipeline="{another.pk}"] tr.pipeline-row [data-role=status]:text-is("cancelled")', timeout=WAIT
     )
+
+
+def test_pipeline_detail_draws_the_dag_live_and_explains_a_failure(open_page: Any, server: Server) -> None:
+    from pipelines.models import Job
+    from pipelines.services import JobSpec, pipeline_plan
+
+    make_staff("admin", superuser=True)
+    page = open_page("admin", CONSOLE)
+    page.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
+
+    # Given a pipeline start → (compute that fails, side) → end, running
+    slow = {"sleep": 2.0, "steps": 4}
+    pipeline = pipeline_plan(kind="noop", year=2031, module="energy", specs=[
+        JobSpec(key="start", job_type="noop", params=slow),
+        JobSpec(key="compute", job_type="test_fail", det="x", depends_on=("start",)),
+        JobSpec(key="side", job_type="noop", det="y", params=slow, depends_on=("start",)),
+        JobSpec(key="end", job_type="noop", depends_on=("compute", "side")),
+    ])
+    ids = {j.det or ("start" if not j.depends_on.exists() else "end"): j.pk
+           for j in Job.objects.filter(pipeline=pipeline)}
+    row = f'tbody[data-pipeline="{pipeline.pk}"]'
+
+    # When the operator expands it, the graph shows every job and the edges between them
+    page.wait_for_selector(f"{row} button.ops-expand", timeout=WAIT)
+    page.click(f"{row} button.ops-expand")
+    dag = f"{row} tr.detail-row .ops-dag svg"
+    page.wait_for_selector(f"{dag} g.node[data-node='{ids['start']}'][data-look=running]", timeout=WAIT)
+    assert page.locator(f"{dag} g.node").count() == 4
+    assert page.locator(f"{dag} path.edge").count() == 4
+    assert page.get_attribute(f"{dag} g.node[data-node='{ids['end']}']", "data-look") == "not_started"
+    _shot(page, "console-dag-running.png")
+
+    # Then its nodes change colour as it runs, without a reload
+    page.wait_for_selector(f"{dag} g.node[data-node='{ids['start']}'][data-look=success]", timeout=WAIT)
+    page.wait_for_selector(f"{dag} g.node[data-node='{ids['x']}'][data-look=error]", timeout=60000)
+    page.wait_for_selector(f"{dag} g.node[data-node='{ids['end']}'][data-look=skipped]", timeout=WAIT)
+    page.wait_for_selector(f"{row} tr.pipeline-row [data-role=status]:text-is('partial'), "
+                           f"{row} tr.pipeline-row [data-role=status]:text-is('failed')", timeout=WAIT)
+
+    # ...and the failed job's error details say what, where and why
+    panel = f"{row} details.ops-error[data-error-for='{ids['x']}']"
+    page.wait_for_selector(f"{panel}[open]", timeout=WAIT)
+    assert page.inner_text(f"{panel} [data-field=type]") == "ValueError"
+    assert page.inner_text(f"{panel} [data-field=message]") == "boom in x"
+    assert page.inner_text(f"{panel} [data-field=stage]") == "compute"
+    assert "Traceback" in page.inner_text(f"{panel} [data-field=traceback]")
+    status = page.inner_text(f"{row} tr.pipeline-row [data-role=status]")
+    page.wait_for_selector(f"{row} .ops-detail[data-status={status}]", timeout=WAIT)  # the detail caught up
+    timeline = page.inner_text(f"{row} ol.ops-timeline")
+    assert "test_fail" in timeline and "error" in timeline
+    _shot(page, "console-dag-error.png")
+
+    # The same detail is a page of its own, live too
+    page.click(f"{row} a.short-id-link")
+    page.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
+    assert page.locator(".ops-dag svg g.node").count() == 4
+    assert page.get_attribute(f".ops-dag g.node[data-node='{ids['x']}']", "data-look") == "error"

@@ -8,6 +8,7 @@
 // (a small fragment) shortly after state changes: pushed by events, never polled.
 
 import { connectFeed } from "./live.js";
+import { liveFragment } from "./console_detail.js";
 
 const root = document.getElementById("content-main");
 const table = document.getElementById("live-console");
@@ -47,10 +48,18 @@ function bar(percent) {
   return td;
 }
 
+const detailBase = root.dataset.detailBase;
+const expanded = new Map(); // pipeline id -> refresh function of its open detail
+
 function pipelineRow(p, old) {
   const tr = el("tr", { class: "pipeline-row" });
-  const name = el("td", {}, [p.kind, p.year || "", p.module ? "/ " + p.module : ""].filter(Boolean).join(" ") + " ");
-  name.append(el("code", { class: "short-id", title: p.id }, p.id.slice(0, 8)));
+  const name = el("td");
+  const toggle = el("button", { type: "button", class: "ops-expand", "data-id": p.id,
+                                "aria-expanded": String(expanded.has(p.id)), title: T.details }, expanded.has(p.id) ? "▾" : "▸");
+  name.append(toggle, " ", [p.kind, p.year || "", p.module ? "/ " + p.module : ""].filter(Boolean).join(" ") + " ");
+  const link = el("a", { href: detailBase + p.id + "/", class: "short-id-link" });
+  link.append(el("code", { class: "short-id", title: p.id }, p.id.slice(0, 8)));
+  name.append(link);
   const created = old && old.querySelector(".created");
   if (created) name.append(" ", created.cloneNode(true));
   const status = el("td");
@@ -232,7 +241,39 @@ function renderPipeline(p, { insert = true } = {}) {
   const old = tbody.querySelector("tr.pipeline-row");
   const row = pipelineRow(p, old);
   old ? old.replaceWith(row) : tbody.prepend(row);
+  const refresh = expanded.get(p.id);
+  if (refresh) refresh();
 }
+
+// --- inline detail: the server-rendered DAG, jobs, errors and timeline -----------------
+
+function toggleDetail(id) {
+  const tbody = body(id);
+  if (!tbody) return;
+  const open = tbody.querySelector("tr.detail-row");
+  if (open) {
+    open.remove();
+    expanded.delete(id);
+  } else {
+    const cell = el("td", { colspan: String(table.querySelectorAll("thead th").length) });
+    const box = el("div", { class: "detail-body" }, "…");
+    cell.append(box);
+    const tr = el("tr", { class: "detail-row" });
+    tr.append(cell);
+    tbody.querySelector("tr.pipeline-row").after(tr);
+    const refresh = liveFragment(box, detailBase + id + "/fragment/");
+    expanded.set(id, refresh);
+    refresh.now();
+  }
+  const button = tbody.querySelector("button.ops-expand");
+  button.setAttribute("aria-expanded", String(expanded.has(id)));
+  button.textContent = expanded.has(id) ? "▾" : "▸";
+}
+
+table.addEventListener("click", (event) => {
+  const button = event.target.closest("button.ops-expand");
+  if (button) toggleDetail(button.dataset.id);
+});
 
 function renderJob(j) {
   const tbody = body(j.pipeline_id);
