@@ -12,7 +12,8 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.urls import URLPattern, path
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from backoffice import access, console_views, views
@@ -65,6 +66,7 @@ class PipelineAdmin(ReadOnlyAdmin):
         return [
             path("live/", wrap(self.console_view), name="pipelines_pipeline_live"),
             path("live/counters/", wrap(console_views.console_counters), name="pipelines_pipeline_live_counters"),
+            path("live/queues/", wrap(console_views.queues_fragment), name="pipelines_pipeline_live_queues"),
             path("live/<uuid:pipeline_id>/", wrap(self.pipeline_page_view), name="pipelines_pipeline_live_detail"),
             path("live/<uuid:pipeline_id>/fragment/", wrap(console_views.pipeline_fragment),
                  name="pipelines_pipeline_live_fragment"),
@@ -92,9 +94,25 @@ class JobAdmin(ReadOnlyAdmin):
 
 @admin.register(OperatorAction)
 class OperatorActionAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "actor_name", "action", "target_type", "target_id", "reason")
-    list_filter = ("action", "target_type")
+    """The operator action log: who did what to which target, when and why."""
+
+    list_display = ("created_at", "actor_name", "action", "target_link", "reason")
+    list_filter = ("action", "target_type", "actor_name")
     search_fields = ("actor_name", "target_id", "reason")
+    date_hierarchy = "created_at"
+    list_select_related = ("pipeline",)
+
+    @admin.display(description=_("target"), ordering="target_id")
+    def target_link(self, obj: OperatorAction) -> str:
+        """Pipelines and jobs link to the pipeline's live detail; queues to the console."""
+        label = f"{obj.target_type} {obj.target_id[:8] if obj.target_type == 'pipeline' else obj.target_id}"
+        if obj.pipeline_id:
+            url = reverse("admin:pipelines_pipeline_live_detail", args=[obj.pipeline_id])
+        elif obj.target_type == "queue":
+            url = reverse("admin:pipelines_pipeline_live") + "#ops-queues-panel"
+        else:
+            return label
+        return format_html('<a href="{}">{}</a>', url, label)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[OperatorAction]:
         return access.filter_pipelines(super().get_queryset(request), request.user, field="pipeline__module")

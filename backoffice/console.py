@@ -17,14 +17,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django import forms
-from django.db.models import Q, QuerySet
+from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from backoffice import access, live
 from pipelines import alerts, events, stats
 from pipelines.api.filters import PipelineFilter
-from pipelines.models import Job, JobResult, JobState, Pipeline, PipelineStatus
+from pipelines.models import Job, JobResult, JobState, OperatorAction, Pipeline, PipelineStatus, QueueState
 
 PAGE_SIZE = 20
 
@@ -175,3 +175,45 @@ def stat_cards(*, user: Any) -> dict[str, Any]:
 def counters(*, user: Any) -> dict[str, Any]:
     return {"alerts": alert_counts(user=user), "cards": stat_cards(user=user)}
 
+
+
+# --- queues and workers -----------------------------------------------------------------
+
+
+def queues_and_workers(*, inspect_timeout: float) -> dict[str, Any]:
+    """Per queue: depth, waiting jobs and the oldest one's age, running, consumers, pause
+    (who, when, why); per worker: what Celery's inspect answered, and the newest heartbeat
+    its running jobs sent (the worker's own liveness, from the database)."""
+    from workers.selectors import queue_list, worker_list
+
+    try:
+        workers = list(worker_list(timeout=inspect_timeout))
+    except Exception:  # noqa: BLE001 - broker down: no live worker rather than a 500
+        workers = []
+    queues = queue_list(workers=workers)
+    paused = {q["name"] for q in queues if q["paused"]}
+    states = {s.name: s for s in QueueState.objects.filter(name__in=paused)}
+    reasons: dict[str, str] = {}
+    for action in OperatorAction.objects.filter(action="pause", target_type="queue", target_id__in=paused).order_by(
+        "-created_at"
+    ):
+        reasons.setdefault(action.target_id, action.reason)
+    beats = dict(
+        Job.objects.filter(state=JobState.RUNNING, worker__in=[w["hostname"] for w in workers])
+        .values("worker")
+        .annotate(last=Max("heartbeat_at"))
+        .values_list("worker", "last")
+    )
+    return {
+        "queues": [
+            {**q, "paused_by": states[q["name"]].changed_by if q["name"] in states else "",
+             "paused_at": states[q["name"]].changed_at if q["name"] in states else None,
+             "paused_reason": reasons.get(q["name"], "")}
+            for q in queues
+        ],
+        "workers": [
+            {**w, "answered_at": datetime.fromtimestamp(w["last_heartbeat"], tz=UTC) if w["last_heartbeat"] else None,
+             "job_heartbeat_at": beats.get(w["hostname"])}
+            for w in workers
+        ],
+    }

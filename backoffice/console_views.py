@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.admin import AdminSite
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
@@ -33,6 +34,8 @@ def _js_strings() -> dict[str, Any]:
             "job.cancel": _("Cancel job %(name)s?"),
             "job.retry": _("Retry job %(name)s?"),
             "job.recover": _("Recover job %(name)s?"),
+            "queue.pause": _("Pause queue %(name)s?"),
+            "queue.resume": _("Resume queue %(name)s?"),
         },
         "effects": {
             "pipeline.cancel": _("Every job not finished ends cancelled; jobs that already committed their data "
@@ -42,11 +45,15 @@ def _js_strings() -> dict[str, Any]:
             "job.retry": _("The job runs again (from its failed upstream job, if any), then everything downstream."),
             "job.recover": _("The running job goes back to its queue and runs again; its old attempt can no longer "
                              "write a result."),
+            "queue.pause": _("Jobs of this queue wait (running ones finish); the pause holds across worker restarts."),
+            "queue.resume": _("Waiting jobs of this queue are sent to the workers again."),
         },
         "done": {
             "cancel": _("Cancel requested for %(name)s: the table shows the result."),
             "retry": _("Retry requested for %(name)s: the table shows the result."),
             "recover": _("%(name)s is back in its queue: the table shows the result."),
+            "pause": _("Queue %(name)s is paused."),
+            "resume": _("Queue %(name)s is running again."),
         },
         "refused": {
             "409": _("Not possible in its current state:"),
@@ -66,6 +73,7 @@ def _js_strings() -> dict[str, Any]:
             "nothing_to_retry": _("Nothing failed: there is nothing to run again."),
             "not_running": _("Only a running job can be recovered."),
             "not_retryable": _("Only failed, cancelled or skipped jobs can be retried."),
+            "no_change": _("Someone else did it already: the panel now shows the current state."),
         },
     }
 
@@ -144,3 +152,14 @@ def pipeline_fragment(request: HttpRequest, pipeline_id: Any) -> HttpResponse:
     """The detail alone: the console's inline expand, re-read as live events arrive."""
     return TemplateResponse(request, "backoffice/console_detail_body.html",
                             {"detail": _detail_or_404(request, pipeline_id)})
+
+
+def queues_fragment(request: HttpRequest) -> HttpResponse:
+    """Queues and workers: read when the console opens and after state changes (a Celery
+    inspect waits up to ``SLUICE_INSPECT_TIMEOUT``, so never on the page's first render)."""
+    if not access.can_view(request.user):
+        raise PermissionDenied
+    data = console.queues_and_workers(inspect_timeout=float(getattr(settings, "SLUICE_INSPECT_TIMEOUT", 1.0)))
+    # Pausing a queue touches every module: operators narrowed to modules may not.
+    can_pause = access.can_operate(request.user) and access.granted_modules(request.user) is None
+    return TemplateResponse(request, "backoffice/console_queues.html", {"data": data, "can_pause": can_pause})

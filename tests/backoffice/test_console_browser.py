@@ -239,3 +239,49 @@ def test_pipeline_detail_draws_the_dag_live_and_explains_a_failure(open_page: An
     page.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
     assert page.locator(".ops-dag svg g.node").count() == 4
     assert page.get_attribute(f".ops-dag g.node[data-node='{ids['x']}']", "data-look") == "error"
+
+
+def test_pausing_a_queue_holds_its_work_until_resumed_and_the_action_log_shows_it(
+    open_page: Any, server: Server
+) -> None:
+    from pipelines.models import Job, JobState, Pipeline
+    from pipelines.services import JobSpec, pipeline_plan
+
+    make_staff("op", perms=OPERATOR)
+    page = open_page("op", CONSOLE)
+    page.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
+    queue = "#ops-queues tr[data-queue=default]"
+    page.wait_for_selector(f"{queue}[data-paused='0']", timeout=WAIT)
+    page.wait_for_selector("#ops-queues tr[data-worker]", timeout=WAIT)  # the test's worker answered
+    assert "default" in page.inner_text("#ops-queues tr[data-worker]")
+
+    # When the operator pauses the default queue with a reason, the panel says who and why
+    _confirm(page, f"{queue} button[data-action=pause]", reason="database maintenance")
+    page.wait_for_selector(f"{queue}[data-paused='1']", timeout=WAIT)
+    assert "database maintenance" in page.inner_text(queue) and "op" in page.inner_text(queue)
+
+    # Then new work for that queue waits (the worker saw it and left it queued)
+    pipeline = pipeline_plan(kind="noop", year=2031, module="energy",
+                             specs=[JobSpec(key="only", job_type="noop", params={"sleep": 0.2})])
+    job = Job.objects.get(pipeline=pipeline)
+    row = f'tbody[data-pipeline="{pipeline.pk}"]'
+    page.wait_for_selector(f"{row} tr.job-row:has-text('Waiting: queue default is paused')", timeout=WAIT)
+    page.wait_for_selector(f"{queue} [data-role=queued]:text-is('1')", timeout=WAIT)
+    assert Job.objects.get(pk=job.pk).state == JobState.QUEUED
+    _shot(page, "console-queue-paused.png")
+
+    # ...and runs once the queue is resumed
+    _confirm(page, f"{queue} button[data-action=resume]")
+    page.wait_for_selector(f"{row} tr.pipeline-row [data-role=status]:text-is('success')", timeout=60000)
+    assert Pipeline.objects.get(pk=pipeline.pk).status == "success"
+    page.wait_for_selector(f"{queue}[data-paused='0']", timeout=WAIT)
+
+    # The action log lists both, with who and why, the target linked, filterable by action
+    page.click("a.ops-log-link")
+    page.wait_for_selector("#result_list", timeout=WAIT)
+    log = page.inner_text("#result_list")
+    assert "database maintenance" in log and "Pause" in log and "Resume" in log and "\top\t" in log
+    page.goto(f"{server.base}/admin/pipelines/operatoraction/?action__exact=pause")
+    assert page.locator("#result_list tbody tr").count() == 1
+    assert page.get_attribute("#result_list tbody tr a[href*='ops-queues-panel']", "href").endswith("#ops-queues-panel")
+    _shot(page, "console-action-log.png")

@@ -110,6 +110,7 @@ function actionsCell(target, id, actions) {
 }
 
 function describe(target, id) {
+  if (target === "queue") return id;
   if (target === "pipeline") {
     const p = feed.store.pipelines.get(id);
     return [p.kind, p.year || "", p.module ? "/ " + p.module : "", id.slice(0, 8)].filter(Boolean).join(" ");
@@ -155,7 +156,7 @@ async function confirmPending(event) {
   const { target, id, action, name } = pending;
   const payload = { reason: document.getElementById("ops-reason").value.trim() };
   if (action === "recover") payload.force = document.getElementById("ops-force").checked;
-  const url = `/api/v1/${target === "pipeline" ? "pipelines" : "jobs"}/${id}/${action}/`;
+  const url = `/api/v1/${target}s/${id}/${action}/`;
   const button = document.getElementById("ops-confirm");
   button.disabled = true;
   try {
@@ -173,11 +174,13 @@ async function confirmPending(event) {
       dialog.close();
       pending = null;
       flash.textContent = fmt(T.done[action], { name });
+      if (target === "queue") loadQueues();
       return;
     }
     let body = null;
     try { body = await response.json(); } catch (e) { /* not JSON */ }
     refusal(response.status, body);
+    if (target === "queue") loadQueues();
   } catch (e) {
     refusal("network", null);
   } finally {
@@ -186,7 +189,7 @@ async function confirmPending(event) {
 }
 
 if (dialog) {
-  table.addEventListener("click", (event) => {
+  root.addEventListener("click", (event) => {
     const button = event.target.closest("button.ops-act");
     if (button) openDialog(button.dataset.target, button.dataset.id, button.dataset.action);
   });
@@ -300,8 +303,23 @@ function refreshCountersSoon() {
         root.dataset.countersAt = String(Date.now());
       }
     } catch (e) { /* offline: the next event tries again */ }
+    loadQueues();
   }, COUNTERS_DELAY_MS);
 }
+
+// --- queues and workers panel (a server fragment; a Celery inspect takes up to 1 s) ---
+const queuesBox = document.getElementById("ops-queues");
+let queuesBusy = false;
+async function loadQueues() {
+  if (queuesBusy) return;
+  queuesBusy = true;
+  try {
+    const response = await fetch(queuesBox.dataset.url, { credentials: "same-origin" });
+    if (response.ok) queuesBox.innerHTML = await response.text();
+  } catch (e) { /* offline: the next state change reads again */ }
+  queuesBusy = false;
+}
+loadQueues();
 
 let feed = null;
 feed = connectFeed(root.dataset.feed, {
