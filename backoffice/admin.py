@@ -19,6 +19,8 @@ from django.utils.translation import gettext_lazy as _
 from backoffice import access, console_views, views
 from backoffice.models import ModuleGrant
 from ingestion.models import Upload, Year
+from pipelines.api.filters import SHORT_ID
+from pipelines.events import counts_of
 from pipelines.models import Job, OperatorAction, Pipeline, QueueState
 
 admin.site.site_header = "Sluice"
@@ -47,18 +49,53 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+def _duration(start: Any, end: Any) -> str:
+    return f"{(end - start).total_seconds():.1f} s" if start and end else "—"
+
+
+def _search_short_id(queryset: QuerySet[Any], term: str, field: str) -> QuerySet[Any]:
+    """The short id the console shows (a UUID's first characters) finds its pipeline."""
+    term = term.strip()
+    return queryset.filter(**{f"{field}__startswith": term.lower()}) if SHORT_ID.fullmatch(term) else queryset.none()
+
+
 @admin.register(Pipeline)
 class PipelineAdmin(ReadOnlyAdmin):
     # ``phase`` carries why a finished pipeline is not a success ("superseded by upload #12").
-    list_display = ("id", "kind", "year", "module", "status", "phase", "progress_percent", "jobs_finished",
-                    "jobs_total", "error_count", "created_at")
+    list_display = ("short_id", "kind", "year", "module", "result", "phase", "progress_percent", "jobs",
+                    "error_count", "duration", "created_at")
     list_filter = ("status", "kind", "year", "module")
-    search_fields = ("id", "kind", "module")
+    search_fields = ("kind", "module", "phase", "last_error")
     date_hierarchy = "created_at"
     exclude = ("params",)
+    show_full_result_count = False  # no COUNT(*) over the whole table on every page
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Pipeline]:
         return access.filter_pipelines(super().get_queryset(request), request.user)
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> Any:
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        return found | _search_short_id(queryset, search_term, "id"), duplicates
+
+    @admin.display(description=_("pipeline"), ordering="id")
+    def short_id(self, obj: Pipeline) -> str:
+        url = reverse("admin:pipelines_pipeline_live_detail", args=[obj.pk])
+        return format_html('<a href="{}"><code>{}</code></a>', url, str(obj.pk)[:8])
+
+    @admin.display(description=_("result"), ordering="status")
+    def result(self, obj: Pipeline) -> str:
+        """A success with rejected rows says so: "success" alone hid them."""
+        if obj.warning_count:
+            return f"{obj.status} · {obj.warning_count} warning(s)"
+        return str(obj.status)
+
+    @admin.display(description=_("jobs finished"))
+    def jobs(self, obj: Pipeline) -> str:
+        return f"{obj.jobs_finished}/{obj.jobs_total}"
+
+    @admin.display(description=_("duration"))
+    def duration(self, obj: Pipeline) -> str:
+        return _duration(obj.started_at, obj.finished_at)
 
     def get_urls(self) -> list[URLPattern]:
         # Prepended, as UserAdmin does, so "live/" is not taken for an object id.
@@ -82,14 +119,35 @@ class PipelineAdmin(ReadOnlyAdmin):
 
 @admin.register(Job)
 class JobAdmin(ReadOnlyAdmin):
-    list_display = ("id", "pipeline_id", "job_type", "det", "queue", "state", "result", "attempts", "updated_at")
+    list_display = ("id", "pipeline_link", "job_type", "det", "queue", "state", "result", "counts", "attempts",
+                    "duration", "updated_at")
     list_filter = ("state", "result", "job_type", "queue")
-    search_fields = ("id", "det", "status_message")
+    search_fields = ("=id", "det", "status_message")
     raw_id_fields = ("pipeline", "depends_on")
     exclude = ("meta", "params", "effect_outcome")
+    show_full_result_count = False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
         return access.filter_jobs(super().get_queryset(request), request.user)
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> Any:
+        if search_term.strip().isdigit():  # a job id: exactly that job, not every message with the digits
+            return queryset.filter(pk=int(search_term)), False
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        return found | _search_short_id(queryset, search_term, "pipeline_id"), duplicates
+
+    @admin.display(description=_("pipeline"), ordering="pipeline_id")
+    def pipeline_link(self, obj: Job) -> str:
+        url = reverse("admin:pipelines_pipeline_live_detail", args=[obj.pipeline_id])
+        return format_html('<a href="{}"><code>{}</code></a>', url, str(obj.pipeline_id)[:8])
+
+    @admin.display(description=_("counts"))
+    def counts(self, obj: Job) -> str:
+        return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts_of(obj.meta or {}).items()) or "—"
+
+    @admin.display(description=_("duration"))
+    def duration(self, obj: Job) -> str:
+        return _duration(obj.started_at, obj.finished_at)
 
 
 @admin.register(OperatorAction)

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench._scratch import drop_scratch_database, scratch_database_url  # noqa: E402
 
-DB_NAME = "sluice_bench_api"
+# Overridable so two people can bench on one PostgreSQL server at once.
+DB_NAME = os.environ.get("SLUICE_BENCH_API_DB", "sluice_bench_api")
 PIPELINES = 200_000
 JOBS_PER_PIPELINE = 5
 
@@ -110,7 +111,12 @@ SEED_SQL = [
 ]
 
 
-def scratch_url() -> str:
+def scratch_url(*, reuse: bool = False) -> str:
+    if reuse:  # a database seeded by an earlier ``--keep`` run
+        from urllib.parse import urlsplit, urlunsplit
+
+        base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/sluice")
+        return urlunsplit(urlsplit(base)._replace(path="/" + DB_NAME))
     return scratch_database_url(DB_NAME)
 
 
@@ -157,9 +163,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200, help="timed requests per scenario")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument("--reuse", action="store_true", help="time a database kept by an earlier --keep run")
+    parser.add_argument("--only", default="", help="comma-separated scenarios to time (default: all)")
     args = parser.parse_args()
 
-    url = scratch_url()
+    url = scratch_url(reuse=args.reuse)
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     sys.path.insert(0, str(ROOT))
@@ -171,12 +179,14 @@ def main() -> None:
     from django.test import Client
 
     call_command("migrate", "--no-input", verbosity=0)
-    seed_seconds = seed()
+    seed_seconds = 0.0 if args.reuse else seed()
     from pipelines.models import Job, Pipeline
 
     print(f"seeded {Pipeline.objects.count():,} pipelines, {Job.objects.count():,} jobs in {seed_seconds:.1f}s")
 
-    user = get_user_model().objects.create_superuser("bench", "bench@example.org", None)
+    user = get_user_model().objects.filter(username="bench").first() or get_user_model().objects.create_superuser(
+        "bench", "bench@example.org", None
+    )
     client = Client()
     client.force_login(user)
     rng = random.Random(4)
@@ -196,10 +206,17 @@ def main() -> None:
         "jobs_list": ["/api/v1/jobs/?job_type=csv_ingest"] * n,
         "job_detail": [f"/api/v1/jobs/{rng.randrange(1, PIPELINES * JOBS_PER_PIPELINE)}/" for _ in range(n)],
     }
+    # The Operations console: its first render (alert strip, stat cards, first page of
+    # 20 pipelines with their jobs) and the counters fragment it re-reads on state changes.
+    scenarios["console"] = ["/admin/pipelines/pipeline/live/"] * n
+    scenarios["console_counters"] = ["/admin/pipelines/pipeline/live/counters/"] * n
     slow = {"stats": ["/api/v1/jobs/stats/"] * 5, "alerts": ["/api/v1/alerts/"] * 5}
     results: dict[str, float] = {}
     print(f"{'scenario':<18}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}")
+    only = set(filter(None, args.only.split(",")))
     for name, urls in {**scenarios, **slow}.items():
+        if only and name not in only:
+            continue
         timed(client, urls[:5])  # warm caches and connections
         samples = timed(client, urls)
         results[f"{name}_p50_ms"] = pct(samples, 0.50)
