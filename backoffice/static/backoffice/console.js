@@ -20,7 +20,7 @@ const filters = initial.filters || {};
 const firstPage = root.dataset.firstPage === "1";
 const COUNTERS_DELAY_MS = 1500;
 const canOperate = root.dataset.canOperate === "1";
-const DONE = new Set(["success", "partial", "failed", "cancelled"]);
+const DONE = new Set(["success", "partial", "failed", "cancelled", "superseded"]);
 const RETRYABLE = new Set(["error", "cancelled", "skipped"]);
 
 function fmt(template, values) {
