@@ -78,6 +78,9 @@ ASGI_APPLICATION = "config.asgi.application"
 DATABASE_URL = env_str("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/sluice")
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
 DATABASES["default"]["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "test_sluice")}
+# PostgreSQL's JIT compiles a plan when its cost estimate is high; on the console's
+# window queries it spent 240 ms compiling to save nothing (docs/BENCHMARKS.md).
+DATABASES["default"].setdefault("OPTIONS", {})["options"] = "-c jit=off"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

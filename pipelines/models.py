@@ -155,6 +155,24 @@ class Job(models.Model):
             models.Index(fields=["job_type", "-created_at"], name="job_type_newest"),
             models.Index(fields=["-created_at"], name="job_newest"),
             models.Index(fields=["result", "-created_at"], name="job_result_newest"),
+            # The console's cards and alerts, cheap on a long history (docs/BENCHMARKS.md):
+            # finished in a window by result (index-only counts), recently started jobs
+            # (queue_stalled), run time of finished jobs (slow), all-rejected ingests.
+            models.Index(fields=["finished_at", "result"], name="job_finished_result"),
+            models.Index(fields=["started_at"], name="job_started"),
+            models.Index(
+                models.ExpressionWrapper(
+                    models.F("finished_at") - models.F("started_at"), output_field=models.DurationField()
+                ),
+                # Not partial: PostgreSQL keeps statistics on the expression only then, and
+                # without them it guesses a third of the table and scans it all.
+                name="job_run_time",
+            ),
+            models.Index(
+                fields=["-created_at"],
+                name="job_all_rejected",
+                condition=models.Q(job_type__in=["csv_ingest", "factor_ingest"], state="finished", meta__rows_loaded=0),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -5,23 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Aggregate, Count, F, FloatField, Func, QuerySet
+from django.db.models import Count, F, FloatField, Func, QuerySet
 from django.utils import timezone
 
 from pipelines.models import Job, JobResult, JobState
 
 DURATION_SAMPLE = 10_000
-
-
-class Percentile(Aggregate):
-    """PostgreSQL ``percentile_cont(p) WITHIN GROUP (ORDER BY expr)``."""
-
-    function = "percentile_cont"
-    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
-
-    def __init__(self, expression: Any, fraction: float, **extra: Any) -> None:
-        super().__init__(expression, fraction=float(fraction), **extra)
 
 
 class Seconds(Func):
@@ -41,20 +30,41 @@ def _finished_ok(jobs: QuerySet[Job]) -> QuerySet[Job]:
     )
 
 
+def _sample(jobs: QuerySet[Job]) -> dict[str, list[float]]:
+    """Run times in seconds of the newest ``DURATION_SAMPLE`` successful jobs, per type, sorted.
+
+    Read in one index walk (``job_newest``) and reduced here: ``WHERE pk IN (newest
+    10,000)`` made PostgreSQL hash-join the sample against the whole job table (240 ms
+    at 1M jobs) where reading the 10,000 values takes a few milliseconds.
+    """
+    rows = (
+        _finished_ok(jobs)
+        .order_by("-created_at", "-id")
+        .values_list("job_type", Seconds(F("finished_at"), F("started_at")))[:DURATION_SAMPLE]
+    )
+    out: dict[str, list[float]] = {}
+    for job_type, seconds in rows:
+        out.setdefault(job_type, []).append(float(seconds))
+    for values in out.values():
+        values.sort()
+    return out
+
+
+def percentile(ordered: list[float], fraction: float) -> float | None:
+    """PostgreSQL's ``percentile_cont``: linear interpolation between the closest ranks."""
+    if not ordered:
+        return None
+    rank = fraction * (len(ordered) - 1)
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
 def duration_medians(*, since: datetime, min_samples: int = 1) -> dict[str, float]:
     """Median run time in seconds of recent successful jobs per type (since ``since``,
     at most the newest ``DURATION_SAMPLE``: cheap on a large history)."""
-    recent = Job.objects.filter(
-        pk__in=_finished_ok(Job.objects.filter(created_at__gte=since))
-        .order_by("-created_at", "-id")
-        .values("pk")[:DURATION_SAMPLE]
-    )
-    rows = (
-        recent.order_by()
-        .values("job_type")
-        .annotate(n=Count("id"), p50=Percentile(Seconds(F("finished_at"), F("started_at")), 0.5))
-    )
-    return {r["job_type"]: float(r["p50"]) for r in rows if r["n"] >= min_samples and r["p50"] is not None}
+    sample = _sample(Job.objects.filter(created_at__gte=since))
+    return {t: float(percentile(v, 0.5) or 0.0) for t, v in sample.items() if len(v) >= min_samples}
 
 
 def job_stats(*, jobs: QuerySet[Job]) -> dict[str, Any]:
@@ -95,23 +105,18 @@ def job_stats(*, jobs: QuerySet[Job]) -> dict[str, Any]:
 
 def durations(*, jobs: QuerySet[Job]) -> dict[str, Any]:
     """p50/p95 run time overall and per job type of the newest ``DURATION_SAMPLE``
-    successful jobs among ``jobs`` (newest first on the ``job_newest`` index)."""
-    recent = Job.objects.filter(
-        pk__in=_finished_ok(jobs).order_by("-created_at", "-id").values("pk")[:DURATION_SAMPLE]
-    )
-    seconds = Seconds(F("finished_at"), F("started_at"))
+    successful jobs among ``jobs``."""
+    sample = _sample(jobs)
     by_type = {
-        r["job_type"]: {"count": r["n"], "p50_seconds": _round(r["p50"]), "p95_seconds": _round(r["p95"])}
-        for r in recent.order_by()
-        .values("job_type")
-        .annotate(n=Count("id"), p50=Percentile(seconds, 0.5), p95=Percentile(seconds, 0.95))
-        .order_by("job_type")
+        job_type: {"count": len(v), "p50_seconds": _round(percentile(v, 0.5)),
+                   "p95_seconds": _round(percentile(v, 0.95))}
+        for job_type, v in sorted(sample.items())
     }
-    overall = recent.aggregate(n=Count("id"), p50=Percentile(seconds, 0.5), p95=Percentile(seconds, 0.95))
+    overall = sorted(x for v in sample.values() for x in v)
     return {
-        "sample": overall["n"],
-        "p50_seconds": _round(overall["p50"]),
-        "p95_seconds": _round(overall["p95"]),
+        "sample": len(overall),
+        "p50_seconds": _round(percentile(overall, 0.5)),
+        "p95_seconds": _round(percentile(overall, 0.95)),
         "by_job_type": by_type,
     }
 

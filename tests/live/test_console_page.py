@@ -93,3 +93,49 @@ def test_module_granted_user_sees_only_their_modules_rows_and_counters(no_dispat
 
 def test_a_staff_user_without_a_role_is_refused(no_dispatch: Any) -> None:
     assert _client(make_user("nobody", perms=())).get(CONSOLE).status_code == 403
+
+
+def test_stat_cards_count_by_finish_time_and_judge_success_on_failures_only(no_dispatch: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from backoffice import console
+    from pipelines.models import Job
+
+    now = timezone.now()
+    jobs = [j for _ in range(3) for j in plan(width=3, year=2030, module="energy").jobs.order_by("id")]
+    finished = {"state": "finished", "started_at": now - timedelta(minutes=10)}
+    # 5 successes and 2 failures today (one in the last hour), 1 cancelled, 1 failure two days ago
+    for job, result, ago in [*[(j, "success", timedelta(hours=3)) for j in jobs[:5]],
+                             (jobs[5], "error", timedelta(minutes=30)), (jobs[6], "error", timedelta(hours=5)),
+                             (jobs[7], "cancelled", timedelta(hours=2)), (jobs[8], "error", timedelta(days=2))]:
+        Job.objects.filter(pk=job.pk).update(**finished, result=result, finished_at=now - ago)
+    Job.objects.filter(pk__in=[j.pk for j in jobs[9:11]]).update(state="running")
+    cards = console.stat_cards(user=make_user("viewer"))
+    assert (cards["running"], cards["queued"], cards["failed_24h"]) == (2, 0, 2)
+    assert cards["success_rate"] == round(100 * 5 / 7, 1)  # the cancelled one is not a failure
+    assert cards["finished_last_hour"] == 1
+
+
+def test_duration_percentiles_equal_postgresqls_percentile_cont(no_dispatch: Any) -> None:
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from pipelines import stats
+    from pipelines.models import Job
+
+    now = timezone.now()
+    jobs = [j for _ in range(4) for j in plan(width=3, year=2030, module="energy").jobs.order_by("id")]
+    for i, job in enumerate(jobs):
+        Job.objects.filter(pk=job.pk).update(state="finished", result="success", started_at=now,
+                                             finished_at=now + timedelta(seconds=(i * 7) % 11 + i / 3))
+    got = stats.durations(jobs=Job.objects.all())
+    with connection.cursor() as cur:
+        cur.execute("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM finished_at - started_at)),"
+                    " percentile_cont(0.95) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM finished_at - started_at))"
+                    " FROM pipelines_job")
+        p50, p95 = cur.fetchone()
+    assert (got["p50_seconds"], got["p95_seconds"], got["sample"]) == (round(p50, 3), round(p95, 3), len(jobs))
