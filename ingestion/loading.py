@@ -48,6 +48,7 @@ from ingestion.modules import (
 NS_MODULE_YEAR = 0x5101
 NS_DET = 0x5102
 NS_UNIT_SYNC = 0x5103
+NS_UPLOAD_SHA = 0x5104
 
 STAGE = "ingest_stage"
 ERRS = "ingest_errs"
@@ -82,6 +83,12 @@ def lock_det(year: int, module: str, det: str) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", [NS_DET, _key(year, module, det)])
 
 
+def lock_upload_fingerprint(year: int, module: str, target: str, sha256: str) -> None:
+    """Serialise the creation of uploads of one file (content) into one module-year target."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", [NS_UPLOAD_SHA, _key(year, module, target, sha256)])
+
+
 def lock_unit_sync(year: int) -> None:
     with connection.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", [NS_UNIT_SYNC, _key(year)])
@@ -96,8 +103,11 @@ def _q(name: str) -> str:
 
 @dataclass
 class StageStats:
-    rows_total: int = 0  # records after the header, blank ones included
+    rows_total: int = 0  # physical lines after the header, blank ones included
     rows_skipped: int = 0  # blank lines
+    # Lines beyond the first of records whose quoted field ran over line breaks: the
+    # record is one row error, and these lines are rejected with it (counted here).
+    lines_merged: int = 0
     rows_staged: int = 0
     bytes_done: int = 0
     bytes_total: int = 0
@@ -109,15 +119,29 @@ def _escape(field_value: str) -> str:
     return field_value.replace("\\", "\\\\").replace("\t", "\\t")
 
 
+def merged_lines_reason(row: int, last_row: int) -> str:
+    """The row error of a record whose quoted field ran over ``last_row - row + 1`` lines."""
+    first, last = row + 1, last_row + 1
+    return (
+        f"lines {first} to {last} were read as one record: a quote opened on line {first} closes only on "
+        f"line {last} (or never); all {last - first + 1:,} lines are rejected — check the quotes"
+    )
+
+
 def _staging_blocks(
-    records: Iterator[tuple[int, list[str]]], schema: tuple[Column, ...], header: parsing.HeaderInfo, stats: StageStats
+    records: Iterator[tuple[int, int, list[str]]],
+    schema: tuple[Column, ...],
+    header: parsing.HeaderInfo,
+    stats: StageStats,
 ) -> Iterator[str]:
     """COPY text-format blocks of ``row, err, <schema columns>`` lines.
 
-    The fast path joins the fields as they are; a record with a tab, backslash or line
-    break takes the slow path (escaping, or a row error for a line break inside a
-    quoted field, which no column accepts). Ragged records become a row error staged
-    with empty fields, so SQL reports every error in one place.
+    The fast path joins the fields as they are; a record with a tab or backslash takes
+    the slow path (escaping). A record spanning several physical lines (a line break
+    inside a quoted field: no column accepts one, and it is nearly always a quote left
+    open) is one row error naming the line range, and every line of it is counted as
+    rejected. Ragged records become a row error staged with empty fields, so SQL
+    reports every error in one place.
     """
     ncols = len(header.columns)
     order = [header.columns.index(c.name) if c.name in header.columns else None for c in schema]
@@ -125,21 +149,18 @@ def _staging_blocks(
     empty_fields = "\t" * len(schema)
     buf: list[str] = []
     append = buf.append
-    for row, rec in records:
-        stats.rows_total = row
-        if len(rec) != ncols:
+    for row, last_row, rec in records:
+        stats.rows_total = last_row
+        if last_row > row:
+            # Checked first: the swallowed lines also break the field count, and the
+            # cause (an open quote) is what the user must fix.
+            stats.lines_merged += last_row - row
+            append(f"{row}\t{merged_lines_reason(row, last_row)}{empty_fields}\n")
+        elif len(rec) != ncols:
             if not rec or (len(rec) < ncols and not "".join(rec).strip()):
                 stats.rows_skipped += 1
                 continue
-            # An unbalanced quote swallows the following lines into one field and so
-            # also breaks the field count: name the cause, not the symptom.
-            quoted = [i for i, v in enumerate(rec) if "\n" in v or "\r" in v]
-            if quoted:
-                name = header.columns[quoted[0]] if quoted[0] < ncols else f"field {quoted[0] + 1}"
-                reason = f"{_escape(name)}: line break inside a quoted field (is a quote unbalanced?)"
-            else:
-                reason = f"expected {ncols} fields, found {len(rec)}"
-            append(f"{row}\t{reason}{empty_fields}\n")
+            append(f"{row}\texpected {ncols} fields, found {len(rec)}{empty_fields}\n")
         else:
             if not identity:
                 rec = [rec[i] if i is not None else "" for i in order]
@@ -147,14 +168,8 @@ def _staging_blocks(
             if not line.strip("\t "):
                 stats.rows_skipped += 1
                 continue
-            if "\\" in line or "\n" in line or "\r" in line or line.count("\t") != len(rec) - 1:
-                broken = [schema[i].name for i, v in enumerate(rec) if "\n" in v or "\r" in v]
-                if broken:
-                    reason = f"{_escape(broken[0])}: line break inside a quoted field (is a quote unbalanced?)"
-                    append(f"{row}\t{reason}{empty_fields}\n")
-                    stats.rows_staged += 1
-                    continue
-                line = "\t".join(_escape(v) for v in rec)
+            if "\\" in line or "\r" in line or line.count("\t") != len(rec) - 1:
+                line = "\t".join(_escape(v).replace("\r", "\\r") for v in rec)
             append(f"{row}\t\\N\t{line}\n")
         stats.rows_staged += 1
         if len(buf) >= STAGE_BLOCK_ROWS:
@@ -243,10 +258,13 @@ def _stage_server_side(
     )
     reporter = _ProgressThread(stats, on_progress)
     reporter.start()
+    newlines, last = 0, b"\n"
     try:
         with open(path, "rb") as f, cur.cursor.copy(sql) as copy:
             while chunk := f.read(parsing.CHUNK_BYTES):
                 copy.write(chunk)
+                newlines += chunk.count(b"\n")
+                last = chunk[-1:]
                 stats.bytes_done += len(chunk)
                 should_stop()
                 reporter.raise_if_failed()
@@ -255,9 +273,15 @@ def _stage_server_side(
         return False
     finally:
         reporter.stop()
-    cur.execute(f"ANALYZE {STAGE}")
     cur.execute(f"SELECT count(*) FROM {STAGE}")
-    stats.rows_total = stats.rows_staged = int(cur.fetchone()[0])
+    staged = int(cur.fetchone()[0])
+    # PostgreSQL reads a line break inside quotes as part of the value: fewer records
+    # than lines means a quoted field spans lines (usually a quote left open). Only the
+    # Python path can name the lines each such record swallowed, and count them.
+    if staged != newlines - (last == b"\n"):
+        return False
+    cur.execute(f"ANALYZE {STAGE}")
+    stats.rows_total = stats.rows_staged = staged
     return True
 
 
@@ -591,6 +615,39 @@ class RecalcResult:
     lines: int
     kg_co2e: float
     missing: list[str]
+    # The data version the lines were computed from: [applied data ingest job, applied
+    # factors ingest job]. The aggregation checks it (see ``aggregate``).
+    basis: list[int | None] = field(default_factory=list)
+
+
+def _basis(cur: Any, year: int, module: str) -> list[int | None]:
+    cur.execute(
+        "SELECT data_job_id, factors_job_id FROM ingestion_modulestate WHERE year = %s AND module = %s",
+        [year, module],
+    )
+    row = cur.fetchone()
+    return [row[0], row[1]] if row else [None, None]
+
+
+def _compute_det_lines(cur: Any, *, year: int, module: str, det: str, pipeline_id: Any) -> int:
+    """Replace one DET's emission lines from the current data entries and factors."""
+    cur.execute("DELETE FROM ingestion_emissionline WHERE year = %s AND module = %s AND det = %s", [year, module, det])
+    cur.execute(
+        """
+        INSERT INTO ingestion_emissionline
+            (year, module, det, unit_id, category, activity, rows, factor, kg_co2e, pipeline_id)
+        SELECT d.year, d.module, d.det, d.unit_id, d.category, sum(d.activity * d.modifier), count(*),
+               f.kg_co2e_per_unit, sum(d.activity * d.modifier * f.kg_co2e_per_unit), %s
+        FROM ingestion_dataentry d
+        LEFT JOIN ingestion_factor f ON f.year = d.year AND f.module = d.module AND f.det = d.det
+             AND f.category = d.category AND NOT f.stale
+        WHERE d.upload_id = (SELECT data_upload_id FROM ingestion_modulestate WHERE year = %s AND module = %s)
+          AND d.year = %s AND d.module = %s AND d.det = %s
+        GROUP BY d.year, d.module, d.det, d.unit_id, d.category, f.kg_co2e_per_unit
+        """,
+        [pipeline_id, year, module, year, module, det],
+    )
+    return int(cur.rowcount)
 
 
 def recalc_det(*, year: int, module: str, det: str, pipeline_id: Any) -> RecalcResult:
@@ -598,25 +655,9 @@ def recalc_det(*, year: int, module: str, det: str, pipeline_id: Any) -> RecalcR
     lock_module_year(year, module, shared=True)
     lock_det(year, module, det)
     with connection.cursor() as cur:
-        cur.execute(
-            "DELETE FROM ingestion_emissionline WHERE year = %s AND module = %s AND det = %s", [year, module, det]
-        )
-        cur.execute(
-            """
-            INSERT INTO ingestion_emissionline
-                (year, module, det, unit_id, category, activity, rows, factor, kg_co2e, pipeline_id)
-            SELECT d.year, d.module, d.det, d.unit_id, d.category, sum(d.activity * d.modifier), count(*),
-                   f.kg_co2e_per_unit, sum(d.activity * d.modifier * f.kg_co2e_per_unit), %s
-            FROM ingestion_dataentry d
-            LEFT JOIN ingestion_factor f ON f.year = d.year AND f.module = d.module AND f.det = d.det
-                 AND f.category = d.category AND NOT f.stale
-            WHERE d.upload_id = (SELECT data_upload_id FROM ingestion_modulestate WHERE year = %s AND module = %s)
-              AND d.year = %s AND d.module = %s AND d.det = %s
-            GROUP BY d.year, d.module, d.det, d.unit_id, d.category, f.kg_co2e_per_unit
-            """,
-            [pipeline_id, year, module, year, module, det],
-        )
-        lines = cur.rowcount
+        # Stable until commit: applying data or factors takes the exclusive lock.
+        basis = _basis(cur, year, module)
+        lines = _compute_det_lines(cur, year=year, module=module, det=det, pipeline_id=pipeline_id)
         cur.execute(
             """SELECT COALESCE(sum(rows), 0), COALESCE(sum(rows) FILTER (WHERE kg_co2e IS NULL), 0),
                       COALESCE(sum(kg_co2e), 0)
@@ -637,7 +678,7 @@ def recalc_det(*, year: int, module: str, det: str, pipeline_id: Any) -> RecalcR
                ON CONFLICT (year, module) DO UPDATE SET data_version = ingestion_modulestate.data_version + 1""",
             [year, module],
         )
-    return RecalcResult(int(processed), int(without), lines, float(kg), missing)
+    return RecalcResult(int(processed), int(without), lines, float(kg), missing, basis)
 
 
 @dataclass
@@ -647,19 +688,34 @@ class AggregateResult:
     kg_co2e: float
     rows_without_factor: int
     computed_by: Any
+    # DETs whose lines this aggregation recomputed: their recalc had read older data.
+    refreshed_dets: list[str] = field(default_factory=list)
 
 
-def aggregate(*, year: int, module: str, pipeline_id: Any) -> AggregateResult:
+def aggregate(
+    *, year: int, module: str, pipeline_id: Any, recalc_bases: dict[str, list[int | None]] | None = None
+) -> AggregateResult:
     """Totals per unit x module x year and per module x year, recomputed only if stale.
 
     Holding the module-year lock exclusively means no ingest or recalc of this scope
     is mid-flight; if ``totals_version`` already equals ``data_version`` another
     pipeline's aggregation computed these very totals, and this one coalesces.
+
+    ``recalc_bases`` (DET → data version its recalc in this pipeline read): a DET
+    whose recalc read an older version than the current one (an upload was applied
+    between this pipeline's recalcs) is recomputed here first, under the lock, so
+    the totals are always those of one data version, never a mix of two files.
     """
     lock_module_year(year, module)
     now = timezone.now()
     with connection.cursor() as cur:
-        _, _, data_version, totals_version, totals_pipeline = _module_state(cur, year, module)
+        data_job, factors_job, data_version, totals_version, totals_pipeline = _module_state(cur, year, module)
+        current = [data_job, factors_job]
+        refreshed = sorted(det for det, basis in (recalc_bases or {}).items() if list(basis) != current)
+        for det in refreshed:
+            _compute_det_lines(cur, year=year, module=module, det=det, pipeline_id=pipeline_id)
+        if refreshed:
+            totals_version = -1  # the lines changed: never coalesce
         if data_version == totals_version and totals_pipeline is not None:
             cur.execute(
                 "SELECT kg_co2e, rows_without_factor FROM ingestion_total WHERE year=%s AND module=%s AND unit_id=''",
@@ -689,4 +745,4 @@ def aggregate(*, year: int, module: str, pipeline_id: Any) -> AggregateResult:
             [year, module],
         )
         kg, without = cur.fetchone()
-    return AggregateResult(True, written, float(kg), int(without), pipeline_id)
+    return AggregateResult(True, written, float(kg), int(without), pipeline_id, refreshed)

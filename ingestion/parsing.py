@@ -224,16 +224,18 @@ class _LineReader:
 
 @dataclass
 class RecordStream:
-    """Records of a CSV file after its header, with their 1-based row numbers.
+    """Records of a CSV file after its header, with the physical lines each spans.
 
-    ``row`` counts records after the header (blank lines included, so row N is the
-    file's line N + 1 unless a quoted field spans lines). File-level problems raise
-    :class:`FileRejected` naming the physical line.
+    Each item is ``(row, last_row, record)``: ``row`` is the record's first physical
+    line minus one (the header), so row N is the file's line N + 1 whatever came
+    before; ``last_row`` is its last line minus one, larger than ``row`` only when a
+    quoted field runs over line breaks (usually an unbalanced quote swallowing the
+    lines after it). File-level problems raise :class:`FileRejected` naming the line.
     """
 
     path: Path
 
-    def header_and_records(self) -> tuple[HeaderInfo, Iterator[tuple[int, list[str]]]]:
+    def header_and_records(self) -> tuple[HeaderInfo, Iterator[tuple[int, int, list[str]]]]:
         raw = open(self.path, "rb")  # closed by the records() generator
         head = raw.read(MAX_HEADER_BYTES + 1)
         end = head.find(b"\n")
@@ -243,13 +245,14 @@ class RecordStream:
         lines = _LineReader(text)
         reader = csv.reader(lines, delimiter=header.delimiter)
 
-        def records() -> Iterator[tuple[int, list[str]]]:
+        def records() -> Iterator[tuple[int, int, list[str]]]:
             try:
                 next(reader)  # the header
-                row = 0
+                header_lines = lines.line_no
+                previous = header_lines
                 for record in reader:
-                    row += 1
-                    yield row, record
+                    yield previous + 1 - header_lines, lines.line_no - header_lines, record
+                    previous = lines.line_no
             except csv.Error as exc:
                 raise FileRejected(f"line {lines.line_no}: {exc}", "bad_csv", line=lines.line_no) from None
             except UnicodeDecodeError as exc:

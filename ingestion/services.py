@@ -231,11 +231,17 @@ def upload_create(
     except parsing.FileRejected as exc:
         dest.unlink(missing_ok=True)
         raise UploadRejected(f"{safe_name}: {exc.message}", exc.code, exc.status) from None
-    previous = (
-        Upload.objects.filter(year_id=year, module=module, target=target, sha256=scan.sha256).order_by("-id").first()
-    )
     try:
         with transaction.atomic():
+            # Two identical files uploaded at once: the second waits here until the
+            # first's row is committed, then finds it (a lookup before the lock would
+            # see neither and flag neither as a duplicate).
+            loading.lock_upload_fingerprint(year, module, target, scan.sha256)
+            previous = (
+                Upload.objects.filter(year_id=year, module=module, target=target, sha256=scan.sha256)
+                .order_by("-id")
+                .first()
+            )
             upload = Upload.objects.create(
                 year_id=year, module=module, target=target, original_name=safe_name,
                 stored_name=str(dest.relative_to(settings.MEDIA_ROOT)), sha256=scan.sha256, size=scan.size,
@@ -348,7 +354,8 @@ def ingest_run(*, ctx: JobContext) -> Outcome:
             "rows_total": stats.rows_total,
             "rows_processed": stats.rows_total,
             "rows_loaded": rows_loaded,
-            "rows_rejected": check.rows_rejected,
+            # A record that swallowed lines is one row error; its lines are all rejected.
+            "rows_rejected": check.rows_rejected + stats.lines_merged,
             "rows_skipped": stats.rows_skipped,
             "row_errors_total": check.errors_total,
             "row_errors": check.first_errors,
@@ -427,7 +434,8 @@ def recalc_run(*, ctx: JobContext) -> Outcome:
     with ctx.effect() as eff:
         r = loading.recalc_det(year=year, module=module, det=det, pipeline_id=ctx.pipeline_id)
         meta = {"rows_processed": r.rows_processed, "rows_without_factor": r.rows_without_factor,
-                "emission_lines": r.lines, "kg_co2e": r.kg_co2e, "missing_factors": r.missing[:50]}
+                "emission_lines": r.lines, "kg_co2e": r.kg_co2e, "missing_factors": r.missing[:50],
+                "basis": r.basis}
         if r.rows_processed == 0:
             eff.outcome = Outcome(JobResult.SKIPPED, f"{det}: no data entries, nothing to compute", meta)
         elif r.rows_without_factor:
@@ -449,12 +457,23 @@ def aggregation_run(*, ctx: JobContext) -> Outcome:
     assert year is not None
     ctx.set_stage("aggregate")
     ctx.progress(0, None, phase="aggregating", force=True)
+    # The data version each of this pipeline's recalcs (upstream, so finished) read.
+    bases = {
+        det: job_meta["basis"]
+        for det, job_meta in Job.objects.filter(pipeline_id=ctx.pipeline_id, job_type="emission_recalc")
+        .values_list("det", "meta")
+        if job_meta and job_meta.get("basis")
+    }
     with ctx.effect() as eff:
-        a = loading.aggregate(year=year, module=module, pipeline_id=ctx.pipeline_id)
+        a = loading.aggregate(year=year, module=module, pipeline_id=ctx.pipeline_id, recalc_bases=bases)
         meta: dict[str, Any] = {"totals_written": a.totals_written, "kg_co2e": a.kg_co2e,
                                 "rows_without_factor": a.rows_without_factor}
         if a.recomputed:
             msg = f"Totals of {module} {year}: {a.kg_co2e:,.1f} kg CO2e ({a.totals_written - 1:,} units)"
+            if a.refreshed_dets:
+                meta["refreshed_dets"] = a.refreshed_dets
+                msg += (f"; {', '.join(a.refreshed_dets)} recomputed from the current data first (another upload "
+                        "was applied while this pipeline recalculated)")
         else:
             meta["coalesced_with_pipeline"] = str(a.computed_by)
             msg = (f"Totals already current (computed by pipeline {str(a.computed_by)[:8]} from the same data): "
