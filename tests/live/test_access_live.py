@@ -123,3 +123,32 @@ async def test_sse_stream_of_a_revoked_user_ends_within_seconds(revoke: Any) -> 
     # ...and a reconnect is refused (EventSource stops on a non-200 answer)
     again = await client.get(f"/api/v1/pipelines/{pipeline.pk}/stream/")
     assert again.status_code in (302, 401, 403)
+
+
+async def test_a_user_whose_last_grant_is_removed_sees_nothing_live() -> None:
+    # Given a user granted one module, and a pipeline of it plus a module-less one
+    from backoffice.models import ModuleGrant
+
+    user = await db(make_user, "ivy-last-grant", modules=("energy",))
+    cookie = await db(session_cookie, user)
+    energy = await db(plan, year=2031, module="energy")
+    await db(plan, year=2031, module="")
+
+    # When the last grant is removed
+    await db(lambda: ModuleGrant.objects.filter(user=user).delete())
+
+    # Then the console and year feeds show nothing (not everything)...
+    for path in ("/ws/pipelines/", "/ws/years/2031/"):
+        socket = Socket(path, cookie=cookie)
+        assert (await socket.connect())[0]
+        snap = await socket.next()
+        assert snap["type"] == "snapshot" and snap["pipelines"] == [] and snap["jobs"] == []
+        await socket.close()
+    # ...the module's DAG feed answers "not found", and so does its SSE stream
+    dag = Socket(f"/ws/pipelines/{energy.pk}/", cookie=cookie)
+    assert (await dag.connect())[0]
+    assert await dag.next() == {"type": "closed", "code": live.CLOSE_NOT_FOUND}
+    dag.closed = True
+    client = AsyncClient()
+    await client.aforce_login(user)
+    assert (await client.get(f"/api/v1/pipelines/{energy.pk}/stream/")).status_code == 404
