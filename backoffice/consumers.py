@@ -38,10 +38,6 @@ logger = logging.getLogger(__name__)
 # channels-redis drops a channel from its groups after ``group_expiry`` (1 day by
 # default) unless re-added: a console left open over a weekend would go silent.
 GROUP_REFRESH_SECONDS = 3600.0
-# How often an open socket re-reads its user (active? roles? module scope?): a user
-# deactivated or stripped of a role stops receiving within this many seconds.
-# ``SLUICE_LIVE_ACCESS_RECHECK_SECONDS`` overrides it.
-ACCESS_RECHECK_SECONDS = 3.0
 # A socket this far behind (a stalled browser) is closed; it reconnects with ?after=
 # and catches up from the database instead of holding the server's memory.
 OUTBOX_MAX = 5000
@@ -183,8 +179,10 @@ class LiveConsumer(AsyncWebsocketConsumer):
         return int(snap["seq"])
 
     async def _watch_access(self) -> None:
-        """Re-read the user every few seconds: close on revocation, resend on a new scope."""
-        seconds = float(getattr(settings, "SLUICE_LIVE_ACCESS_RECHECK_SECONDS", ACCESS_RECHECK_SECONDS))
+        """Re-read the user every ``SLUICE_LIVE_ACCESS_RECHECK_SECONDS`` (3 s): a user
+        deactivated or stripped of a role stops receiving within it; a changed module
+        scope gets a fresh snapshot."""
+        seconds = float(settings.SLUICE_LIVE_ACCESS_RECHECK_SECONDS)
         while True:
             await asyncio.sleep(seconds)
             try:

@@ -61,7 +61,7 @@ def _visible_module(user: Any, pipeline_id: Any) -> tuple[bool, bool]:
 
 
 def _access_seconds() -> float:
-    return float(getattr(settings, "SLUICE_LIVE_ACCESS_RECHECK_SECONDS", 3.0))
+    return float(settings.SLUICE_LIVE_ACCESS_RECHECK_SECONDS)
 
 
 def _still_visible(user: Any, pipeline_id: Any) -> bool:
