@@ -57,6 +57,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.syncing = True
+        # The seq the last snapshot/replay covered: see ``deliver``.
+        self.covered = 0
         self.buffer: list[dict[str, Any]] = []
         self.outbox: asyncio.Queue[str] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
@@ -114,6 +116,12 @@ class LiveConsumer(AsyncWebsocketConsumer):
         """Called by the hub for each event of a joined group (same dict for every socket)."""
         if not live.visible(self.access.modules, event):
             return
+        if int(event["seq"]) <= self.covered:
+            # Committed before the snapshot/replay read (so sent with it) but published
+            # after it: publishing follows the commit asynchronously, and a busy
+            # publisher can deliver an event after the socket went live. Every event of
+            # seq <= covered was committed before the read, so nothing is lost here.
+            return
         if self.syncing:
             self.buffer.append(event)
         elif self.outbox.qsize() >= OUTBOX_MAX:
@@ -146,6 +154,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         """Snapshot or replay, then flush what arrived meanwhile and go live."""
         try:
             upto = await self._send_stored(after)
+            self.covered = upto
             # Drain until empty with no await between the last check and going live,
             # so a live event can neither be lost nor overtake the buffer.
             while self.buffer:
