@@ -115,7 +115,6 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -143,6 +142,17 @@ CHANNEL_LAYERS = {
         },
     }
 }
+
+# --- Reliability: Redis restarts (docs/RELIABILITY.md) ------------------------------------
+# kombu's Redis transport crashes the worker when Redis restarts under a late-ack task
+# ("Unrecoverable error: AttributeError … 'hostname'"); config/broker.py says why and
+# keeps the channel usable. Only for plain redis:// and rediss:// URLs.
+if CELERY_BROKER_URL.split("://", 1)[0] in ("redis", "rediss"):
+    CELERY_BROKER_TRANSPORT = "config.broker:Transport"
+# Off: cancelling late-ack tasks on a broker blip kills healthy jobs (their state lives
+# in PostgreSQL, which did not blip) and makes them start over. A message the broker
+# redelivers meanwhile is stopped by the job's claim (a compare-and-set on the row).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 
 # --- Sluice engine -------------------------------------------------------------------------
 SLUICE_QUEUES = ["ingest", "recalc", "aggregate", "default"]

