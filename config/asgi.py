@@ -10,7 +10,17 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-django_asgi_app = get_asgi_application()
+# The web process uses a bounded connection pool (config/settings.py, docs/RELIABILITY.md).
+# Set only while the settings load: a process this one starts (a test importing this
+# module starts Celery workers) must not inherit it.
+_pool_by_default = "SLUICE_DB_POOL" not in os.environ
+if _pool_by_default:
+    os.environ["SLUICE_DB_POOL"] = "true"
+try:
+    django_asgi_app = get_asgi_application()
+finally:
+    if _pool_by_default:
+        os.environ.pop("SLUICE_DB_POOL", None)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -154,6 +154,22 @@ if CELERY_BROKER_URL.split("://", 1)[0] in ("redis", "rediss"):
 # redelivers meanwhile is stopped by the job's claim (a compare-and-set on the row).
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 
+# The web (ASGI) process serves each request on its own thread, and persistent
+# connections (CONN_MAX_AGE) stay open per thread: a burst of parallel requests exhausted
+# PostgreSQL's max_connections. It uses a bounded psycopg pool instead; ``config/asgi.py``
+# turns it on. Celery's prefork children keep their one persistent connection each (a
+# pool must not be shared across fork), so workers leave SLUICE_DB_POOL unset.
+if env_bool("SLUICE_DB_POOL", False):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # required by the pool: a request returns its connection
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("SLUICE_DB_POOL_MIN_SIZE", 2, minimum=0),
+        "max_size": env_int("SLUICE_DB_POOL_MAX_SIZE", 10, minimum=1),
+        # A request waits this long for a free connection, then fails with a 503.
+        "timeout": env_float("SLUICE_DB_POOL_TIMEOUT", 10.0, minimum=0.1),
+    }
+# PostgreSQL or Redis unreachable: a 503 with Retry-After, not a 500 (config/middleware.py).
+MIDDLEWARE = [*MIDDLEWARE, "config.middleware.ServiceUnavailableMiddleware"]
+
 # --- Sluice engine -------------------------------------------------------------------------
 SLUICE_QUEUES = ["ingest", "recalc", "aggregate", "default"]
 # job_type -> queue; a job type absent here uses the queue its handler registered.
