@@ -79,8 +79,13 @@ def _read(pipeline_id: Any, after: int) -> tuple[bool, list[dict[str, Any]]]:
     # Threads of the shared executor keep their connection between polls; drop it if
     # it broke or outlived CONN_MAX_AGE (Django's request signals do not run here).
     close_old_connections()
-    status = Pipeline.objects.filter(pk=pipeline_id).values_list("status", flat=True).first()
-    batch = selectors.events_after(after_seq=after, pipeline_id=pipeline_id, limit=BATCH)
+    try:
+        status = Pipeline.objects.filter(pk=pipeline_id).values_list("status", flat=True).first()
+        batch = selectors.events_after(after_seq=after, pipeline_id=pipeline_id, limit=BATCH)
+    finally:
+        # With the web process's pool (CONN_MAX_AGE=0) this hands the connection back
+        # between polls instead of holding a pool slot per idle executor thread.
+        close_old_connections()
     return status is None or status in DONE_STATUSES, batch
 
 
