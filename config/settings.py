@@ -154,12 +154,14 @@ if CELERY_BROKER_URL.split("://", 1)[0] in ("redis", "rediss"):
 # redelivers meanwhile is stopped by the job's claim (a compare-and-set on the row).
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 
-# The web (ASGI) process serves each request on its own thread, and persistent
-# connections (CONN_MAX_AGE) stay open per thread: a burst of parallel requests exhausted
-# PostgreSQL's max_connections. It uses a bounded psycopg pool instead; ``config/asgi.py``
-# turns it on. Celery's prefork children keep their one persistent connection each (a
-# pool must not be shared across fork), so workers leave SLUICE_DB_POOL unset.
-if env_bool("SLUICE_DB_POOL", False):
+# The web (ASGI) process: ``config/asgi.py`` sets this while the settings load.
+WEB_PROCESS = env_bool("SLUICE_WEB_PROCESS", False)
+# The web process serves each request on its own thread, and persistent connections
+# (CONN_MAX_AGE) stay open per thread: a burst of parallel requests exhausted
+# PostgreSQL's max_connections. It uses a bounded psycopg pool instead. Celery's prefork
+# children keep their one persistent connection each (a pool must not be shared across
+# fork), so the pool is off outside the web process.
+if env_bool("SLUICE_DB_POOL", WEB_PROCESS):
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # required by the pool: a request returns its connection
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("SLUICE_DB_POOL_MIN_SIZE", 2, minimum=0),
@@ -167,6 +169,16 @@ if env_bool("SLUICE_DB_POOL", False):
         # A request waits this long for a free connection, then fails with a 503.
         "timeout": env_float("SLUICE_DB_POOL_TIMEOUT", 10.0, minimum=0.1),
     }
+if WEB_PROCESS:
+    # A request must not wait out Celery's result-backend retries (20 x 1 s) when Redis is
+    # down: fail fast, the dispatch is then left to the reaper (pipelines/dispatch.py).
+    # Workers keep the defaults, which ride out a short Redis restart.
+    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
+        **CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS,
+        "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
+    }
+    CELERY_BROKER_CONNECTION_TIMEOUT = 1.0
+    CELERY_BROKER_TRANSPORT_OPTIONS = {**CELERY_BROKER_TRANSPORT_OPTIONS, "socket_connect_timeout": 1.0}
 # PostgreSQL or Redis unreachable: a 503 with Retry-After, not a 500 (config/middleware.py).
 MIDDLEWARE = [*MIDDLEWARE, "config.middleware.ServiceUnavailableMiddleware"]
 
@@ -306,3 +318,13 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "backoffice.api_auth.admin_lockout_response"
 # Behind a reverse proxy, REMOTE_ADDR is the proxy: list the header it sets, e.g. HTTP_X_FORWARDED_FOR.
 AXES_IPWARE_META_PRECEDENCE_ORDER = env_list("SLUICE_CLIENT_IP_HEADERS", ["REMOTE_ADDR"])
+
+# --- Reliability: Redis on the request path (docs/RELIABILITY.md) ---------------------------
+# Throttle counters: short socket timeouts, and a process-local fallback while Redis is
+# unreachable (throttling goes on per process instead of answering 500).
+CACHES["api_throttle"]["BACKEND"] = "config.cache.FallbackRedisCache"
+# Publishing a job's message: a short retry, then the job is left to the reaper
+# (pipelines/dispatch.py) instead of blocking the request or the worker.
+SLUICE_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.25, "interval_max": 0.5}
+# A queued job whose publish failed is re-sent by the reaper once it is this old.
+SLUICE_UNSENT_GRACE_SECONDS = env_float("SLUICE_UNSENT_GRACE_SECONDS", 2.0, minimum=0.1)

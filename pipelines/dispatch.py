@@ -41,16 +41,29 @@ def build_canvas(job_ids: Iterable[int]) -> Any:
     return parts[0] if len(parts) == 1 else chain(*parts)
 
 
-def send(job_ids: Iterable[int], *, countdown: float | None = None) -> None:
+def send(job_ids: Iterable[int], *, countdown: float | None = None) -> bool:
+    """Publish the jobs' canvas; False (and the jobs left to the reaper) if Redis refused.
+
+    The plan is already committed, so a failed publish must neither raise into the
+    request nor wait long: the retry policy is short, and ``dispatched_at`` is cleared,
+    which the reaper reads as "never sent" and re-sends on its next round
+    (``SLUICE_UNSENT_GRACE_SECONDS``), without waiting for the lost-message threshold.
+    """
     ids = list(job_ids)
     canvas = build_canvas(ids)
     if canvas is None:
-        return
-    options: dict[str, Any] = {}
+        return True
+    options: dict[str, Any] = {"retry": True, "retry_policy": settings.SLUICE_PUBLISH_RETRY_POLICY}
     if countdown:
         options["countdown"] = countdown
-    canvas.apply_async(**options)
+    try:
+        canvas.apply_async(**options)
+    except Exception as exc:  # noqa: BLE001 - any publish failure: the reaper re-sends
+        logger.warning("dispatch of jobs %s failed, left to the reaper: %r", ids, exc)
+        Job.objects.filter(pk__in=ids).update(dispatched_at=None)
+        return False
     Job.objects.filter(pk__in=ids).update(dispatched_at=timezone.now())
+    return True
 
 
 def queue_depths() -> dict[str, int]:

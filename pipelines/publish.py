@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from django.conf import settings
@@ -69,6 +70,9 @@ def batches_by_group(messages: list[dict[str, Any]]) -> dict[str, list[dict[str,
 # Batches waiting for Redis beyond this are dropped (and logged): with Redis down a
 # worker must not grow without bound. Clients see the gap by ``pipeline_seq`` and resync.
 MAX_PENDING_BATCHES = 10_000
+# A batch Redis refused is re-sent for this long (below the layer's 60 s message expiry,
+# after which a receiver would drop it anyway).
+RESEND_FOR_SECONDS = 30.0
 
 
 class _Publisher:
@@ -101,20 +105,8 @@ class _Publisher:
         while True:
             messages = await self.queue.get()
             try:
-                layer = self.layer
-                if layer is not None:
-                    # One channel message per group per committed transaction, carrying
-                    # that group's events in seq order: a transition's 2-6 events cost
-                    # one Redis round trip per group, not one per event. Groups are
-                    # independent streams, so they go in parallel. Each message names
-                    # its group: a web process receives every group on one channel
-                    # (``backoffice.live.Hub``) and routes by it.
-                    await asyncio.gather(
-                        *(
-                            layer.group_send(g, {"type": "events.batch", "group": g, "events": batch})
-                            for g, batch in batches_by_group(messages).items()
-                        )
-                    )
+                if self.layer is not None:
+                    await self._send(batches_by_group(messages))
             except Exception:
                 logger.warning("event publish failed", exc_info=True)
             finally:
@@ -122,6 +114,39 @@ class _Publisher:
                     self.pending -= 1
                     if self.pending == 0:
                         self.idle.set()
+
+    async def _send(self, batches: dict[str, list[dict[str, Any]]]) -> None:
+        """Send each group its batch; re-send the groups that failed until RESEND_FOR_SECONDS.
+
+        One channel message per group per committed transaction, carrying that group's
+        events in seq order: a transition's 2-6 events cost one Redis round trip per
+        group, not one per event. Groups are independent streams, so they go in
+        parallel. Each message names its group: a web process receives every group on
+        one channel (``backoffice.live.Hub``) and routes by it.
+
+        A failed send is retried, not dropped: right after Redis restarts, the first
+        command on each pooled connection fails, and that batch used to be lost. Later
+        batches wait behind it, so each group's stream stays in order.
+        """
+        deadline = time.monotonic() + RESEND_FOR_SECONDS
+        delay = 0.05
+        while True:
+            groups = list(batches)
+            results = await asyncio.gather(
+                *(self.layer.group_send(g, {"type": "events.batch", "group": g, "events": batches[g]}) for g in groups),
+                return_exceptions=True,
+            )
+            failed = {g: batches[g] for g, r in zip(groups, results, strict=True) if isinstance(r, BaseException)}
+            if not failed:
+                return
+            if time.monotonic() >= deadline:
+                error = next(r for r in results if isinstance(r, BaseException))
+                logger.warning("event publish failed for %ss; dropped %d group batch(es): %r",
+                               RESEND_FOR_SECONDS, len(failed), error)
+                return
+            batches = failed
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def submit(self, messages: list[dict[str, Any]]) -> None:
         with self.lock:

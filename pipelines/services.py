@@ -980,10 +980,12 @@ def reap(*, queue_depths: dict[str, int] | None = None) -> ReapReport:
 
     1. Running jobs whose heartbeat is stale: back to ``queued`` and re-sent while
        attempts remain, else finished ``error`` with the reason.
-    2. Queued jobs (upstream done, queue not paused) whose message has not been picked
-       up for ``SLUICE_REDISPATCH_AFTER_SECONDS`` while their Redis queue is empty —
-       the message was lost (Redis restarted, chord never fired) — are sent again.
-       Duplicates are harmless: the claim is a compare-and-set.
+    2. Queued jobs (queue not paused) whose publish failed are sent again after
+       ``SLUICE_UNSENT_GRACE_SECONDS``.
+    3. Queued jobs whose message has not been picked up for
+       ``SLUICE_REDISPATCH_AFTER_SECONDS`` while their Redis queue is empty — the
+       message was lost (Redis restarted, chord never fired) — are sent again.
+    Duplicates are harmless: the claim is a compare-and-set.
     """
     report = ReapReport()
     now = timezone.now()
@@ -1007,24 +1009,34 @@ def reap(*, queue_depths: dict[str, int] | None = None) -> ReapReport:
                 )
                 report.recovered.append(job_id)
 
-    lost_before = now - timedelta(seconds=settings.SLUICE_REDISPATCH_AFTER_SECONDS)
     paused = set(QueueState.objects.filter(paused=True).values_list("name", flat=True))
-    candidates = (
-        Job.objects.filter(state=JobState.QUEUED)
-        .exclude(queue__in=paused)
-        .filter(Q(dispatched_at__lt=lost_before) | Q(dispatched_at__isnull=True, queued_at__lt=lost_before))
-        .filter(Q(queued_at__lt=lost_before) | Q(queued_at__isnull=True))
-    )
-    depths = queue_depths if queue_depths is not None else _queue_depths()
+    waiting = Job.objects.filter(state=JobState.QUEUED).exclude(queue__in=paused)
     by_pipeline: dict[Any, list[int]] = defaultdict(list)
-    for pk, pid, queue in candidates.values_list("pk", "pipeline_id", "queue"):
-        if depths.get(queue, 0) == 0:
-            by_pipeline[pid].append(pk)
+    # Never sent: the publish failed (``dispatch.send`` cleared ``dispatched_at``) or the
+    # process died between commit and publish. Re-sent after a short grace, whatever the
+    # queues hold.
+    unsent_before = now - timedelta(seconds=settings.SLUICE_UNSENT_GRACE_SECONDS)
+    for pk, pid in waiting.filter(dispatched_at__isnull=True, queued_at__lt=unsent_before).values_list(
+        "pk", "pipeline_id"
+    ):
+        by_pipeline[pid].append(pk)
+    # Sent, but the message is gone (Redis restarted, a chord never fired).
+    lost_before = now - timedelta(seconds=settings.SLUICE_REDISPATCH_AFTER_SECONDS)
+    candidates = list(
+        waiting.filter(dispatched_at__lt=lost_before)
+        .filter(Q(queued_at__lt=lost_before) | Q(queued_at__isnull=True))
+        .values_list("pk", "pipeline_id", "queue")
+    )
+    if candidates:
+        depths = queue_depths if queue_depths is not None else _queue_depths()
+        for pk, pid, queue in candidates:
+            if depths.get(queue, 0) == 0:
+                by_pipeline[pid].append(pk)
     from pipelines import dispatch
 
     for pid, ids in by_pipeline.items():
-        dispatch.send(_unfinished_closure(pid, ids))
-        report.redispatched.extend(ids)
+        if dispatch.send(_unfinished_closure(pid, ids)):
+            report.redispatched.extend(ids)
     return report
 
 

@@ -78,6 +78,7 @@ _DESCRIPTIONS = {
     415: "Not a CSV file",
     429: "Throttled",
     500: "Unexpected error (JSON, with the request id that is in the log)",
+    503: "A backing service (PostgreSQL or Redis) is unreachable; retry after Retry-After seconds",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import kombu.exceptions
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, serializers, status
@@ -24,10 +25,15 @@ def _inspect_timeout() -> float:
     return float(getattr(settings, "SLUICE_INSPECT_TIMEOUT", 1.0))
 
 
-def _workers() -> list[Any]:
+def _workers(*, strict: bool = False) -> list[Any]:
+    """Live workers; with the broker down, none (the queue list) or a 503 (``strict``)."""
     try:
         return list(worker_list(timeout=_inspect_timeout()))
-    except Exception:  # noqa: BLE001 - broker down: report no live worker rather than a 500
+    except Exception as exc:
+        if strict:
+            # An empty list would claim every worker is gone: say the broker is
+            # unreachable instead (config.middleware answers 503).
+            raise kombu.exceptions.OperationalError(f"cannot ask the workers: {exc}") from exc
         return []
 
 
@@ -113,9 +119,9 @@ class WorkerSerializer(serializers.Serializer):
 
 
 class WorkerListView(ApiView):
-    @extend_schema(responses={200: WorkerSerializer(many=True), **error_responses()})
+    @extend_schema(responses={200: WorkerSerializer(many=True), **error_responses(503)})
     def get(self, request: Request) -> Response:
-        return Response(WorkerSerializer(_workers(), many=True).data)
+        return Response(WorkerSerializer(_workers(strict=True), many=True).data)
 
 
 class AlertItemSerializer(serializers.Serializer):

