@@ -8,6 +8,7 @@ practice: ``make run`` / ``make test`` export them for the embedded servers when
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import dj_database_url
 
@@ -173,12 +174,11 @@ if WEB_PROCESS:
     # A request must not wait out Celery's result-backend retries (20 x 1 s) when Redis is
     # down: fail fast, the dispatch is then left to the reaper (pipelines/dispatch.py).
     # Workers keep the defaults, which ride out a short Redis restart.
-    CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
-        **CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS,
-        "retry_policy": {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
+    cast(dict[str, Any], CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS)["retry_policy"] = {
+        "max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2,
     }
+    cast(dict[str, Any], CELERY_BROKER_TRANSPORT_OPTIONS)["socket_connect_timeout"] = 1.0
     CELERY_BROKER_CONNECTION_TIMEOUT = 1.0
-    CELERY_BROKER_TRANSPORT_OPTIONS = {**CELERY_BROKER_TRANSPORT_OPTIONS, "socket_connect_timeout": 1.0}
 # PostgreSQL or Redis unreachable: a 503 with Retry-After, not a 500 (config/middleware.py).
 MIDDLEWARE = [*MIDDLEWARE, "config.middleware.ServiceUnavailableMiddleware"]
 

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import Any
-
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -14,16 +12,16 @@ def _postgres() -> str:
     """A fresh connection, not one from the web process's pool: the pool would wait its
     whole timeout for a server that is gone, and a pooled connection may be stale."""
     import psycopg
+    from psycopg.conninfo import make_conninfo
 
-    db: dict[str, Any] = settings.DATABASES["default"]
+    db = settings.DATABASES["default"]
     params = {
         "dbname": db["NAME"], "user": db.get("USER") or None, "password": db.get("PASSWORD") or None,
         "host": db.get("HOST") or None, "port": db.get("PORT") or None,
     }
+    conninfo = make_conninfo(**{k: str(v) for k, v in params.items() if v})
     try:
-        with psycopg.connect(
-            **{k: v for k, v in params.items() if v}, connect_timeout=PROBE_TIMEOUT_SECONDS
-        ) as conn:
+        with psycopg.connect(conninfo, connect_timeout=PROBE_TIMEOUT_SECONDS) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         return f"unreachable: {str(exc).strip()[:200]}"
