@@ -72,7 +72,9 @@ class RedisServer:
 def celery_broker(url: str) -> Iterator[Any]:
     """Point this process's Celery app (dispatch, queue depths) at ``url`` for a while.
 
-    The app caches its connection and producer pools: drop them on the way in and out.
+    The app caches its connection and producer pools and (per thread) its result
+    backend, which chords write to: drop them all on the way in and out, or later tests
+    would dispatch chords through a Redis that is gone.
     """
     from config.celery import app
 
@@ -85,6 +87,17 @@ def celery_broker(url: str) -> Iterator[Any]:
             with contextlib.suppress(Exception):
                 pool.force_close_all()
         app.amqp._producer_pool = None
+        backend = app._backend_cache or app._local.__dict__.get("backend")
+        consumer = getattr(backend, "result_consumer", None)
+        if getattr(consumer, "_pubsub", None) is not None:
+            # Results still referencing this backend unsubscribe when collected; with
+            # its Redis gone that would retry for 20 s. Close its subscription now.
+            with contextlib.suppress(Exception):
+                consumer._pubsub.close()
+            consumer._pubsub = None
+            consumer.subscribed_to.clear()
+        app._backend_cache = None
+        app._local.__dict__.pop("backend", None)
 
     app.conf.broker_url = url
     app.conf.result_backend = url
