@@ -197,9 +197,12 @@ SLUICE_HANDLER_MODULES = env_list(
     "SLUICE_HANDLER_MODULES", ["pipelines.builtin_handlers", "ingestion.handlers"]
 )
 SLUICE_HEARTBEAT_SECONDS = env_float("SLUICE_HEARTBEAT_SECONDS", 5.0, minimum=0.05)
-SLUICE_STALE_AFTER_SECONDS = env_float("SLUICE_STALE_AFTER_SECONDS", 30.0, minimum=0.2)
-SLUICE_REDISPATCH_AFTER_SECONDS = env_float("SLUICE_REDISPATCH_AFTER_SECONDS", 60.0, minimum=0.2)
-SLUICE_REAPER_INTERVAL_SECONDS = env_float("SLUICE_REAPER_INTERVAL_SECONDS", 10.0, minimum=0.5)
+# Recovery bounds (docs/RELIABILITY.md): a dead worker's job is re-queued after
+# STALE_AFTER (3 missed heartbeats) + at most one reaper interval; a lost message is
+# re-sent after REDISPATCH_AFTER + one interval (the reaper reads the queues' contents).
+SLUICE_STALE_AFTER_SECONDS = env_float("SLUICE_STALE_AFTER_SECONDS", 15.0, minimum=0.2)
+SLUICE_REDISPATCH_AFTER_SECONDS = env_float("SLUICE_REDISPATCH_AFTER_SECONDS", 10.0, minimum=0.2)
+SLUICE_REAPER_INTERVAL_SECONDS = env_float("SLUICE_REAPER_INTERVAL_SECONDS", 5.0, minimum=0.5)
 SLUICE_MAX_ATTEMPTS = env_int("SLUICE_MAX_ATTEMPTS", 3, minimum=1)
 SLUICE_PROGRESS_MIN_INTERVAL_SECONDS = env_float("SLUICE_PROGRESS_MIN_INTERVAL_SECONDS", 0.25)
 SLUICE_RETENTION_DAYS = env_int("SLUICE_RETENTION_DAYS", 90, minimum=1)

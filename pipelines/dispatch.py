@@ -9,6 +9,8 @@ re-sends what was lost).
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -21,6 +23,8 @@ from pipelines import dag
 from pipelines.models import Job, JobState
 
 logger = logging.getLogger(__name__)
+
+RUN_JOB = "sluice.run_job"
 
 
 def build_canvas(job_ids: Iterable[int]) -> Any:
@@ -76,3 +80,77 @@ def queue_depths() -> dict[str, int]:
         for queue in settings.SLUICE_QUEUES:
             pipe.llen(queue)
         return dict(zip(settings.SLUICE_QUEUES, (int(n) for n in pipe.execute()), strict=True))
+
+
+# Above this many waiting messages the reaper does not read them all and falls back to
+# "queue empty" as the sign of a lost message.
+SCAN_LIMIT = 5000
+
+
+def job_ids_in_broker() -> set[int] | None:
+    """Ids of the jobs whose message is waiting in a queue or reserved by a worker.
+
+    Chain and chord continuations travel inside their upstream's message, so those count
+    too. None when the queues are too long to read (``SCAN_LIMIT``). A queued job whose
+    id is not here has lost its message: the reaper re-sends it without waiting for the
+    queue to drain.
+    """
+    from config.celery import app
+
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        client = channel.client
+        pipe = client.pipeline()
+        for queue in settings.SLUICE_QUEUES:
+            pipe.llen(queue)
+        pipe.hlen(channel.unacked_key)
+        if sum(int(n) for n in pipe.execute()) > SCAN_LIMIT:
+            return None
+        pipe = client.pipeline()
+        for queue in settings.SLUICE_QUEUES:
+            pipe.lrange(queue, 0, -1)
+        pipe.hvals(channel.unacked_key)
+        *queued, reserved = pipe.execute()
+    found: set[int] = set()
+    for raw in [m for q in queued for m in q]:
+        _collect_job_ids(_decode(raw), found)
+    for raw in reserved:
+        try:
+            payload = json.loads(raw)[0]  # [message, exchange, routing key]
+        except (ValueError, IndexError, TypeError):
+            continue
+        _collect_job_ids(_decode(payload), found)
+    return found
+
+
+def _decode(raw: Any) -> Any:
+    """A kombu Redis message (JSON, body base64) → (headers, body) as plain data."""
+    try:
+        message = json.loads(raw) if isinstance(raw, str | bytes) else raw
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return {"headers": message.get("headers") or {}, "body": json.loads(body)}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _collect_job_ids(node: Any, found: set[int]) -> None:
+    """Every ``sluice.run_job`` in a message: its own task, and signatures nested in it."""
+    if isinstance(node, dict):
+        headers = node.get("headers")
+        if isinstance(headers, dict) and headers.get("task") == RUN_JOB and "body" in node:
+            args = node["body"][0] if isinstance(node["body"], list) and node["body"] else []
+            _add(args, found)
+        if node.get("task") == RUN_JOB:
+            _add(node.get("args"), found)
+        for value in node.values():
+            _collect_job_ids(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _collect_job_ids(value, found)
+
+
+def _add(args: Any, found: set[int]) -> None:
+    if isinstance(args, list) and args and isinstance(args[0], int):
+        found.add(args[0])

@@ -968,6 +968,40 @@ def _queue_set(*, queue: str, paused: bool, actor: Any, reason: str) -> QueueSta
 # --- the reaper ---------------------------------------------------------------------------
 
 
+def _recover_lost(work: _Dag, job: Job, why: str, message: str) -> bool:
+    """Requeue a running job whose attempt is gone (True), or fail it once attempts ran out."""
+    if job.attempts >= job.max_attempts:
+        _fail_exhausted(work, job, why)
+        return False
+    _requeue_running(work, job, message)
+    operator_action_record(
+        actor=None, action=OperatorActionKind.RECOVER, target_type="job", target_id=str(job.pk),
+        pipeline=work.pipeline, reason=why,
+    )
+    return True
+
+
+def job_process_lost(*, task_id: str, reason: str) -> int | None:
+    """The worker's pool process running delivery ``task_id`` died: recover its job now.
+
+    Called by the worker's main process (``pipelines.tasks.JobRequest``), which sees the
+    child die at once; without it the job waits for its heartbeat to go stale and the
+    reaper (``SLUICE_STALE_AFTER_SECONDS`` + ``SLUICE_REAPER_INTERVAL_SECONDS``).
+    Returns the recovered job's id, or None when the delivery no longer owns a job.
+    """
+    job_id = Job.objects.filter(state=JobState.RUNNING, celery_task_id=task_id).values_list("pk", flat=True).first()
+    if job_id is None:
+        return None
+    with transaction.atomic():
+        work = _Dag.lock_for_job(job_id)
+        job = work.jobs[job_id]
+        if job.state != JobState.RUNNING or job.celery_task_id != task_id:
+            return None  # finished, cancelled or taken over meanwhile
+        why = f"worker process died on {job.worker} ({reason})"
+        _recover_lost(work, job, why, f"Recovered at once: its worker process died ({reason})")
+    return job_id
+
+
 @dataclass
 class ReapReport:
     recovered: list[int] = field(default_factory=list)
@@ -982,9 +1016,10 @@ def reap(*, queue_depths: dict[str, int] | None = None) -> ReapReport:
        attempts remain, else finished ``error`` with the reason.
     2. Queued jobs (queue not paused) whose publish failed are sent again after
        ``SLUICE_UNSENT_GRACE_SECONDS``.
-    3. Queued jobs whose message has not been picked up for
-       ``SLUICE_REDISPATCH_AFTER_SECONDS`` while their Redis queue is empty — the
-       message was lost (Redis restarted, chord never fired) — are sent again.
+    3. Queued jobs waiting longer than ``SLUICE_REDISPATCH_AFTER_SECONDS`` whose
+       message is in no queue and reserved by no worker (read from Redis; if the
+       queues are too long to read: whose queue is empty) — the message was lost
+       (Redis restarted, chord never fired) — are sent again.
     Duplicates are harmless: the claim is a compare-and-set.
     """
     report = ReapReport()
@@ -998,16 +1033,11 @@ def reap(*, queue_depths: dict[str, int] | None = None) -> ReapReport:
             if job.state != JobState.RUNNING or job.heartbeat_at is None or job.heartbeat_at >= stale_before:
                 continue  # it beat or finished while we were getting the lock
             age = (now - job.heartbeat_at).total_seconds()
-            if job.attempts >= job.max_attempts:
-                _fail_exhausted(work, job, f"worker {job.worker} stopped sending heartbeats ({age:.0f}s)")
-                report.failed.append(job_id)
-            else:
-                _requeue_running(work, job, f"Recovered automatically: no heartbeat for {age:.0f}s")
-                operator_action_record(
-                    actor=None, action=OperatorActionKind.RECOVER, target_type="job", target_id=str(job_id),
-                    pipeline=work.pipeline, reason=f"stale heartbeat ({age:.0f}s)",
-                )
+            why = f"worker {job.worker} stopped sending heartbeats ({age:.0f}s)"
+            if _recover_lost(work, job, why, f"Recovered automatically: no heartbeat for {age:.0f}s"):
                 report.recovered.append(job_id)
+            else:
+                report.failed.append(job_id)
 
     paused = set(QueueState.objects.filter(paused=True).values_list("name", flat=True))
     waiting = Job.objects.filter(state=JobState.QUEUED).exclude(queue__in=paused)
@@ -1028,16 +1058,32 @@ def reap(*, queue_depths: dict[str, int] | None = None) -> ReapReport:
         .values_list("pk", "pipeline_id", "queue")
     )
     if candidates:
-        depths = queue_depths if queue_depths is not None else _queue_depths()
-        for pk, pid, queue in candidates:
-            if depths.get(queue, 0) == 0:
-                by_pipeline[pid].append(pk)
+        # Lost = in no queue and reserved by no worker, read from Redis itself; where
+        # the queues are too long to read, an empty queue is the sign.
+        in_broker = _job_ids_in_broker() if queue_depths is None else None
+        if in_broker is not None:
+            lost = [(pk, pid) for pk, pid, _queue in candidates if pk not in in_broker]
+        else:
+            depths = queue_depths if queue_depths is not None else _queue_depths()
+            lost = [(pk, pid) for pk, pid, queue in candidates if depths.get(queue, 0) == 0]
+        for pk, pid in lost:
+            by_pipeline[pid].append(pk)
     from pipelines import dispatch
 
     for pid, ids in by_pipeline.items():
         if dispatch.send(_unfinished_closure(pid, ids)):
             report.redispatched.extend(ids)
     return report
+
+
+def _job_ids_in_broker() -> set[int] | None:
+    from pipelines import dispatch
+
+    try:
+        return dispatch.job_ids_in_broker()
+    except Exception:
+        logger.warning("could not read the queues' messages", exc_info=True)
+        return None
 
 
 def _queue_depths() -> dict[str, int]:

@@ -136,7 +136,7 @@ def test_kill_9_of_the_whole_worker_is_recovered_and_the_effect_applied_once(
     assert len(effect_table(a.pk)) == 1
 
 
-def test_kill_9_of_a_pool_process_is_taken_over_by_the_redelivery(
+def test_kill_9_of_a_pool_process_is_requeued_at_once_by_the_worker(
     worker_factory: Any, wait_for_pipeline: Any, effect_table: Any, isolated_queue: str
 ) -> None:
     # given a job whose pool process is killed mid-run (the worker parent survives)
@@ -145,14 +145,14 @@ def test_kill_9_of_a_pool_process_is_taken_over_by_the_redelivery(
     a = pipeline.jobs.get()
     pid = wait_until(lambda: Job.objects.get(pk=a.pk).meta.get("pid"), message="job to report its pid")
     os.kill(pid, signal.SIGKILL)
-    # then Celery gives the message back (reject_on_worker_lost), the redelivery takes the
-    # job over once the dead process's heartbeat is stale, without waiting for the
-    # reaper, and the effect is applied once
+    # then the worker's main process re-queues the job at once (no reaper runs here, and
+    # the heartbeat is still fresh), another delivery runs it, and the effect is applied once
     pipeline = wait_for_pipeline(pipeline.pk, timeout=30)
     a.refresh_from_db()
     assert pipeline.status == "success"
-    assert a.attempts == 2 and "took over from lost worker" in JobEvent.objects.filter(
-        job=a, payload__job__attempts=2).first().payload["job"]["status_message"]
+    requeued = JobEvent.objects.filter(job=a, payload__job__state="queued", payload__job__attempts=1).last()
+    assert "its worker process died" in requeued.payload["job"]["status_message"]
+    assert a.attempts == 2
     assert len(effect_table(a.pk)) == 1
 
 

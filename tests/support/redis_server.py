@@ -72,20 +72,18 @@ class RedisServer:
 def celery_broker(url: str) -> Iterator[Any]:
     """Point this process's Celery app (dispatch, queue depths) at ``url`` for a while.
 
-    The app caches its connection and producer pools and (per thread) its result
-    backend, which chords write to: drop them all on the way in and out, or later tests
-    would dispatch chords through a Redis that is gone.
+    The app caches its connection and producer pools and its result backend, which
+    chords write to: drop them on the way in and out, or later tests would dispatch
+    through a Redis that is gone.
     """
     from config.celery import app
 
     saved = app.conf.broker_url, app.conf.result_backend
 
     def reset() -> None:
-        pool = app._pool
+        # Dropped, not closed: kombu's registry keeps one pool per URL and hands the
+        # same one out again when the app comes back to that URL.
         app._pool = None
-        if pool is not None:
-            with contextlib.suppress(Exception):
-                pool.force_close_all()
         app.amqp._producer_pool = None
         backend = app._backend_cache or app._local.__dict__.get("backend")
         consumer = getattr(backend, "result_consumer", None)
