@@ -89,6 +89,7 @@ class _Publisher:
         self.queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
         self.pending = 0
         self.dropped = 0
+        self.failing_since: float | None = None
         self.lock = threading.Lock()
         self.idle = threading.Event()
         self.idle.set()
@@ -128,7 +129,6 @@ class _Publisher:
         command on each pooled connection fails, and that batch used to be lost. Later
         batches wait behind it, so each group's stream stays in order.
         """
-        deadline = time.monotonic() + RESEND_FOR_SECONDS
         delay = 0.05
         while True:
             groups = list(batches)
@@ -138,8 +138,13 @@ class _Publisher:
             )
             failed = {g: batches[g] for g, r in zip(groups, results, strict=True) if isinstance(r, BaseException)}
             if not failed:
+                self.failing_since = None
                 return
-            if time.monotonic() >= deadline:
+            # The deadline runs from the first failure of an outage, not per batch: in a
+            # long outage later batches are dropped at once instead of 30 s each.
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
+            if time.monotonic() >= self.failing_since + RESEND_FOR_SECONDS:
                 error = next(r for r in results if isinstance(r, BaseException))
                 logger.warning("event publish failed for %ss; dropped %d group batch(es): %r",
                                RESEND_FOR_SECONDS, len(failed), error)
