@@ -1,7 +1,8 @@
 """A clear 503 when a backing service is unreachable, instead of a 500 with a traceback.
 
 Reached only by errors nothing closer handled: views that can degrade (throttles, the
-upload dispatch) do so themselves (docs/RELIABILITY.md).
+upload dispatch) do so themselves (docs/RELIABILITY.md). DRF views answer through the
+API's exception handler (``pipelines.api.errors``), which uses ``service_unavailable``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
 
 
-def _unavailable(exc: Exception) -> tuple[str, str] | None:
+def service_unavailable(exc: Exception) -> tuple[str, str] | None:
     if isinstance(exc, OperationalError | InterfaceError):
         return "database_unavailable", "The database is unreachable or busy; try again in a few seconds."
     import kombu.exceptions
@@ -37,7 +38,7 @@ class ServiceUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
-        found = _unavailable(exc)
+        found = service_unavailable(exc)
         if found is None:
             return None
         code, detail = found

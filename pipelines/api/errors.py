@@ -33,6 +33,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
+from config.middleware import RETRY_AFTER_SECONDS, service_unavailable
 from pipelines.services import ConflictError
 
 logger = logging.getLogger("sluice.api")
@@ -155,6 +156,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     response = drf_exception_handler(exc, context)
     if response is None or not isinstance(exc, exceptions.APIException):
         set_rollback()
+        if (unavailable := service_unavailable(exc)) is not None:
+            # PostgreSQL or Redis unreachable: a 503 the client may retry, not a 500.
+            logger.warning("API answered 503 (%s): %s", unavailable[0], exc)
+            return Response({"detail": unavailable[1], "code": unavailable[0]}, status=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         body, headers = server_error(context.get("request"), exc)
         return Response(body, status=status.HTTP_500_INTERNAL_SERVER_ERROR, headers=headers)
     if isinstance(exc, exceptions.ValidationError):
