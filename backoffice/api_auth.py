@@ -23,6 +23,7 @@ from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
@@ -84,9 +85,13 @@ class TokenObtainView(ObtainAuthToken):
     """``POST /api/v1/auth/token/`` username + password → the user's token (for curl)."""
 
     throttle_classes = [LoginRateThrottle]
+    parser_classes = [FormParser, MultiPartParser, JSONParser]  # exactly the content types documented below
 
     @extend_schema(
-        request={"application/x-www-form-urlencoded": AuthTokenSerializer, "application/json": AuthTokenSerializer},
+        request={
+            "application/x-www-form-urlencoded": AuthTokenSerializer, "multipart/form-data": AuthTokenSerializer,
+            "application/json": AuthTokenSerializer,
+        },
         responses={
             200: inline_serializer("TokenOutput", {"token": serializers.CharField()}),
             400: OpenApiResponse(description="Wrong username or password ({detail, code, errors})"),

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import random
@@ -27,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -138,12 +136,17 @@ def seed() -> float:
 
 
 def cursor_at(offset: int) -> str:
-    """A DRF cursor positioned ``offset`` pipelines into the newest-first order."""
+    """A cursor positioned ``offset`` pipelines into the newest-first order."""
+    from rest_framework.pagination import Cursor
+
+    from pipelines.api.base import NewestFirstCursor
     from pipelines.models import Pipeline
 
     created = Pipeline.objects.order_by("-created_at", "-id").values_list("created_at", flat=True)[offset]
-    query = urlencode({"p": str(created)}, doseq=True)
-    return base64.b64encode(query.encode()).decode()
+    paginator = NewestFirstCursor()
+    paginator.base_url = "/"
+    url = paginator.encode_cursor(Cursor(offset=0, reverse=False, position=str(created)))  # type: ignore[arg-type]
+    return url.split("cursor=", 1)[1]
 
 
 def timed(client: Any, urls: list[str]) -> list[float]:

@@ -20,9 +20,9 @@ from django.conf import settings
 from django.http import FileResponse, HttpResponse
 from django.urls import path
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import exceptions, serializers, status
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -33,6 +33,7 @@ from ingestion.models import Upload, Year
 from ingestion.modules import MODULES, TARGETS
 from pipelines.api.base import ApiView
 from pipelines.api.errors import PayloadTooLarge, error_responses
+from pipelines.api.serializers import JsonInputSerializer, StrictObjectSerializer, query_input
 from pipelines.api.views import require_operate
 
 # --- modules ------------------------------------------------------------------------------
@@ -137,51 +138,43 @@ def _year_detail_for(user: Any, year: int) -> dict[str, Any]:
     return detail
 
 
-class YearConfigSerializer(serializers.Serializer):
+@extend_schema_field({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]})
+class SettingValueField(serializers.Field):
+    """One module setting: a string, number or boolean (never an object, list or null)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict | list) or data is None:
+            raise serializers.ValidationError("A setting is a string, number or boolean.", "invalid_setting")
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class ModuleSettingsSerializer(StrictObjectSerializer):
+    """Per module key (only known modules): {setting name: string, number or boolean}."""
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {key: serializers.DictField(child=SettingValueField(), required=False) for key in MODULES}
+
+
+class YearConfigSerializer(StrictObjectSerializer):
     """A year's ``config`` patch: every key known, every value typed (400 names the field)."""
 
     modules = serializers.ListField(
-        child=serializers.ChoiceField(choices=list(MODULES)), allow_empty=False, required=False,
+        child=serializers.ChoiceField(choices=list(MODULES)), min_length=1, required=False,
         help_text="Enabled module keys (at least one).",
     )
-    module_settings = serializers.DictField(
-        child=serializers.DictField(child=serializers.JSONField()), required=False,
-        help_text="Per module key: {setting name: string, number or boolean}.",
-    )
+    module_settings = ModuleSettingsSerializer(required=False)
 
     def validate_modules(self, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))  # keep order, drop repeats
-
-    def validate_module_settings(self, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        unknown = sorted(set(value) - set(MODULES))
-        if unknown:
-            raise serializers.ValidationError(
-                f"Unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}.", "unknown_module"
-            )
-        for module, items in value.items():
-            for name, item in items.items():
-                if isinstance(item, dict | list) or item is None:
-                    raise serializers.ValidationError(
-                        f"{module}.{name}: a setting is a string, number or boolean.", "invalid_setting"
-                    )
-        return value
-
-    def to_internal_value(self, data: Any) -> Any:
-        # A serializer ignores keys it does not declare; a stored unknown key would be
-        # a silent typo, so name it.
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError(
-                    {key: [f"Unknown config key; known: {', '.join(self.fields)}."] for key in unknown}, "unknown_key"
-                )
-        return super().to_internal_value(data)
 
 
 class YearListView(ApiView):
     permission_classes = [IsAuthenticated]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(JsonInputSerializer):
         year = serializers.IntegerField(min_value=services.YEAR_MIN, max_value=services.YEAR_MAX)
 
     class CreatedSerializer(serializers.Serializer):
@@ -206,14 +199,13 @@ class YearListView(ApiView):
 class YearDetailView(ApiView):
     permission_classes = [IsAuthenticated]
 
-    class PatchSerializer(serializers.Serializer):
+    class PatchSerializer(StrictObjectSerializer):
+        """Open/close the year or merge into its config: at least one of the two."""
+
+        min_properties = 1  # an empty patch is a mistake, not a no-op
+
         is_open = serializers.BooleanField(required=False)
         config = YearConfigSerializer(required=False, help_text="Merged into the year's config (key by key)")
-
-        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-            if not attrs:
-                raise serializers.ValidationError("Give is_open or config.", "empty")
-            return attrs
 
     class DetailSerializer(serializers.Serializer):
         year = serializers.IntegerField()
@@ -273,10 +265,9 @@ class YearTotalsView(ApiView):
 
     @extend_schema(parameters=[InputSerializer], responses={200: OutputSerializer, **error_responses(400, 404)})
     def get(self, request: Request, year: int) -> Response:
-        params = self.InputSerializer(data=request.query_params)
-        params.is_valid(raise_exception=True)
+        params = query_input(self.InputSerializer, request)
         _visible_year(request.user, year)
-        totals = selectors.year_totals(year=year, **params.validated_data)
+        totals = selectors.year_totals(year=year, **params)
         # An open year's totals are published to every signed-in user; back-office
         # users see them through their module scope.
         scope = access.granted_modules(request.user) if access.can_view(request.user) else None
@@ -308,7 +299,7 @@ class UploadSerializer(serializers.Serializer):
 
 
 class UploadCreateView(ApiView):
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [MultiPartParser]  # the only body that carries a file
 
     class InputSerializer(serializers.Serializer):
         file = serializers.FileField(allow_empty_file=True)

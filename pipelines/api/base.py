@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.utils.dateparse import parse_datetime
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
-from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.pagination import CursorPagination
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from backoffice.api_auth import TokenRateThrottle
@@ -35,24 +37,55 @@ class NewestFirstCursor(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 100
 
-    def decode_cursor(self, request: Request) -> Any:
-        # DRF answers a malformed cursor with 404; it is a bad parameter (400).
-        try:
-            cursor = super().decode_cursor(request)
-        except NotFound:
-            cursor = None
-            valid = False
-        else:
-            # DRF checks only the cursor's encoding; a position that is not a timestamp
-            # (base64 of "p=junk") would reach the ``created_at <`` filter and fail there.
-            valid = cursor is None or cursor.position is None or _is_timestamp(str(cursor.position))
-        if not valid:
+    # The cursor: ``<offset><f|b><created_at as microseconds since 1970>`` ("0f1765000000000000").
+    # The document carries this exact pattern, and every string it matches is a cursor
+    # the view accepts (issue 18): an opaque base64 blob could not say which are valid.
+    CURSOR_PATTERN = r"^[0-9]{1,4}[fb][0-9]{0,17}$"
+    _cursor_re = re.compile(CURSOR_PATTERN)
+    _epoch = datetime(1970, 1, 1, tzinfo=UTC)
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        encoded = request.query_params.get(self.cursor_query_param)
+        if encoded is None:
+            return None
+        if not self._cursor_re.search(encoded):
             raise ValidationError({self.cursor_query_param: ["Invalid cursor."]}, "invalid_cursor")
-        return cursor
+        encoded = encoded.strip()
+        offset, direction, micros = re.split("([fb])", encoded)
+        position = str(self._epoch + timedelta(microseconds=int(micros))) if micros else None
+        offset_value = min(int(offset), self.offset_cutoff)
+        return Cursor(offset=offset_value, reverse=direction == "b", position=position)  # type: ignore[arg-type]
 
+    def encode_cursor(self, cursor: Cursor) -> str:
+        micros = ""
+        if cursor.position is not None:
+            micros = str((datetime.fromisoformat(str(cursor.position)) - self._epoch) // timedelta(microseconds=1))
+        token = f"{cursor.offset}{'b' if cursor.reverse else 'f'}{micros}"
+        return str(replace_query_param(str(self.base_url), self.cursor_query_param, token))
 
-def _is_timestamp(value: str) -> bool:
-    try:
-        return parse_datetime(value) is not None
-    except ValueError:  # well formed but out of range ("2025-13-45")
-        return False
+    def get_page_size(self, request: Request) -> int:
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        try:
+            size = int(raw)
+        except ValueError:
+            size = 0
+        if size < 1:
+            raise ValidationError({self.page_size_query_param: ["A whole number of at least 1."]}, "invalid")
+        return min(size, self.max_page_size)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": self.cursor_query_param, "required": False, "in": "query",
+                "description": "The position to read on from: copy it from `next`/`previous`.",
+                "schema": {"type": "string", "pattern": self.CURSOR_PATTERN},
+            },
+            {
+                "name": self.page_size_query_param, "required": False, "in": "query",
+                "description": f"Items per page (default {self.page_size}; more than {self.max_page_size} "
+                               f"reads as {self.max_page_size}).",
+                "schema": {"type": "integer", "minimum": 1},
+            },
+        ]

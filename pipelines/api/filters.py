@@ -1,14 +1,21 @@
-"""django-filter filter sets for the pipelines and jobs lists."""
+"""django-filter filter sets for the pipelines and jobs lists.
+
+One declaration serves both the OpenAPI document (drf-spectacular reads these filters)
+and the validation: a value the document calls invalid is a 400 naming the parameter,
+a value it calls valid is accepted (issue 18).
+"""
 
 from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import django_filters
+from django import forms
 from django.db.models import Q, QuerySet
+from drf_spectacular.utils import extend_schema_field
 from rest_framework.exceptions import ValidationError
 
 from pipelines import alerts
@@ -29,16 +36,74 @@ class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
             try:
                 value = value.astimezone(UTC)
             except OverflowError:
-                raise ValidationError({self.field_name: ["Date out of range."]}, "invalid")
+                # A valid RFC 3339 instant just outside Python's range (0001-01-01T00:00+05:00):
+                # it lies before (or after) every stored row, so the bound keeps its meaning.
+                value = datetime.min.replace(tzinfo=UTC) if value.year == 1 else datetime.max.replace(tzinfo=UTC)
         return super().filter(qs, value)
 
 
-class PipelineFilter(django_filters.FilterSet):
-    year = django_filters.NumberFilter()
+# Years as query parameters: the same bounds everywhere (document and validation).
+YEAR_MIN, YEAR_MAX = 0, 9999
+
+
+@extend_schema_field({"type": "integer", "minimum": YEAR_MIN, "maximum": YEAR_MAX})
+class YearFilter(django_filters.NumberFilter):
+    """An integer year: ``?year=0.5`` is a 400, not a filter on 0.5."""
+
+    field_class = forms.IntegerField
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(min_value=YEAR_MIN, max_value=YEAR_MAX, **kwargs)
+
+
+class StrictBooleanField(forms.NullBooleanField):
+    """``true``/``false`` (also ``1``/``0``); anything else is an error, not "no filter"."""
+
+    TRUE, FALSE = ("true", "True", "1"), ("false", "False", "0")
+    widget = forms.TextInput  # the select widget maps unknown text to None before validation
+
+    def to_python(self, value: Any) -> bool | None:  # type: ignore[override]  # None: not given
+        if value in (None, ""):
+            return None
+        if value in self.TRUE or value is True:
+            return True
+        if value in self.FALSE or value is False:
+            return False
+        raise forms.ValidationError("Must be true or false.", code="invalid")
+
+    def validate(self, value: Any) -> None:
+        pass
+
+
+class StrictBooleanFilter(django_filters.BooleanFilter):
+    field_class = StrictBooleanField
+
+
+class StrictFilterSet(django_filters.FilterSet):
+    """A filter set whose typed parameters refuse an empty value.
+
+    django-filter reads ``?year=`` as "no filter"; the document says an integer (enum,
+    date-time, boolean, uuid), and an empty string is none of those. Text filters keep
+    accepting ``''`` (a string), which means no filter.
+    """
+
+    def is_valid(self) -> bool:
+        valid = super().is_valid()
+        for name, flt in self.filters.items():
+            if isinstance(flt, django_filters.CharFilter) and not isinstance(flt, django_filters.ChoiceFilter):
+                continue
+            if self.data.get(name) == "":
+                self.form.add_error(name, "This field may not be blank.")
+                valid = False
+        return valid
+
+
+class PipelineFilter(StrictFilterSet):
+    year = YearFilter()
     module = django_filters.CharFilter()
     kind = django_filters.CharFilter()
     status = django_filters.ChoiceFilter(choices=PipelineStatus.choices)
-    has_errors = django_filters.BooleanFilter(method="filter_has_errors", label="Has at least one failed job")
+    has_errors = StrictBooleanFilter(method="filter_has_errors", label="Has at least one failed job")
     alert = django_filters.ChoiceFilter(
         choices=[(k, k) for k in alerts.ALERT_KINDS], method="filter_alert", label="Has a job with this alert"
     )
@@ -52,7 +117,8 @@ class PipelineFilter(django_filters.FilterSet):
         model = Pipeline
         fields: list[str] = []
 
-    def filter_has_errors(self, queryset: QuerySet[Pipeline], name: str, value: bool | None) -> QuerySet[Pipeline]:
+    # ``value: bool``: drf-spectacular documents the parameter from this hint.
+    def filter_has_errors(self, queryset: QuerySet[Pipeline], name: str, value: bool) -> QuerySet[Pipeline]:
         if value is None:
             return queryset
         return queryset.filter(error_count__gt=0) if value else queryset.filter(error_count=0)
@@ -78,12 +144,12 @@ class PipelineFilter(django_filters.FilterSet):
         return queryset.filter(text)
 
 
-class JobFilter(django_filters.FilterSet):
+class JobFilter(StrictFilterSet):
     state = django_filters.ChoiceFilter(choices=JobState.choices)
     result = django_filters.ChoiceFilter(choices=JobResult.choices)
     job_type = django_filters.CharFilter()
     queue = django_filters.CharFilter()
-    year = django_filters.NumberFilter(field_name="pipeline__year")
+    year = YearFilter(field_name="pipeline__year")
     module = django_filters.CharFilter(field_name="pipeline__module")
     pipeline = django_filters.UUIDFilter(field_name="pipeline_id")
     since = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
@@ -94,10 +160,10 @@ class JobFilter(django_filters.FilterSet):
         fields: list[str] = []
 
 
-class StatsFilter(django_filters.FilterSet):
+class StatsFilter(StrictFilterSet):
     """Narrows ``/jobs/stats/`` the same way as the jobs list."""
 
-    year = django_filters.NumberFilter(field_name="pipeline__year")
+    year = YearFilter(field_name="pipeline__year")
     module = django_filters.CharFilter(field_name="pipeline__module")
     job_type = django_filters.CharFilter()
     queue = django_filters.CharFilter()

@@ -6,7 +6,8 @@ from typing import Any
 
 import kombu.exceptions
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -17,7 +18,8 @@ from pipelines.api.base import ApiView
 from pipelines.api.errors import error_responses
 from pipelines.api.filters import StatsFilter, filtered
 from pipelines.api.permissions import CanOperateAllModules, CanView
-from pipelines.api.serializers import ControlInputSerializer
+from pipelines.api.serializers import ControlInputSerializer, query_input
+from pipelines.models import Job
 from workers.selectors import queue_list, worker_list
 
 
@@ -53,17 +55,12 @@ class JobStatsView(ApiView):
         durations = serializers.DictField()
         throughput = serializers.DictField()
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("year", int),
-            OpenApiParameter("module", str),
-            OpenApiParameter("job_type", str),
-            OpenApiParameter("queue", str),
-            OpenApiParameter("since", str, description="ISO 8601 datetime (jobs created at or after)"),
-            OpenApiParameter("until", str, description="ISO 8601 datetime (jobs created before)"),
-        ],
-        responses={200: OutputSerializer, **error_responses(400)},
-    )
+    # The document's parameters come from the same FilterSet that validates them.
+    filterset_class = StatsFilter
+    filter_backends = [DjangoFilterBackend]
+    queryset = Job.objects.none()
+
+    @extend_schema(responses={200: OutputSerializer, **error_responses(400)})
     def get(self, request: Request) -> Response:
         jobs = filtered(StatsFilter, request.query_params, selectors.jobs_visible(user=request.user))
         return Response(self.OutputSerializer(stats.job_stats(jobs=jobs)).data)
@@ -147,9 +144,7 @@ class AlertListView(ApiView):
 
     @extend_schema(parameters=[InputSerializer], responses={200: OutputSerializer, **error_responses(400)})
     def get(self, request: Request) -> Response:
-        params = self.InputSerializer(data=request.query_params)
-        params.is_valid(raise_exception=True)
-        kind = params.validated_data.get("kind")
+        kind = query_input(self.InputSerializer, request).get("kind")
         summary = alerts.alert_summary(
             jobs=selectors.jobs_visible(user=request.user), kinds=[kind] if kind else alerts.ALERT_KINDS
         )

@@ -1,10 +1,12 @@
-"""OpenAPI generation tweaks: unique names for nested Input/Output serializers, SSE doc."""
+"""OpenAPI generation tweaks: unique names for nested Input/Output serializers, filter
+parameters of non-list views, object constraints declared on serializers, SSE doc."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from drf_spectacular.openapi import AutoSchema as BaseAutoSchema
+from drf_spectacular.utils import PolymorphicProxySerializer
 
 
 class AutoSchema(BaseAutoSchema):
@@ -20,6 +22,32 @@ class AutoSchema(BaseAutoSchema):
             outer = qualname.split(".")[-2].removesuffix("View").removesuffix("Serializer")
             return f"{outer}{name}"
         return name
+
+    def get_filter_backends(self) -> list[Any]:
+        # A view declaring a ``filterset_class`` documents its filters even when it does
+        # not answer a list (``/jobs/stats/``): the same FilterSet validates them.
+        if self.method == "GET" and getattr(self.view, "filterset_class", None) is not None:
+            return list(getattr(self.view, "filter_backends", []))
+        return list(super().get_filter_backends())
+
+    def _get_request_for_media_type(self, serializer: Any, direction: str = "request") -> Any:
+        # A body that must name at least one key, or pick a variant, is never optional:
+        # drf-spectacular only looks at ``required`` properties.
+        schema, required = super()._get_request_for_media_type(serializer, direction)
+        if isinstance(serializer, PolymorphicProxySerializer) or getattr(serializer, "min_properties", None):
+            required = True
+        return schema, required
+
+    def _map_basic_serializer(self, serializer: Any, direction: Any) -> dict[str, Any]:
+        # Object-level rules a serializer enforces itself (``StrictObjectMixin``) go in the
+        # document next to its fields, from the same class attributes.
+        schema: dict[str, Any] = super()._map_basic_serializer(serializer, direction)
+        if direction == "request":
+            if getattr(serializer, "min_properties", 0):
+                schema["minProperties"] = serializer.min_properties
+            if getattr(serializer, "reject_unknown_keys", False):
+                schema["additionalProperties"] = False
+        return schema
 
 
 def add_stream_path(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
@@ -37,7 +65,8 @@ def add_stream_path(result: dict[str, Any], generator: Any, request: Any, public
             "parameters": [
                 {"name": "pipeline_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}},
                 {"name": "after", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
-                {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "integer"}},
+                {"name": "Last-Event-ID", "in": "header", "required": False,
+                 "schema": {"type": "integer", "minimum": 0}},
             ],
             "security": [{"tokenAuth": []}, {"cookieAuth": []}],
             "responses": {

@@ -6,7 +6,10 @@ allow-listed ``counts`` instead of the raw meta, which may hold thousands of row
 
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
+from rest_framework.settings import api_settings
 
 from pipelines.models import JobResult, JobState, PipelineStatus
 
@@ -117,5 +120,78 @@ class AcceptedSerializer(serializers.Serializer):
     job = JobSummarySerializer(allow_null=True, required=False)
 
 
-class ControlInputSerializer(serializers.Serializer):
+# JSON types each input field takes as is. DRF also coerces ``0``→false, ``1``→"1" and
+# ``"5"``→5; the document says boolean, string, integer, so those are 400s (issue 18).
+_JSON_TYPES: tuple[tuple[type[serializers.Field], tuple[type, ...]], ...] = (
+    (serializers.BooleanField, (bool,)),
+    (serializers.IntegerField, (int,)),
+    (serializers.FloatField, (int, float)),
+    (serializers.CharField, (str,)),
+    (serializers.ChoiceField, (str,)),
+)
+
+
+def _json_type_error(field: serializers.Field, value: Any) -> str | None:
+    for field_class, types in _JSON_TYPES:
+        if isinstance(field, field_class):
+            if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+                return None
+            if value is None and field.allow_null:
+                return None
+            return f"Expected {'a boolean' if bool in types else 'a string' if str in types else 'a number'}."
+    return None
+
+
+class JsonInputSerializer(serializers.Serializer):
+    """A JSON request body, validated exactly as the OpenAPI document describes it.
+
+    Every value has the JSON type its field documents (no coercion). Object rules are
+    class attributes read by both the validation and the schema (``pipelines.api.schema``):
+    ``reject_unknown_keys`` — a key the serializer does not declare is a 400 naming it
+    (``additionalProperties: false``), so a typo is never silently dropped;
+    ``min_properties`` — at least that many keys (``minProperties``).
+    """
+
+    reject_unknown_keys = False
+    min_properties = 0
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            errors: dict[str, list[str]] = {}
+            for key, value in data.items():
+                field = self.fields.get(key)
+                if field is None:
+                    if self.reject_unknown_keys:
+                        errors[key] = [f"Unknown key; known: {', '.join(self.fields)}."]
+                elif (message := _json_type_error(field, value)) is not None:
+                    errors[key] = [message]
+            if errors:
+                raise serializers.ValidationError(errors, "invalid")
+            if len(data) < self.min_properties:
+                raise serializers.ValidationError(
+                    {api_settings.NON_FIELD_ERRORS_KEY: [
+                        f"Give at least {self.min_properties} of: {', '.join(self.fields)}."
+                    ]}, "empty",
+                )
+        return super().to_internal_value(data)
+
+
+class StrictObjectSerializer(JsonInputSerializer):
+    """A JSON object whose every key is known."""
+
+    reject_unknown_keys = True
+
+
+class ControlInputSerializer(JsonInputSerializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=1000)
+
+
+def query_input(serializer_class: type[serializers.Serializer], request: Any) -> dict[str, Any]:
+    """Validate query parameters with ``serializer_class``; a 400 names the bad one.
+
+    A plain dict, not the QueryDict: DRF reads ``?unit=`` from a QueryDict as "not
+    given", while the document (``minLength: 1``, an enum) calls it invalid (issue 18).
+    """
+    data = serializer_class(data=request.query_params.dict())
+    data.is_valid(raise_exception=True)
+    return dict(data.validated_data)

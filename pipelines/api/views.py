@@ -13,7 +13,7 @@ from typing import Any
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
@@ -25,7 +25,7 @@ from pipelines import services
 from pipelines.api import selectors
 from pipelines.api.base import ApiView, NewestFirstCursor
 from pipelines.api.errors import error_responses
-from pipelines.api.filters import JobFilter, PipelineFilter
+from pipelines.api.filters import YEAR_MAX, YEAR_MIN, JobFilter, PipelineFilter
 from pipelines.api.permissions import CanView
 from pipelines.api.serializers import (
     AcceptedSerializer,
@@ -33,8 +33,10 @@ from pipelines.api.serializers import (
     EventSerializer,
     JobDetailSerializer,
     JobListItemSerializer,
+    JsonInputSerializer,
     PipelineDetailSerializer,
     PipelineItemSerializer,
+    query_input,
 )
 from pipelines.events import job_dict, pipeline_dict
 from pipelines.models import DONE_STATUSES, Job, Pipeline
@@ -64,6 +66,40 @@ def require_operate(user: Any, module: str | None) -> None:
 # --- pipelines ------------------------------------------------------------------------------
 
 
+class StartKindSerializer(JsonInputSerializer):
+    kind = serializers.ChoiceField(choices=["recalculate", "unit_sync", "noop"])
+
+
+class StartRecalculateSerializer(JsonInputSerializer):
+    """Recompute one module's totals of a year."""
+
+    kind = serializers.ChoiceField(choices=["recalculate"])
+    year = serializers.IntegerField(min_value=1900, max_value=2999)
+    module = serializers.CharField(max_length=40)
+
+
+class StartUnitSyncSerializer(JsonInputSerializer):
+    """Re-read the unit directory for a year."""
+
+    kind = serializers.ChoiceField(choices=["unit_sync"])
+    year = serializers.IntegerField(min_value=1900, max_value=2999)
+
+
+class StartNoopSerializer(JsonInputSerializer):
+    """An engine self-test pipeline."""
+
+    kind = serializers.ChoiceField(choices=["noop"])
+    year = serializers.IntegerField(min_value=1900, max_value=2999, required=False)
+
+
+# Which fields a start needs depends on its kind: one serializer per kind, documented
+# as a ``oneOf`` with ``kind`` as discriminator and used as is to validate.
+START_INPUTS: dict[str, Any] = {
+    "recalculate": StartRecalculateSerializer, "unit_sync": StartUnitSyncSerializer, "noop": StartNoopSerializer,
+}
+
+
+
 class PipelineListView(ListAPIView):
     """GET: pipelines newest first (keyset cursor), each with its jobs. POST: start one."""
 
@@ -73,18 +109,6 @@ class PipelineListView(ListAPIView):
     pagination_class = NewestFirstCursor
     filterset_class = PipelineFilter
     serializer_class = PipelineItemSerializer
-
-    class StartInputSerializer(serializers.Serializer):
-        kind = serializers.ChoiceField(choices=["recalculate", "unit_sync", "noop"])
-        year = serializers.IntegerField(min_value=1900, max_value=2999, required=False)
-        module = serializers.CharField(required=False, max_length=40)
-
-        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-            if attrs["kind"] in ("recalculate", "unit_sync") and "year" not in attrs:
-                raise serializers.ValidationError({"year": "This field is required."}, "required")
-            if attrs["kind"] == "recalculate" and not attrs.get("module"):
-                raise serializers.ValidationError({"module": "This field is required."}, "required")
-            return attrs
 
     class StartOutputSerializer(serializers.Serializer):
         pipeline_id = serializers.UUIDField()
@@ -100,13 +124,16 @@ class PipelineListView(ListAPIView):
         return self.get_paginated_response([selectors.pipeline_item(p) for p in page])
 
     @extend_schema(
-        request=StartInputSerializer,
+        request=PolymorphicProxySerializer(
+            component_name="PipelineStartInput", serializers=START_INPUTS, resource_type_field_name="kind"
+        ),
         responses={202: StartOutputSerializer, **error_responses(400, 404, 409)},
     )
     def post(self, request: Request) -> Response:
-        data = self.StartInputSerializer(data=request.data)
+        kind = request.data.get("kind") if isinstance(request.data, dict) else None
+        serializer_class = START_INPUTS.get(kind, StartKindSerializer) if isinstance(kind, str) else StartKindSerializer
+        data = serializer_class(data=request.data)
         data.is_valid(raise_exception=True)
-        kind = data.validated_data["kind"]
         year, module = data.validated_data.get("year"), data.validated_data.get("module")
         if kind == "recalculate":
             require_operate(request.user, module)
@@ -134,27 +161,20 @@ class PipelineActiveView(ApiView):
     class OutputSerializer(serializers.Serializer):
         pipeline_ids = serializers.ListField(child=serializers.UUIDField())
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("year", OpenApiTypes.INT, required=False),
-            OpenApiParameter("module", OpenApiTypes.STR, required=False),
-        ],
-        responses={200: OutputSerializer, **error_responses(400)},
-    )
+    class InputSerializer(serializers.Serializer):
+        year = serializers.IntegerField(required=False, min_value=YEAR_MIN, max_value=YEAR_MAX)
+        module = serializers.CharField(required=False, max_length=40)
+
+    @extend_schema(parameters=[InputSerializer], responses={200: OutputSerializer, **error_responses(400)})
     def get(self, request: Request) -> Response:
-        params = self._Input(data=request.query_params)
-        params.is_valid(raise_exception=True)
+        params = query_input(self.InputSerializer, request)
         qs = selectors.pipelines_visible(user=request.user).exclude(status__in=DONE_STATUSES)
-        if params.validated_data.get("year") is not None:
-            qs = qs.filter(year=params.validated_data["year"])
-        if params.validated_data.get("module"):
-            qs = qs.filter(module=params.validated_data["module"])
+        if params.get("year") is not None:
+            qs = qs.filter(year=params["year"])
+        if params.get("module"):
+            qs = qs.filter(module=params["module"])
         ids = [str(pk) for pk in qs.order_by("-created_at", "-id").values_list("pk", flat=True)[:1000]]
         return Response(self.OutputSerializer({"pipeline_ids": ids}).data)
-
-    class _Input(serializers.Serializer):
-        year = serializers.IntegerField(required=False, min_value=0, max_value=9999)
-        module = serializers.CharField(required=False, max_length=40)
 
 
 class PipelineDetailView(ApiView):
@@ -176,14 +196,11 @@ class PipelineEventsView(ApiView):
 
     @extend_schema(parameters=[InputSerializer], responses={200: OutputSerializer, **error_responses(400, 404)})
     def get(self, request: Request, pipeline_id: Any) -> Response:
-        params = self.InputSerializer(data=request.query_params)
-        params.is_valid(raise_exception=True)
+        params = query_input(self.InputSerializer, request)
         pipeline = get_pipeline(user=request.user, pipeline_id=pipeline_id)
-        limit = params.validated_data["limit"]
-        batch = pipeline_selectors.events_after(
-            after_seq=params.validated_data["after"], pipeline_id=pipeline.pk, limit=limit
-        )
-        last = batch[-1]["seq"] if batch else params.validated_data["after"]
+        limit = params["limit"]
+        batch = pipeline_selectors.events_after(after_seq=params["after"], pipeline_id=pipeline.pk, limit=limit)
+        last = batch[-1]["seq"] if batch else params["after"]
         # The stored payloads go out untouched: the same objects WebSocket and SSE clients got.
         return Response({"events": batch, "last_seq": last, "has_more": len(batch) == limit})
 
