@@ -764,11 +764,18 @@ def _retry_targets(work: _Dag, job_ids: list[int]) -> list[int]:
        retry still blocks (a second cancelled branch of a fan-in): resetting those
        would leave them waiting forever, so they stay skipped until that failure is
        retried too.
+
+    A superseded job blocks like a failed one (its downstream was skipped because its
+    data was not applied): the retry runs it again, and it ends superseded again while
+    the later upload is the loaded one, instead of recomputing from data it never applied.
     """
     depends_on, dependents = work.edges
-    failed_upstream = {
-        pk for pk in dag.downstream(job_ids, depends_on) if work.jobs[pk].result in dag.FAILED_RESULTS
-    }
+
+    def failed(pk: int) -> bool:
+        job = work.jobs[pk]
+        return job.result in dag.FAILED_RESULTS or bool((job.counts or {}).get("superseded_by"))  # type: ignore[attr-defined]
+
+    failed_upstream = {pk for pk in dag.downstream(job_ids, depends_on) if failed(pk)}
     starts = set(job_ids) | failed_upstream
     targets = starts | dag.downstream(starts, dependents)
     blocked: dict[int, bool] = {}
@@ -777,7 +784,7 @@ def _retry_targets(work: _Dag, job_ids: list[int]) -> list[int]:
         """Failed, or skipped because of a failure: this job's output will not come."""
         if pk not in blocked:
             job = work.jobs[pk]
-            blocked[pk] = job.result in dag.FAILED_RESULTS or (
+            blocked[pk] = failed(pk) or (
                 job.result == JobResult.SKIPPED and any(is_blocked(p) for p in depends_on.get(pk, ()))
             )
         return blocked[pk]

@@ -290,7 +290,10 @@ class JobStateMachine(RuleBasedStateMachine):
         self.effect_runs[a.job_id] += 1
         assert self.effect_runs[a.job_id] == 1, f"job {a.job_id}'s effect committed twice"
 
-    @rule(a=consumes(attempts), result=st.sampled_from(["success", "warning", "error", "skipped", "retryable"]))
+    @rule(
+        a=consumes(attempts),
+        result=st.sampled_from(["success", "warning", "error", "skipped", "superseded", "retryable"]),
+    )
     def finish(self, a: Attempt, result: str) -> None:
         current = self._owns(a)
         job = self._job(a.job_id)
@@ -302,7 +305,10 @@ class JobStateMachine(RuleBasedStateMachine):
                 error={"type": "OperationalError", "message": "connection reset", "traceback": "", "stage": "run"},
             )
         else:
-            outcome = Outcome(R.ERROR if result == "retryable" else result, result)
+            if result == "superseded":  # an ingest whose upload a later one replaced
+                outcome = Outcome(R.SKIPPED, "not applied", superseded_by="upload #1")
+            else:
+                outcome = Outcome(R.ERROR if result == "retryable" else result, result)
             ok = services.job_finish(job_id=a.job_id, attempt=a.attempt, outcome=outcome)
         assert ok == current, f"finish of {a} accepted={ok} while it owns the job={current}"
         self._end(a)
@@ -441,7 +447,8 @@ class JobStateMachine(RuleBasedStateMachine):
         for pipeline in pipelines.values():
             jobs = by_pipeline[pipeline.pk]
             snaps = [dag.JobSnapshot(id=j.pk, job_type=j.job_type, state=j.state, result=j.result,
-                                     processed=j.progress_processed, total=j.progress_total) for j in jobs]
+                                     processed=j.progress_processed, total=j.progress_total,
+                                     superseded_by=(j.meta or {}).get("superseded_by", "")) for j in jobs]
             assert pipeline.status == dag.pipeline_status(snaps), f"pipeline {pipeline.pk} reads {pipeline.status}"
             assert pipeline.jobs_finished == sum(j.state == S.FINISHED for j in jobs)
             assert pipeline.error_count == sum(j.result == R.ERROR for j in jobs)
@@ -461,9 +468,10 @@ class JobStateMachine(RuleBasedStateMachine):
             finished_ok = [p.state == S.FINISHED and p.result in dag.OK_RESULTS for p in parents]
             if job.state == S.NOT_STARTED:
                 assert not all(finished_ok), f"job {job.pk} waits although every upstream job is done"
-                assert not any(p.state == S.FINISHED and p.result in dag.FAILED_RESULTS for p in parents), (
-                    f"job {job.pk} waits for an upstream job that failed"
-                )
+                assert not any(
+                    p.state == S.FINISHED and (p.result in dag.FAILED_RESULTS or (p.meta or {}).get("superseded_by"))
+                    for p in parents
+                ), f"job {job.pk} waits for an upstream job that failed or was superseded"
             elif job.state == S.QUEUED:
                 assert all(finished_ok), f"job {job.pk} is queued before its upstream finished"
 

@@ -196,3 +196,22 @@ def test_a_new_attempt_starts_its_progress_from_zero() -> None:
     second = _claim(a, "t2")
     a.refresh_from_db()
     assert (a.attempts, a.progress_processed, a.progress_percent) == (second, 0, None)
+
+
+def test_retry_of_a_job_skipped_behind_a_superseded_ingest_runs_the_ingest_again_not_the_job() -> None:
+    # An ingest superseded by a later upload skips its recalc. Retrying the recalc used
+    # to run it at once (a superseded ingest counts as done), recomputing from data its
+    # upload never applied; it now retries from the ingest, which ends superseded again.
+    ingest, recalc = _plan(JobSpec("ingest", "noop"), JobSpec("recalc", "noop", depends_on=("ingest",)))
+    attempt = _claim(ingest, "t1")
+    services.job_finish(job_id=ingest.pk, attempt=attempt,
+                        outcome=Outcome("skipped", "not applied", superseded_by="upload #7"))
+    assert _states([ingest, recalc]) == [("finished", "skipped"), ("finished", "skipped")]
+    assert _status(ingest) == "superseded"
+    services.job_retry(job_id=recalc.pk)
+    assert _states([ingest, recalc]) == [("queued", None), ("not_started", None)]
+    attempt = _claim(ingest, "t2")
+    services.job_finish(job_id=ingest.pk, attempt=attempt,
+                        outcome=Outcome("skipped", "not applied", superseded_by="upload #7"))
+    assert _states([ingest, recalc]) == [("finished", "skipped"), ("finished", "skipped")]
+    assert _status(ingest) == "superseded"
