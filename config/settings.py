@@ -299,7 +299,10 @@ SLUICE_LIVE_ACCESS_RECHECK_SECONDS = env_float("SLUICE_LIVE_ACCESS_RECHECK_SECON
 SLUICE_INSPECT_TIMEOUT = env_float("SLUICE_INSPECT_TIMEOUT", 0.5, minimum=0.05)
 SLUICE_ALERT_WINDOW_HOURS = env_float("SLUICE_ALERT_WINDOW_HOURS", 168.0, minimum=1.0)
 REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "pipelines.api.schema.AutoSchema"
+# The event ``type`` enum keeps its published name next to the live messages' own.
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {"TypeEnum": ["job.update", "pipeline.update"]}
 SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
+    "pipelines.api.schema.add_live_components",  # SSE/WebSocket messages (before enums are named)
     "drf_spectacular.hooks.postprocess_schema_enums",
     "pipelines.api.schema.add_stream_path",
 ]

@@ -7,6 +7,7 @@ from typing import Any
 
 from drf_spectacular.openapi import AutoSchema as BaseAutoSchema
 from drf_spectacular.utils import PolymorphicProxySerializer
+from rest_framework.views import APIView
 
 
 class AutoSchema(BaseAutoSchema):
@@ -52,6 +53,8 @@ class AutoSchema(BaseAutoSchema):
 
 def add_stream_path(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """Document the SSE endpoint (a plain async Django view, invisible to DRF)."""
+    from pipelines.api.serializers import LIVE_EVENTS
+
     result.setdefault("paths", {})["/api/v1/pipelines/{pipeline_id}/stream/"] = {
         "get": {
             "operationId": "api_v1_pipelines_stream_retrieve",
@@ -71,8 +74,21 @@ def add_stream_path(result: dict[str, Any], generator: Any, request: Any, public
             "security": [{"tokenAuth": []}, {"cookieAuth": []}],
             "responses": {
                 "200": {
-                    "description": "The event stream",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    "description": "The event stream: one SSE event per stored event (see LiveEvent)",
+                    "content": {"text/event-stream": {"schema": {
+                        "type": "object",
+                        "required": ["id", "event", "data"],
+                        "properties": {
+                            "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The event's seq"},
+                            "event": {"type": "string", "enum": list(LIVE_EVENTS)},
+                            # OpenAPI 3.0 has no contentSchema: the JSON inside is named by extension.
+                            "data": {
+                                "type": "string", "description": "JSON: one LiveEvent",
+                                "x-content-media-type": "application/json",
+                                "x-content-schema": {"$ref": "#/components/schemas/LiveEvent"},
+                            },
+                        },
+                    }}},
                 },
                 **{
                     str(code): {
@@ -85,4 +101,26 @@ def add_stream_path(result: dict[str, Any], generator: Any, request: Any, public
             },
         }
     }
+    return result
+
+
+def add_live_components(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """Register the SSE and WebSocket message shapes as components (no DRF view returns them).
+
+    Resolved by the same AutoSchema as every response, from the serializers in
+    ``pipelines.api.serializers``; runs before the enum hook so their enums are named alike.
+    """
+    from pipelines.api.serializers import LIVE_EVENTS, WEBSOCKET_MESSAGES
+
+    auto = AutoSchema()
+    auto.registry = generator.registry
+    auto.method, auto.path, auto.view = "GET", "/", APIView()
+    auto.view.request = None  # type: ignore[assignment]  # no request: a public schema
+    for name, members in (("LiveEvent", LIVE_EVENTS), ("WebSocketMessage", WEBSOCKET_MESSAGES)):
+        proxy = PolymorphicProxySerializer(component_name=name, serializers=members, resource_type_field_name="type")
+        auto.resolve_serializer(proxy, "response")
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    for key, schema in generator.registry.build({}).get("schemas", {}).items():
+        schemas.setdefault(key, schema)
+    result["components"]["schemas"] = dict(sorted(schemas.items()))
     return result

@@ -84,6 +84,69 @@ class EventSerializer(serializers.Serializer):
     pipeline = PipelineStateSerializer()
 
 
+# --- live messages (SSE frames and WebSocket messages) -------------------------------------
+# Not returned by a DRF view: ``pipelines.api.schema.add_live_components`` registers them
+# as components, the SSE operation and docs/LIVE.md point at them, and the tests validate
+# every event they receive against them.
+
+
+class JobUpdateEventSerializer(EventSerializer):
+    """A job changed (``kind``: state, progress, message, …): the job and its pipeline as they are now."""
+
+    type = serializers.ChoiceField(choices=["job.update"])
+    job = JobSummarySerializer()
+
+
+class PipelineUpdateEventSerializer(EventSerializer):
+    """The pipeline changed on its own (finished, cancelled, superseded…); ``job`` is null."""
+
+    type = serializers.ChoiceField(choices=["pipeline.update"])
+
+
+LIVE_EVENTS: dict[str, Any] = {"job.update": JobUpdateEventSerializer, "pipeline.update": PipelineUpdateEventSerializer}
+
+
+class SnapshotPipelineSerializer(PipelineStateSerializer):
+    pipeline_seq = serializers.IntegerField(help_text="Apply an event only if its pipeline_seq is newer.")
+
+
+class SnapshotJobSerializer(JobSummarySerializer):
+    pipeline_id = serializers.UUIDField()
+
+
+class YearRowSerializer(serializers.Serializer):
+    module = serializers.CharField(allow_blank=True)
+    kind = serializers.CharField()
+    active = serializers.UUIDField(allow_null=True)
+    latest = serializers.UUIDField(allow_null=True)
+
+
+class SnapshotMessageSerializer(serializers.Serializer):
+    """The whole state of a feed, current to ``seq``: replace what you hold, then apply events after it."""
+
+    type = serializers.ChoiceField(choices=["snapshot"])
+    feed = serializers.ChoiceField(choices=["console", "pipeline", "year"])
+    seq = serializers.IntegerField()
+    pipelines = SnapshotPipelineSerializer(many=True)
+    jobs = SnapshotJobSerializer(many=True)
+    edges = EdgeSerializer(many=True, required=False, help_text="feed=pipeline only")
+    year = serializers.IntegerField(required=False, help_text="feed=year only")
+    rows = YearRowSerializer(many=True, required=False, help_text="feed=year only")
+
+
+class ReplayedMessageSerializer(serializers.Serializer):
+    """The stored events after ``?after=`` were sent (``count`` of them); live events follow."""
+
+    type = serializers.ChoiceField(choices=["replayed"])
+    seq = serializers.IntegerField()
+    count = serializers.IntegerField()
+
+
+WEBSOCKET_MESSAGES: dict[str, Any] = {
+    **LIVE_EVENTS, "snapshot": SnapshotMessageSerializer, "replayed": ReplayedMessageSerializer,
+}
+
+
 class JobErrorSerializer(serializers.Serializer):
     type = serializers.CharField(allow_blank=True)
     message = serializers.CharField(allow_blank=True)

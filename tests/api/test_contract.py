@@ -168,3 +168,17 @@ def test_pipeline_start_needs_the_fields_of_its_kind(
     variants = {name: schemas[name]["required"] for name in ("StartRecalculateRequest", "StartUnitSyncRequest")}
     assert variants == {"StartRecalculateRequest": ["kind", "module", "year"], "StartUnitSyncRequest": ["kind", "year"]}
     assert schemas["PipelineStartInputRequest"]["discriminator"]["propertyName"] == "kind"
+
+
+def test_live_messages_are_documented_components(document: dict[str, Any]) -> None:
+    # SSE frames: event name, id (the seq) and data (JSON of one LiveEvent).
+    stream = document["paths"]["/api/v1/pipelines/{pipeline_id}/stream/"]["get"]
+    frame = stream["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    assert frame["properties"]["event"]["enum"] == ["job.update", "pipeline.update"]
+    assert frame["properties"]["data"]["x-content-schema"] == {"$ref": "#/components/schemas/LiveEvent"}
+    schemas = document["components"]["schemas"]
+    assert set(schemas["LiveEvent"]["discriminator"]["mapping"]) == {"job.update", "pipeline.update"}
+    assert set(schemas["WebSocketMessage"]["discriminator"]["mapping"]) == {
+        "job.update", "pipeline.update", "snapshot", "replayed"
+    }
+    assert "TypeEnum" in schemas  # the published name of the event type enum is kept

@@ -26,6 +26,7 @@ from pipelines.models import JobEvent, Pipeline
 from pipelines.services import JobSpec, pipeline_plan
 from tests.api.conftest import GRANTED_MODULE, OTHER_MODULE
 from tests.conftest import ROOT, worker_env
+from tests.support.openapi import assert_matches
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -73,6 +74,7 @@ def read_events(response: httpx.Response, *, stop_after: int | None = None) -> t
         elif line == "":
             if "data" in fields:
                 payload = json.loads(fields["data"])
+                assert_matches("LiveEvent", payload)  # the schema /api/schema/ gives for the data
                 assert fields["id"] == str(payload["seq"]) and fields["event"] == payload["type"]
                 events.append(payload)
                 if stop_after is not None and len(events) >= stop_after:

@@ -18,6 +18,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
 from pipelines import publish
+from tests.support.openapi import assert_matches
 
 ORIGIN = b"http://localhost"
 
@@ -132,6 +133,8 @@ class Socket:
         if out["type"] == "websocket.close":
             return {"type": "closed", "code": out.get("code")}
         message = json.loads(out["text"])
+        # Every message a socket receives is one the document describes (issue 18).
+        assert_matches("WebSocketMessage", message)
         self.received.append(message)
         return message
 
