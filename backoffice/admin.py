@@ -9,19 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
-from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.contrib import admin, messages
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.shortcuts import redirect
+from django.template.defaultfilters import filesizeformat
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from backoffice import access, console_views, views
 from backoffice.models import ModuleGrant
+from ingestion import selectors as ingestion_selectors
+from ingestion import services as ingestion_services
 from ingestion.models import Upload, Year
+from ingestion.selectors import INGEST_JOB_TYPES
 from pipelines.api.filters import SHORT_ID
 from pipelines.events import counts_of
 from pipelines.models import Job, OperatorAction, Pipeline, QueueState
+from pipelines.services import ConflictError
 
 admin.site.site_header = "Sluice"
 admin.site.site_title = "Sluice"
@@ -190,12 +196,16 @@ class ModuleGrantAdmin(admin.ModelAdmin):
     raw_id_fields = ("user",)
 
 
+# --- Years and uploads -------------------------------------------------------------------------
+
+
 @admin.register(Year)
 class YearAdmin(ReadOnlyAdmin):
     """Years are created, configured and opened from the Data management page (services)."""
 
-    list_display = ("year", "is_open", "configured_at", "updated_at")
+    list_display = ("year", "open_to_users", "units_synced", "completeness", "manage")
     list_filter = ("is_open",)
+    readonly_fields = ("year", "is_open", "configured_at", "config", "completeness", "created_at", "updated_at")
 
     def get_urls(self) -> list[URLPattern]:
         wrap = self.admin_site.admin_view
@@ -211,11 +221,119 @@ class YearAdmin(ReadOnlyAdmin):
     def job_updates_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
         return views.job_updates(request, job_id=job_id)
 
+    @admin.display(description=_("open to users"), boolean=True, ordering="is_open")
+    def open_to_users(self, obj: Year) -> bool:
+        return obj.is_open
+
+    @admin.display(description=_("units synced"), boolean=True)
+    def units_synced(self, obj: Year) -> bool:
+        return obj.configured_at is not None
+
+    @admin.display(description=_("completeness"))
+    def completeness(self, obj: Year) -> str:
+        reasons = ingestion_selectors.year_incomplete_reasons(year=obj)
+        if not reasons:
+            return str(_("complete"))
+        return "; ".join(f"{scope}: {', '.join(items)}" for scope, items in reasons.items())
+
+    @admin.display(description="")
+    def manage(self, obj: Year) -> str:
+        url = reverse("admin:data_management") + f"?year={obj.year}"
+        return format_html('<a href="{}">{}</a>', url, _("Data management"))
+
 
 @admin.register(Upload)
 class UploadAdmin(ReadOnlyAdmin):
-    list_display = ("id", "year", "module", "target", "original_name", "size", "created_at")
+    """Every stored file: what, by whom, its fingerprint and what its pipeline made of it."""
+
+    list_display = ("id", "year", "module", "target", "original_name", "file_size", "sha256_prefix", "row_count",
+                    "result", "uploaded_by", "created_at")
     list_filter = ("year", "module", "target")
+    search_fields = ("original_name", "sha256")
+    date_hierarchy = "created_at"
+    actions = ["run_again"]
+    fields = ("year", "module", "target", "original_name", "file_size", "sha256", "line_count", "row_count",
+              "delimiter", "uploaded_by", "created_at", "duplicate_of", "result", "status_message", "pipeline_link",
+              "download")
+    readonly_fields = fields
+    change_form_template = "backoffice/upload_change_form.html"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Upload]:
-        return access.filter_pipelines(super().get_queryset(request), request.user)
+        qs = access.filter_pipelines(super().get_queryset(request), request.user)
+        ingest = Job.objects.filter(pipeline_id=OuterRef("pipeline_id"), job_type__in=INGEST_JOB_TYPES.values())
+        return qs.select_related("uploaded_by").annotate(
+            ingest_result=Subquery(ingest.values("result")[:1]),
+            ingest_message=Subquery(ingest.values("status_message")[:1]),
+        )
+
+    def get_urls(self) -> list[URLPattern]:
+        rerun = path("<int:upload_id>/rerun/", self.admin_site.admin_view(self.rerun_view),
+                     name="ingestion_upload_rerun")
+        return [rerun, *super().get_urls()]
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return access.can_operate(request.user)
+
+    @admin.display(description=_("size"), ordering="size")
+    def file_size(self, obj: Upload) -> str:
+        return filesizeformat(obj.size)
+
+    @admin.display(description="sha256")
+    def sha256_prefix(self, obj: Upload) -> str:
+        return format_html('<code title="{}">{}</code>', obj.sha256, obj.sha256[:12])
+
+    @admin.display(description=_("result"))
+    def result(self, obj: Upload) -> str:
+        value = getattr(obj, "ingest_result", None)
+        return format_html('<span class="chip {}">{}</span>', value or "none", value or "—")
+
+    @admin.display(description=_("status message"))
+    def status_message(self, obj: Upload) -> str:
+        return getattr(obj, "ingest_message", "") or ""
+
+    @admin.display(description=_("pipeline"))
+    def pipeline_link(self, obj: Upload) -> str:
+        if obj.pipeline_id is None:
+            return "—"
+        url = reverse("admin:pipelines_pipeline_change", args=[obj.pipeline_id])
+        return format_html('<a href="{}">{}</a>', url, obj.pipeline_id)
+
+    @admin.display(description=_("stored file"))
+    def download(self, obj: Upload) -> str:
+        return format_html('<a href="/api/v1/uploads/{}/file/" download>{}</a>', obj.pk, _("Download"))
+
+    @admin.action(description=_("Run again (ingest the stored file again)"), permissions=["operate"])
+    def run_again(self, request: HttpRequest, queryset: QuerySet[Upload]) -> None:
+        for upload in queryset:
+            self._rerun(request, upload)
+
+    def rerun_view(self, request: HttpRequest, upload_id: int) -> HttpResponse:
+        upload = self.get_queryset(request).filter(pk=upload_id).first()
+        if upload is None:
+            raise Http404
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        pipeline = self._rerun(request, upload)
+        if pipeline is None:
+            return redirect("admin:ingestion_upload_change", upload.pk)
+        return redirect(reverse("admin:data_management") + f"?year={upload.year_id}&watch={pipeline.pk}")
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        upload = self.get_queryset(request).filter(pk=object_id).first()
+        can_rerun = upload is not None and access.can_operate_module(request.user, upload.module)
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "can_rerun": can_rerun})
+
+    def _rerun(self, request: HttpRequest, upload: Upload) -> Pipeline | None:
+        if not access.can_operate_module(request.user, upload.module):
+            self.message_user(request, _("You may not operate module %(module)s.") % {"module": upload.module},
+                              messages.ERROR)
+            return None
+        try:
+            pipeline = ingestion_services.upload_rerun(upload_id=upload.pk, actor=request.user)
+        except ConflictError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return None
+        self.message_user(request, _("Upload %(id)s runs again (pipeline %(pipeline)s).")
+                          % {"id": upload.pk, "pipeline": str(pipeline.pk)[:8]})
+        return pipeline

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db.models import Count, QuerySet
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from backoffice import access
@@ -25,6 +26,10 @@ from pipelines.models import DONE_STATUSES, Job, JobEvent, JobResult, Pipeline
 
 TARGET_LABELS = {TARGET_DATA: _("Data entries"), TARGET_FACTORS: _("Factors")}
 JOB_TARGETS = {v: k for k, v in ingestion_selectors.INGEST_JOB_TYPES.items()}
+JOB_TYPE_LABELS = {
+    "csv_ingest": _("Data entries"), "factor_ingest": _("Factors"), "emission_recalc": _("Recalculation"),
+    "aggregation": _("Totals"), "unit_sync": _("Unit sync"),
+}
 HISTORY_LIMIT = 50
 FIRST_ERRORS = 10
 EVENTS_LIMIT = 500
@@ -64,7 +69,7 @@ class Page:
     years: list[Year]
     year: Year | None
     modules: list[ModuleBlock] = field(default_factory=list)
-    reasons: dict[str, list[str]] = field(default_factory=dict)
+    reasons: list[tuple[str, list[str]]] = field(default_factory=list)
     can_open: bool = False
     can_manage_years: bool = False
     active: list[dict[str, Any]] = field(default_factory=list)
@@ -77,8 +82,7 @@ class Page:
 def _active_pipelines(year: int, modules: frozenset[str] | None) -> list[dict[str, Any]]:
     """Running pipelines of the year, each with where its bar belongs (year, module, target)."""
     qs = Pipeline.objects.filter(year=year).exclude(status__in=DONE_STATUSES).order_by("created_at")
-    if modules is not None:
-        qs = qs.filter(module__in=sorted(modules))
+    qs = access.narrow(qs, modules)
     out = []
     for p in qs:
         running = (
@@ -113,7 +117,7 @@ def page(*, user: Any, year: int | None) -> Page:
     )
     for item in detail["modules"]:
         key = item["module"]
-        if grants is not None and key not in grants:
+        if not access.in_scope(grants, key):
             continue
         mod = MODULES[key]
         may_operate = access.can_operate_module(user, key)
@@ -121,19 +125,21 @@ def page(*, user: Any, year: int | None) -> Page:
         for target in TARGETS:
             cols = mod.columns(target)
             targets.append(TargetRow(
-                module=key, label=mod.label, target=target, target_label=TARGET_LABELS[target],
+                module=key, label=gettext(mod.label), target=target, target_label=TARGET_LABELS[target],
                 columns=[c.name for c in cols], required=[c.name for c in cols if c.required],
                 rows=item["rows"] if target == TARGET_DATA else factor_rows.get(key, 0),
                 upload=uploads.get((key, target)), job=item["targets"][target],
                 can_upload=may_operate and chosen.configured_at is not None,
             ))
         result.modules.append(ModuleBlock(
-            module=key, label=mod.label, enabled=item["enabled"], complete=item["complete"],
+            module=key, label=gettext(mod.label), enabled=item["enabled"], complete=item["complete"],
             reasons=item["incomplete_reasons"], targets=targets, can_recalculate=may_operate,
         ))
     # A module-granted user is told about the year and their modules, not the others.
-    result.reasons = {k: v for k, v in detail["incomplete_reasons"].items()
-                      if grants is None or k == "year" or k in grants}
+    result.reasons = [
+        (gettext(MODULES[k].label) if k in MODULES else gettext("Year"), v)
+        for k, v in detail["incomplete_reasons"].items() if access.in_scope(grants, None if k == "year" else k)
+    ]
     result.can_open = detail["can_open"]
     result.active = _active_pipelines(chosen.year, grants)
     # Where each running pipeline's bar goes (the page's script places live ones alike):
@@ -191,8 +197,10 @@ def history_entry(job: Job) -> dict[str, Any]:
     return {
         "job": job,
         "module": job.pipeline.module,
+        "module_label": gettext(MODULES[job.pipeline.module].label) if job.pipeline.module in MODULES
+        else job.pipeline.module or _("Year"),
+        "kind_label": JOB_TYPE_LABELS.get(job.job_type, job.job_type),
         "target": JOB_TARGETS.get(job.job_type, ""),
-        "target_label": TARGET_LABELS.get(JOB_TARGETS.get(job.job_type, ""), ""),
         "look": job.result or ("running" if job.state == "running" else "queued"),
         "stats": {k: meta.get(k) for k in ("rows_total", "rows_loaded", "rows_skipped", "rows_rejected")},
         "has_stats": any(meta.get(k) is not None for k in ("rows_total", "rows_loaded")),

@@ -43,6 +43,7 @@ def _js_strings() -> dict[str, Any]:
         "statuses": {
             "not_started": _("waiting"), "running": _("running"), "success": _("success"),
             "partial": _("partial"), "failed": _("failed"), "cancelled": _("cancelled"),
+            "superseded": _("superseded"),
         },
     }
 

@@ -18,6 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Labels stay plain English strings here (the API's contract); marked for the
+# catalogue so pages can show them translated (``gettext(mod.label)``).
+from django.utils.translation import gettext_noop
+
 TARGET_DATA = "data_entries"
 TARGET_FACTORS = "factors"
 TARGETS = (TARGET_DATA, TARGET_FACTORS)
@@ -139,7 +143,7 @@ MODULES: dict[str, ModuleDef] = {
     for m in (
         ModuleDef(
             key="headcount",
-            label="Headcount",
+            label=gettext_noop("Headcount"),
             dets=(
                 Det("staff", "Staff",
                     ("professor", "researcher", "postdoc", "phd_student", "technician", "administrative")),
@@ -151,7 +155,7 @@ MODULES: dict[str, ModuleDef] = {
         ),
         ModuleDef(
             key="professional_travel",
-            label="Professional travel",
+            label=gettext_noop("Professional travel"),
             dets=(
                 Det("plane", "Plane", ("short_haul_economy", "medium_haul_economy", "long_haul_economy",
                                        "long_haul_business")),
@@ -167,7 +171,7 @@ MODULES: dict[str, ModuleDef] = {
         ),
         ModuleDef(
             key="buildings",
-            label="Buildings",
+            label=gettext_noop("Buildings"),
             dets=(
                 Det("electricity", "Electricity", ("grid_mix", "renewable_contract")),
                 Det("heating", "Heating", ("natural_gas", "district_heating", "heating_oil", "heat_pump")),
@@ -182,7 +186,7 @@ MODULES: dict[str, ModuleDef] = {
         ),
         ModuleDef(
             key="equipment",
-            label="Equipment",
+            label=gettext_noop("Equipment"),
             dets=(
                 Det("it", "IT equipment", ("laptop", "desktop", "monitor", "server", "printer")),
                 Det("lab", "Laboratory equipment", ("centrifuge", "ultra_low_freezer", "microscope", "fume_hood")),
@@ -197,7 +201,7 @@ MODULES: dict[str, ModuleDef] = {
         ),
         ModuleDef(
             key="purchases",
-            label="Purchases",
+            label=gettext_noop("Purchases"),
             dets=(
                 Det("goods", "Goods", ("lab_consumables", "it_supplies", "furniture", "chemicals")),
                 Det("services", "Services", ("catering", "cleaning", "consulting", "maintenance")),

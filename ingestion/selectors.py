@@ -1,5 +1,8 @@
 """Reads of the ingestion app: the module registry, years and their completeness,
 totals, uploads and row errors. Shared by the API, the admin pages and the services.
+
+Completeness reasons are read by people (the Data management page, a 409): they are
+translated into the request's language.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import QuerySet
+from django.utils.translation import gettext as _
 
 from ingestion.models import ModuleState, RowError, Total, Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGETS, get_module
@@ -43,7 +47,7 @@ def year_list(*, include_closed: bool) -> QuerySet[Year]:
 
 
 def _named(items: list[str]) -> str:
-    more = f" and {len(items) - NAMED_MAX} more" if len(items) > NAMED_MAX else ""
+    more = _(" and %(n)s more") % {"n": len(items) - NAMED_MAX} if len(items) > NAMED_MAX else ""
     return ", ".join(items[:NAMED_MAX]) + more
 
 
@@ -55,7 +59,7 @@ def module_incomplete_reasons(*, year: int, module: str) -> list[str]:
     """
     state = ModuleState.objects.filter(year=year, module=module).first()
     if state is None or not state.data_rows:
-        return ["no data entries loaded"]
+        return [_("no data entries loaded")]
     reasons = []
     with connection.cursor() as cur:
         cur.execute(
@@ -72,11 +76,11 @@ def module_incomplete_reasons(*, year: int, module: str) -> list[str]:
     missing = [key for key, stale in rows if stale is None]
     stale = [key for key, stale in rows if stale]
     if missing:
-        reasons.append(f"missing factor(s): {_named(missing)}")
+        reasons.append(_("missing factor(s): %(keys)s") % {"keys": _named(missing)})
     if stale:
-        reasons.append(f"stale factor(s), absent from the latest factors file: {_named(stale)}")
+        reasons.append(_("stale factor(s), absent from the latest factors file: %(keys)s") % {"keys": _named(stale)})
     if not missing and not stale and state.totals_version != state.data_version:
-        reasons.append("totals not computed from the current data yet (a pipeline is running or failed)")
+        reasons.append(_("totals not computed from the current data yet (a pipeline is running or failed)"))
     return reasons
 
 
@@ -84,9 +88,9 @@ def year_incomplete_reasons(*, year: Year) -> dict[str, list[str]]:
     """Every reason the year may not open, by module (and "year" for year-wide ones)."""
     reasons: dict[str, list[str]] = {}
     if year.configured_at is None:
-        reasons.setdefault("year", []).append("units not synced yet (the unit sync has not succeeded)")
+        reasons.setdefault("year", []).append(_("units not synced yet (the unit sync has not succeeded)"))
     if not year.enabled_modules:
-        reasons.setdefault("year", []).append("no module enabled (config.modules is empty)")
+        reasons.setdefault("year", []).append(_("no module enabled (config.modules is empty)"))
     for module in year.enabled_modules:
         found = module_incomplete_reasons(year=year.year, module=module)
         if found:

@@ -220,6 +220,7 @@ def run(*, demo: bool = True) -> int:
         print(
             f"\n  Sluice is running: http://127.0.0.1:{port}/admin/\n"
             f"  login: {DEMO_USER} / {DEMO_PASSWORD}\n"
+            f"  data management: http://127.0.0.1:{port}/admin/ingestion/year/data/\n"
             f"  operations console: http://127.0.0.1:{port}/admin/pipelines/pipeline/live/\n"
             f"  API docs: http://127.0.0.1:{port}/api/docs/\n"
             f"  manage.py in another shell: source {os.path.relpath(RUN_ENV, ROOT)} first\n"

@@ -237,7 +237,7 @@ def test_viewer_sees_everything_and_no_button_module_operator_only_their_modules
         ["buildings"]
     assert page.locator("button.dm-upload").count() == 2 and page.locator("button.dm-recalc").count() == 1
     assert page.locator("#dm-create-year, #dm-open-year, #dm-close-year").count() == 0
-    assert [r.split(":")[0] for r in page.locator("#dm-reasons li").all_inner_texts()] == ["buildings"]
+    assert [r.split(":")[0] for r in page.locator("#dm-reasons li").all_inner_texts()] == ["Buildings"]
     modules = set(page.locator("li.dm-entry").evaluate_all("es => es.map(e => e.dataset.module)"))
     assert modules == {"buildings"}
 
@@ -259,3 +259,84 @@ def test_viewer_sees_everything_and_no_button_module_operator_only_their_modules
     assert bg not in ("rgb(255, 255, 255)", "rgba(0, 0, 0, 0)"), bg  # the admin's dark theme applies
     shot(plain, "data-management-nojs-dark.png")
     static.close()
+
+
+def test_uploads_and_years_admin_pages(open_page: Any, synced_year: Any) -> None:
+    from ingestion.models import Upload
+
+    synced_year(2036)
+    upload_sample(2036, "equipment", "factors")
+    upload = Upload.objects.get(year_id=2036, module="equipment")
+    make_staff("admin", superuser=True)
+    page = open_page("admin", "/admin/ingestion/upload/")
+
+    # The Uploads list says what was uploaded, by whom, its fingerprint and result
+    row = page.locator("#result_list tbody tr").first
+    text = row.inner_text()
+    for part in ("2036", "equipment", "factors", "equipment_factors.csv", upload.sha256[:12], "success"):
+        assert part in text, (part, text)
+
+    # Its detail links the pipeline and the stored file, and runs it again
+    page.goto(page.url + f"{upload.pk}/change/")
+    assert page.locator(f"a[href='/api/v1/uploads/{upload.pk}/file/']").count() == 1
+    assert str(upload.pipeline_id) in page.inner_text("#content-main")
+    with page.expect_download(timeout=WAIT) as download:
+        page.click(f"a[href='/api/v1/uploads/{upload.pk}/file/']")
+    assert open(download.value.path(), "rb").read() == sample("equipment", "factors").read_bytes()
+    page.click("#upload-rerun button")
+    # ...landing on Data management, which follows the new run to its end
+    page.wait_for_url("**/admin/ingestion/year/data/?year=2036&watch=*", timeout=WAIT)
+    page.wait_for_selector('.dm-live[data-slot="t:equipment:factors"][data-status=success] .live-pct:has-text("100%")',
+                           timeout=WAIT)
+    assert Upload.objects.get(pk=upload.pk).pipeline_id == upload.pipeline_id  # the upload row is unchanged
+
+    # The Years list says open or closed and what is missing
+    page.goto(page.url.split("/admin/")[0] + "/admin/ingestion/year/")
+    row = page.locator("#result_list tbody tr").first.inner_text()
+    assert "2036" in row and "no data entries loaded" in row
+    shot(page, "years-admin.png", full_page=False)
+
+
+def _english_of_catalogue() -> list[str]:
+    """Every English phrase of the French catalogue whose French differs (placeholders cut out)."""
+    import re
+
+    from django.conf import settings
+
+    po = (settings.BASE_DIR / "locale" / "fr" / "LC_MESSAGES" / "django.po").read_text(encoding="utf-8")
+    phrases = []
+    for block in po.split("\n\n")[1:]:
+        ids = re.findall(r'^msgid "(.*)"$', block, re.M)
+        strs = re.findall(r'^msgstr(?:\[0\])? "(.*)"$', block, re.M)
+        if not ids or not strs or ids[0] == strs[0]:
+            continue
+        for part in re.split(r"%\(\w+\)s", ids[0]):
+            if len(part.strip(" .:,?()…")) >= 3:
+                phrases.append(part.strip())
+    return phrases
+
+
+def test_the_french_page_has_no_english_left(open_page: Any, synced_year: Any) -> None:
+    import re
+
+    synced_year(2037)
+    upload_sample(2037, "headcount", "factors")
+    make_staff("admin", superuser=True)
+    page = open_page("admin", DM + "?year=2037", locale="fr-FR")
+    page.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
+
+    assert page.inner_text("h1") == "Gestion des données"
+    assert page.inner_text("#live-status") == "en direct"
+    assert page.inner_text("#dm-year-chip") == "Pas encore ouverte aux utilisateurs"
+    assert "Effectifs" in page.inner_text("#dm-modules")
+    # What people read, minus what is data: stored job messages (written by the
+    # worker), file names, fingerprints, raw JSON, user names.
+    text = page.evaluate("""() => {
+        const copy = document.body.cloneNode(true);
+        copy.querySelectorAll('.dm-summary-msg, [data-role=message], .dm-msg, pre, code, .dm-upload-info strong,'
+            + ' #user-tools strong, #sluice-language-select').forEach((e) => e.remove());
+        return copy.innerText;
+    }""")
+    left = [p for p in _english_of_catalogue() if re.search(r"(?<![\w-])" + re.escape(p) + r"(?![\w-])", text)]
+    assert left == [], left
+    shot(page, "data-management-fr.png")

@@ -14,7 +14,7 @@ import { connectFeed } from "./live.js";
 const root = document.querySelector(".dm-page");
 const S = JSON.parse(document.getElementById("dm-strings").textContent);
 const SECTIONS = ["dm-yearbar", "dm-modules-section", "dm-history-section"];
-const DONE = new Set(["success", "partial", "failed", "cancelled"]);
+const DONE = new Set(["success", "partial", "failed", "cancelled", "superseded"]);
 const TARGET_OF = { csv_ingest: "data_entries", factor_ingest: "factors" };
 const REFRESH_DEBOUNCE_MS = 250;
 
