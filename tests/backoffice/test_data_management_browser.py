@@ -334,7 +334,8 @@ def test_the_french_page_has_no_english_left(open_page: Any, synced_year: Any) -
     text = page.evaluate("""() => {
         const copy = document.body.cloneNode(true);
         copy.querySelectorAll('.dm-summary-msg, [data-role=message], .dm-msg, pre, code, .dm-upload-info strong,'
-            + ' #user-tools strong, #sluice-language-select').forEach((e) => e.remove());
+            + ' #user-tools strong, #sluice-language-select, script, style, noscript, [hidden]')
+            .forEach((e) => e.remove());
         return copy.innerText;
     }""")
     left = [p for p in _english_of_catalogue() if re.search(r"(?<![\w-])" + re.escape(p) + r"(?![\w-])", text)]
