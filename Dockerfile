@@ -9,7 +9,8 @@ COPY ingestion ./ingestion
 COPY backoffice ./backoffice
 COPY workers ./workers
 COPY manage.py ./
-RUN pip install --no-cache-dir . && python manage.py collectstatic --no-input -v 0
+# collectstatic loads the settings, which need a key; this one exists only during the build.
+RUN pip install --no-cache-dir . && DJANGO_SECRET_KEY=build-only python manage.py collectstatic --no-input -v 0
 RUN useradd --create-home sluice && mkdir -p /app/.var/media && chown -R sluice /app/.var
 USER sluice
 EXPOSE 8000

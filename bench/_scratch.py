@@ -37,6 +37,8 @@ def drop_scratch_database(name: str) -> None:
 def setup_django(database_url: str) -> None:
     os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # A benchmark serves nothing: settings need a key when DEBUG is off (config/settings.py).
+    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-a-secret")
     sys.path.insert(0, str(ROOT))
     import django
     from django.core.management import call_command

@@ -176,6 +176,8 @@ def main() -> None:
     url = scratch_url(reuse=args.reuse)
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # A benchmark serves nothing: settings need a key when DEBUG is off (config/settings.py).
+    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-a-secret")
     sys.path.insert(0, str(ROOT))
     import django
 

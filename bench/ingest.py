@@ -160,6 +160,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-ingest-"))
     os.environ.update({"DATABASE_URL": url, "SLUICE_MEDIA_ROOT": str(tmp / "media"),
                        "DJANGO_SETTINGS_MODULE": "config.settings", "SLUICE_LOG_LEVEL": "WARNING"})
+    # A benchmark serves nothing: settings need a key when DEBUG is off (config/settings.py).
+    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-a-secret")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     import django
 

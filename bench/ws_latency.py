@@ -221,6 +221,8 @@ def main() -> None:
     os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # A benchmark serves nothing: settings need a key when DEBUG is off (config/settings.py).
+    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-a-secret")
     sys.path.insert(0, str(ROOT))
     import django
 

@@ -11,15 +11,22 @@ from pathlib import Path
 from typing import Any, cast
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
-# The "django-insecure-" prefix makes `manage.py check --deploy` flag the default; real
-# deployments set DJANGO_SECRET_KEY or DJANGO_SECRET_KEY_FILE (see .env.example).
-SECRET_KEY = env_str("DJANGO_SECRET_KEY", "django-insecure-sluice-local-development-only")
+# Only a DEBUG (local) process may fall back to the public development key: signed
+# sessions, CSRF and password-reset tokens are forgeable with it. Real deployments set
+# DJANGO_SECRET_KEY or DJANGO_SECRET_KEY_FILE (see .env.example).
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "django-insecure-sluice-local-development-only" if DEBUG else "")
+if not SECRET_KEY:
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY (or DJANGO_SECRET_KEY_FILE) is required when DJANGO_DEBUG is false; "
+        "for local development set DJANGO_DEBUG=true"
+    )
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
@@ -338,3 +345,24 @@ CACHES["api_throttle"]["BACKEND"] = "config.cache.FallbackRedisCache"
 SLUICE_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.25, "interval_max": 0.5}
 # A queued job whose publish failed is re-sent by the reaper once it is this old.
 SLUICE_UNSENT_GRACE_SECONDS = env_float("SLUICE_UNSENT_GRACE_SECONDS", 2.0, minimum=0.1)
+
+# --- Security: production defaults (issue 8; docs/OPERATIONS.md) -------------------------
+# SLUICE_HTTPS=true (the site is served over HTTPS, usually behind a TLS proxy) turns on
+# secure cookies, HSTS and the HTTPS redirect; each stays settable on its own. Off by
+# default so plain-HTTP local runs and tests keep working.
+HTTPS = env_bool("SLUICE_HTTPS", False)
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SESSION_COOKIE_SECURE", HTTPS)
+CSRF_COOKIE_SECURE = env_bool("DJANGO_CSRF_COOKIE_SECURE", HTTPS)
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", HTTPS)
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31_536_000 if HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", HTTPS)
+# "HTTP_X_FORWARDED_PROTO,https": trust the TLS proxy's header (only behind such a proxy,
+# which must strip the header from clients). The health probe stays plain HTTP.
+_proxy_ssl_header = env_list("DJANGO_SECURE_PROXY_SSL_HEADER", [])
+if _proxy_ssl_header and len(_proxy_ssl_header) != 2:
+    raise ImproperlyConfigured("DJANGO_SECURE_PROXY_SSL_HEADER must be HEADER,value: HTTP_X_FORWARDED_PROTO,https")
+SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header[0], _proxy_ssl_header[1]) if _proxy_ssl_header else None
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+# Debug pages and error reports mask credentials in URLs (DATABASE_URL, broker, sources).
+DEFAULT_EXCEPTION_REPORTER = "pipelines.redaction.RedactingExceptionReporter"

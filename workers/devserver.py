@@ -192,9 +192,24 @@ def _wait_http(url: str, timeout: float) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
-def _prepare(env: dict[str, str]) -> None:
+def _demo_env(services_env: dict[str, str]) -> tuple[dict[str, str], bool]:
+    """(environment for web, worker and beat; whether this is the embedded demo).
+
+    Only the embedded demo database (no ``DATABASE_URL`` given) is a throwaway: there,
+    DEBUG is on (its development key, its error pages) and the demo login is created.
+    Pointed at a real database, the settings' production defaults stay in force.
+    """
+    env = {**os.environ, **services_env}
+    demo = "DATABASE_URL" in services_env
+    if demo:
+        env.setdefault("DJANGO_DEBUG", "true")
+    return env, demo
+
+
+def _prepare(env: dict[str, str], *, demo: bool) -> None:
     _manage(env, "migrate", "--no-input", "-v", "0")
-    _manage(env, "sluice_demo", "--username", DEMO_USER, "--password", DEMO_PASSWORD)
+    if demo:
+        _manage(env, "sluice_demo", "--username", DEMO_USER, "--password", DEMO_PASSWORD)
 
 
 RUN_ENV = VAR / "run.env"
@@ -205,21 +220,23 @@ def run(*, demo: bool = True) -> int:
     children: list[Child] = []
     try:
         services_env, stop_services = start_services()
-        env = {**os.environ, **services_env}
-        env.setdefault("DJANGO_DEBUG", "true")
+        env, embedded = _demo_env(services_env)
+        # Demo data and login only on the embedded servers (never on a real DATABASE_URL).
+        demo = demo and embedded
         port = int(os.environ.get("PORT", "8000"))
-        if demo:
-            _prepare(env)
-        else:
-            _manage(env, "migrate", "--no-input", "-v", "0")
+        _prepare(env, demo=demo)
         children = _spawn(env, port)
         # Readiness, not liveness: PostgreSQL and Redis must answer too.
         _wait_http(f"http://127.0.0.1:{port}/healthz?deep=1", 60)
         # Ops commands in another shell must reach the same (embedded) servers.
-        RUN_ENV.write_text("".join(f"export {k}='{env[k]}'\n" for k in ("DATABASE_URL", "REDIS_URL")))
+        RUN_ENV.write_text("".join(
+            f"export {k}='{env[k]}'\n" for k in ("DATABASE_URL", "REDIS_URL", "DJANGO_DEBUG") if k in env
+        ))
+        login = (f"login: {DEMO_USER} / {DEMO_PASSWORD}" if demo
+                 else "no demo login on a real DATABASE_URL: manage.py createsuperuser")
         print(
             f"\n  Sluice is running: http://127.0.0.1:{port}/admin/\n"
-            f"  login: {DEMO_USER} / {DEMO_PASSWORD}\n"
+            f"  {login}\n"
             f"  data management: http://127.0.0.1:{port}/admin/ingestion/year/data/\n"
             f"  operations console: http://127.0.0.1:{port}/admin/pipelines/pipeline/live/\n"
             f"  API docs: http://127.0.0.1:{port}/api/docs/\n"
@@ -243,13 +260,13 @@ def run(*, demo: bool = True) -> int:
 def smoke() -> int:
     """CI's check of `make run`: it comes up, a no-op pipeline runs end to end, it stops."""
     services_env, stop_services = start_services()
-    env = {**os.environ, **services_env}
+    env, demo = _demo_env(services_env)
     port = _free_port()
     log_dir = VAR / "smoke-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     children: list[Child] = []
     try:
-        _prepare(env)
+        _prepare(env, demo=demo)
         children = _spawn(env, port, log_dir=log_dir)
         _wait_http(f"http://127.0.0.1:{port}/healthz", 60)
         _manage(env, "sluice_pipeline", "noop", "--wait", "--timeout", "90")
