@@ -365,4 +365,10 @@ if _proxy_ssl_header and len(_proxy_ssl_header) != 2:
 SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header[0], _proxy_ssl_header[1]) if _proxy_ssl_header else None
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 # Debug pages and error reports mask credentials in URLs (DATABASE_URL, broker, sources).
-DEFAULT_EXCEPTION_REPORTER = "pipelines.redaction.RedactingExceptionReporter"
+DEFAULT_EXCEPTION_REPORTER = "config.debug.RedactingExceptionReporter"
+
+# --- Security: /metrics (issue 8; docs/OPERATIONS.md) ------------------------------------
+# Prometheus sends "Authorization: Bearer <token>"; without a token only staff sessions scrape.
+SLUICE_METRICS_TOKEN = env_str("SLUICE_METRICS_TOKEN", "")
+# Finished-job gauges and duration histograms cover jobs created within this window.
+SLUICE_METRICS_WINDOW_SECONDS = env_int("SLUICE_METRICS_WINDOW_SECONDS", 3600, minimum=60)

@@ -9,6 +9,7 @@ upload pipeline is ``csv_ingest``/``factor_ingest`` → one ``emission_recalc`` 
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import time
@@ -16,6 +17,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -25,6 +27,7 @@ from ingestion import loading, parsing
 from ingestion.models import DataEntry, ModuleState, Report, Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGETS, UnknownModule, get_module
 from pipelines.models import Job, JobResult, OperatorActionKind, Pipeline
+from pipelines.redaction import redact_urls
 from pipelines.registry import Outcome
 from pipelines.services import ConflictError, JobSpec, actor_user, operator_action_record, pipeline_plan
 
@@ -494,7 +497,7 @@ def directory_fetch(*, source: str) -> list[dict[str, str]]:
     ``id``), ``name``, ``kind``, ``parent_id``.
     """
     if source.startswith(("http://", "https://")):
-        with urllib.request.urlopen(source, timeout=30) as resp:  # noqa: S310 - scheme checked above
+        with urllib.request.urlopen(_directory_request(source), timeout=30) as resp:  # noqa: S310 - scheme checked
             data = json.load(resp)
         items = data.get("units", []) if isinstance(data, dict) else data
     else:
@@ -512,8 +515,24 @@ def directory_fetch(*, source: str) -> list[dict[str, str]]:
             "parent_id": str(item.get("parent_id") or "").strip()[:40],
         }
     if not units:
-        raise ValueError(f"the directory source {source} returned no units")
+        raise ValueError(f"the directory source {redact_urls(source)} returned no units")
     return list(units.values())
+
+
+def _directory_request(url: str) -> urllib.request.Request:
+    """``https://user:password@host/…`` becomes Basic auth (urllib would take it for a host name)."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return urllib.request.Request(url)  # noqa: S310 - callers pass http(s) URLs only
+    credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"  # IPv6 literal
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    request = urllib.request.Request(urlunsplit(parts._replace(netloc=netloc)))  # noqa: S310 - as above
+    request.add_header("Authorization", "Basic " + base64.b64encode(credentials).decode())
+    return request
 
 
 def units_upsert(*, units: list[dict[str, str]]) -> int:
@@ -597,7 +616,7 @@ def unit_sync_run(*, ctx: JobContext) -> Outcome:
         Year.objects.filter(pk=year).update(configured_at=timezone.now())
         eff.outcome = Outcome(
             JobResult.SUCCESS,
-            f"{synced:,} units synced from {Path(source).name if '://' not in source else source}; "
+            f"{synced:,} units synced from {Path(source).name if '://' not in source else redact_urls(source)}; "
             f"{created:,} reports created ({reports:,} in {year}), {modules_created:,} report modules added",
             {"units_synced": synced, "reports_created": created, "report_modules_created": modules_created},
         )

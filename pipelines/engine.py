@@ -23,6 +23,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, close_old
 from pipelines import registry, services
 from pipelines.logging import log_context
 from pipelines.models import Job, JobResult
+from pipelines.redaction import redact_urls
 from pipelines.registry import Outcome
 
 logger = logging.getLogger(__name__)
@@ -184,8 +185,9 @@ class _Heartbeat(threading.Thread):
 def _error_dict(exc: BaseException, stage: str) -> dict[str, Any]:
     return {
         "type": type(exc).__name__,
-        "message": str(exc)[:2000],
-        "traceback": "".join(traceback.format_exception(exc))[-20000:],
+        # Shown in the API and admin: mask credentials of URLs in the error (pipelines.redaction).
+        "message": redact_urls(str(exc))[:2000],
+        "traceback": redact_urls("".join(traceback.format_exception(exc)))[-20000:],
         "stage": stage,
     }
 
@@ -234,7 +236,7 @@ def _run_handler(job: Job) -> str:
             logger.warning("job attempt %s failed, retrying in %ss", ctx.attempt, countdown, exc_info=True)
             return "retrying"
         logger.error("job failed in stage %s", ctx.stage, exc_info=True)
-        message = f"Error in {ctx.stage}: {type(exc).__name__}: {str(exc)[:500]}"
+        message = f"Error in {ctx.stage}: {type(exc).__name__}: {error['message'][:500]}"
         services.job_finish(
             job_id=job.pk, attempt=ctx.attempt, outcome=Outcome(JobResult.ERROR, message), error=error
         )

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pipelines.redaction import redact_urls
+
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("sluice_log_context", default=None)
 
 
@@ -27,12 +29,13 @@ class StructuredFormatter(logging.Formatter):
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            # URLs in messages and tracebacks may carry credentials (pipelines.redaction).
+            "msg": redact_urls(record.getMessage()),
             **(_context.get() or {}),
         }
         for key in ("pipeline_id", "job_id", "request_id"):
             if hasattr(record, key):
                 data[key] = str(getattr(record, key))
         if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
+            data["exc"] = redact_urls(self.formatException(record.exc_info))
         return json.dumps(data, default=str)

@@ -8,9 +8,7 @@ job messages, log lines and Django's debug page still name the server without th
 from __future__ import annotations
 
 import re
-
-from django.utils.safestring import SafeString, mark_safe
-from django.views.debug import ExceptionReporter
+from typing import Any
 
 MASK = "***"
 # scheme://userinfo@ — userinfo is everything up to the last "@" before the host part.
@@ -30,17 +28,12 @@ def redact_urls(text: str) -> str:
     return _SECRET_PARAM.sub(lambda m: f"{m['key']}{MASK}", text)
 
 
-class RedactingExceptionReporter(ExceptionReporter):
-    """Django's debug page and error e-mails, with credentials in URLs masked.
-
-    Django hides settings *named* like secrets (``…PASSWORD``, ``…KEY``), but
-    ``DATABASE_URL``, ``REDIS_URL`` or ``CELERY_BROKER_URL`` carry one in their value, and
-    so may an exception message or a local variable: the rendered page is masked whole.
-    """
-
-    # The masks add no markup: the page stays as safe as Django rendered it.
-    def get_traceback_html(self) -> SafeString:
-        return mark_safe(redact_urls(super().get_traceback_html()))  # noqa: S308
-
-    def get_traceback_text(self) -> SafeString:
-        return mark_safe(redact_urls(super().get_traceback_text()))  # noqa: S308
+def redact_values(value: Any) -> Any:
+    """``value`` (JSON-like: params, meta) with :func:`redact_urls` applied to every string."""
+    if isinstance(value, str):
+        return redact_urls(value)
+    if isinstance(value, dict):
+        return {k: redact_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_values(v) for v in value]
+    return value

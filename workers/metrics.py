@@ -2,16 +2,25 @@
 
 A custom collector (not counters incremented in-process) because the truth is shared
 by every worker and web process: whichever process is scraped reports the same figures.
+
+A scrape stays cheap however large the job history grows: jobs are counted only while
+unfinished (index on state) or when created within ``SLUICE_METRICS_WINDOW_SECONDS``
+(index on created_at); nothing aggregates the whole job table. Access needs the bearer
+token ``SLUICE_METRICS_TOKEN`` or a staff session.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -21,6 +30,7 @@ from pipelines.models import Job, JobEvent, JobState, QueueState
 logger = logging.getLogger(__name__)
 
 DURATION_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 1800)
+ACTIVE_STATES = [JobState.NOT_STARTED, JobState.QUEUED, JobState.RUNNING]
 
 
 class SluiceCollector(Collector):
@@ -40,32 +50,47 @@ class SluiceCollector(Collector):
             paused.add_metric([name], 1 if is_paused else 0)
         yield paused
 
-        jobs = GaugeMetricFamily(
-            "sluice_jobs", "Jobs by state, result and type", labels=["state", "result", "job_type"]
-        )
-        for row in Job.objects.values("state", "result", "job_type").annotate(n=Count("id")):
-            jobs.add_metric([row["state"], row["result"] or "", row["job_type"]], row["n"])
+        jobs = GaugeMetricFamily("sluice_jobs", "Unfinished jobs by state and type", labels=["state", "job_type"])
+        active = Job.objects.filter(state__in=ACTIVE_STATES)
+        for row in active.values("state", "job_type").annotate(n=Count("id")):
+            jobs.add_metric([row["state"], row["job_type"]], row["n"])
         yield jobs
 
-        yield from self._durations()
+        since = timezone.now() - timedelta(seconds=settings.SLUICE_METRICS_WINDOW_SECONDS)
+        finished = GaugeMetricFamily(
+            "sluice_jobs_finished",
+            "Finished jobs by result and type, among jobs created within SLUICE_METRICS_WINDOW_SECONDS",
+            labels=["result", "job_type"],
+        )
+        recent = Job.objects.filter(created_at__gte=since, state=JobState.FINISHED)
+        for done in recent.values("result", "job_type").annotate(n=Count("id")):
+            finished.add_metric([done["result"] or "", done["job_type"]], done["n"])
+        yield finished
+
+        yield from self._durations(since)
 
         events = GaugeMetricFamily("sluice_events_total", "Events recorded and pushed (last seq)")
         events.add_metric([], JobEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0)
         yield events
 
-    def _durations(self) -> Iterator[Any]:
+    def _durations(self, since: datetime) -> Iterator[Any]:
         from django.db import connection
 
-        hist = HistogramMetricFamily("sluice_job_duration_seconds", "Finished job durations", labels=["job_type"])
+        hist = HistogramMetricFamily(
+            "sluice_job_duration_seconds",
+            "Durations of finished jobs created within SLUICE_METRICS_WINDOW_SECONDS",
+            labels=["job_type"],
+        )
         bounds = ", ".join(str(b) for b in DURATION_BUCKETS)
         with connection.cursor() as cursor:
             cursor.execute(
                 f"""SELECT job_type,
                            width_bucket(extract(epoch FROM finished_at - started_at), ARRAY[{bounds}]::float[]),
                            count(*), sum(extract(epoch FROM finished_at - started_at))
-                    FROM pipelines_job WHERE state = %s AND started_at IS NOT NULL AND finished_at IS NOT NULL
+                    FROM pipelines_job
+                    WHERE created_at >= %s AND state = %s AND started_at IS NOT NULL AND finished_at IS NOT NULL
                     GROUP BY 1, 2""",
-                [JobState.FINISHED],
+                [since, JobState.FINISHED],
             )
             rows = cursor.fetchall()
         per_type: dict[str, tuple[list[int], float]] = {}
@@ -86,5 +111,19 @@ _registry = CollectorRegistry(auto_describe=False)
 _registry.register(SluiceCollector())
 
 
+def _scrape_allowed(request: HttpRequest) -> bool:
+    token = settings.SLUICE_METRICS_TOKEN
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if token and scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.encode()):
+        return True
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated and user.is_active and user.is_staff)
+
+
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    if not _scrape_allowed(request):
+        response = HttpResponse("metrics need a bearer token (SLUICE_METRICS_TOKEN) or a staff login\n",
+                                status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
     return HttpResponse(generate_latest(_registry), content_type=CONTENT_TYPE_LATEST)

@@ -14,6 +14,7 @@ from django.db.models import Prefetch, QuerySet
 from backoffice import access
 from pipelines import events, selectors
 from pipelines.models import Job, Pipeline
+from pipelines.redaction import redact_values
 
 
 def pipelines_visible(*, user: Any) -> QuerySet[Pipeline]:
@@ -55,7 +56,7 @@ def pipeline_detail(*, pipeline: Pipeline) -> dict[str, Any]:
     snapshot = selectors.pipeline_snapshot(pipeline_id=pipeline.pk)
     return {
         **_pipeline_fields(pipeline),
-        "params": pipeline.params,
+        "params": redact_values(pipeline.params),  # a directory source URL may carry credentials
         "jobs": snapshot["jobs"],
         "edges": snapshot["edges"],
         "seq": snapshot["seq"],
@@ -93,7 +94,7 @@ def job_detail(*, job: Job) -> dict[str, Any]:
     return {
         **job_list_item(job),
         "depends_on": sorted(job.depends_on.values_list("pk", flat=True)),
-        "params": job.params,
+        "params": redact_values(job.params),
         "meta": job.meta,
         "error": job.error,
         "max_attempts": job.max_attempts,

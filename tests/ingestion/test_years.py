@@ -3,6 +3,7 @@ module is complete (server-side rule)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -85,11 +86,19 @@ def test_a_year_opens_only_once_every_enabled_module_is_complete(configured_year
     assert reasons[0].startswith("stale factor(s), absent from the latest factors file: goods/chemicals")
 
 
+PRIVATE_USER, PRIVATE_PASSWORD = "svc", "dir-pass-8f2c"
+PRIVATE_AUTH = "Basic " + base64.b64encode(f"{PRIVATE_USER}:{PRIVATE_PASSWORD}".encode()).decode()
+
+
 class _Directory(BaseHTTPRequestHandler):
     units = [{"id": "HTTP-1", "name": "Remote lab", "kind": "lab", "parent_id": ""},
              {"unit_id": "HTTP-2", "name": "Remote service"}]
 
     def do_GET(self) -> None:
+        if self.path.startswith("/private/") and self.headers.get("Authorization") != PRIVATE_AUTH:
+            self.send_response(401)
+            self.end_headers()
+            return
         body = json.dumps({"units": self.units}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -124,3 +133,41 @@ def test_a_year_can_sync_units_from_an_http_json_directory(
     assert sorted(Unit.objects.values_list("unit_id", "name")) == [("HTTP-1", "Remote lab"),
                                                                   ("HTTP-2", "Remote service")]
     assert Report.objects.filter(year_id=2031).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.worker
+def test_directory_credentials_never_show_in_the_job(
+    celery_worker: Any, wait_for_pipeline: Any, directory_url: str, client: Any
+) -> None:
+    # Given a directory that needs a login, given in the source URL (and a token in the query)
+    private = directory_url.replace("http://", f"http://{PRIVATE_USER}:{PRIVATE_PASSWORD}@").replace(
+        "/units.json", "/private/units.json?token=tok-9d1e"
+    )
+    _, pipeline = services.year_create(year=2032, actor=None, source=private)
+    done = wait_for_pipeline(pipeline.pk, timeout=60)
+    # Then the sync logs in (Basic auth) and its message names the server, not the secrets
+    job = jobs_of(done)["ingest"]
+    assert done.status == "success", job.status_message
+    assert "units synced from http://***@127.0.0.1:" in job.status_message
+    assert "token=***" in job.status_message
+    # And the API's job and pipeline details show the source masked too
+    from django.contrib.auth.models import User
+
+    client.force_login(User.objects.create_superuser("ops"))
+    for url in (f"/api/v1/jobs/{job.pk}/", f"/api/v1/pipelines/{done.pk}/"):
+        body = client.get(url).content.decode()
+        assert PRIVATE_PASSWORD not in body and "tok-9d1e" not in body, url
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.worker
+def test_a_failing_directory_login_names_the_server_without_the_password(
+    celery_worker: Any, wait_for_pipeline: Any, directory_url: str
+) -> None:
+    wrong = directory_url.replace("http://", "http://svc:wrong-pass-77@").replace("/units.json", "/private/u.json")
+    _, pipeline = services.year_create(year=2033, actor=None, source=wrong)
+    done = wait_for_pipeline(pipeline.pk, timeout=60)
+    job = jobs_of(done)["ingest"]
+    assert done.status == "failed" and "401" in job.status_message
+    assert "wrong-pass-77" not in job.status_message + str(job.error)
