@@ -7,7 +7,9 @@ Protocol (documented for clients in docs/LIVE.md):
 - connect with ``?after=N``: every stored event of the feed with ``seq > N``, then
   ``{"type": "replayed", "seq": M}``, then live events with ``seq > M``. When replay
   is impossible (too far behind, purged, reset) a snapshot is sent instead;
-- client → server ``{"action": "resync"}`` sends a fresh snapshot (gap detected).
+- client → server ``{"action": "resync"}`` sends a fresh snapshot (gap detected), at
+  most one per ``SLUICE_WS_RESYNC_MIN_SECONDS``: requests in between fold into one
+  snapshot at the end of the interval (each is a database read).
 
 The seam between stored and live events: the socket joins its groups *before* reading
 the database, buffers live events while reading, then flushes the buffer dropping
@@ -42,6 +44,7 @@ GROUP_REFRESH_SECONDS = 3600.0
 # and catches up from the database instead of holding the server's memory.
 OUTBOX_MAX = 5000
 CLOSE_TOO_SLOW = 4008
+CLOSE_NOT_FOUND = 4404
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
@@ -63,6 +66,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self.outbox: asyncio.Queue[str] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
         self.sync_task: asyncio.Task[None] | None = None
+        self.resync_later: asyncio.Task[None] | None = None
+        self.last_resync = float("-inf")
         self.joined: list[str] = []
         kwargs = self.scope["url_route"]["kwargs"]
         self.pipeline_id = str(kwargs["pipeline_id"]) if "pipeline_id" in kwargs else None
@@ -87,7 +92,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
         ]
 
     async def disconnect(self, code: int) -> None:
-        for task in [*getattr(self, "tasks", []), getattr(self, "sync_task", None)]:
+        for task in [*getattr(self, "tasks", []), getattr(self, "sync_task", None),
+                     getattr(self, "resync_later", None)]:
             if task is not None:
                 task.cancel()
         hub = live.hub()
@@ -100,15 +106,26 @@ class LiveConsumer(AsyncWebsocketConsumer):
         except ValueError:
             return
         if isinstance(request, dict) and request.get("action") == "resync" and self.access.allowed:
-            self._resync()
+            wait = self.last_resync + settings.SLUICE_WS_RESYNC_MIN_SECONDS - asyncio.get_running_loop().time()
+            if wait <= 0:
+                self._resync()
+            elif self.resync_later is None:
+                self.resync_later = asyncio.create_task(self._resync_after(wait))
+            # else: a snapshot is already due at the end of the interval; it answers this one too.
 
     def _resync(self) -> None:
         """Send a fresh snapshot (the client replaces what it holds with it)."""
+        self.last_resync = asyncio.get_running_loop().time()
         if self.sync_task is not None:
             self.sync_task.cancel()
         self.syncing = True
         self.buffer = []
         self.sync_task = asyncio.create_task(self._catch_up(after=None))
+
+    async def _resync_after(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self.resync_later = None
+        self._resync()
 
     # --- events from the hub ----------------------------------------------------------
 
@@ -217,6 +234,14 @@ class LiveConsumer(AsyncWebsocketConsumer):
             for group in self.joined:
                 with contextlib.suppress(Exception):  # Redis hiccup: try again next round
                     await live.hub().refresh(group)
+
+
+class NotFoundConsumer(AsyncWebsocketConsumer):
+    """Any other ``/ws/…`` path: accepted only to be closed with a code the client can read."""
+
+    async def connect(self) -> None:
+        await self.accept()
+        await self.close(code=CLOSE_NOT_FOUND)
 
 
 class ConsoleConsumer(LiveConsumer):

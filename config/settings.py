@@ -27,7 +27,8 @@ if not SECRET_KEY:
         "DJANGO_SECRET_KEY (or DJANGO_SECRET_KEY_FILE) is required when DJANGO_DEBUG is false; "
         "for local development set DJANGO_DEBUG=true"
     )
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+# (Django's test runner adds "testserver" itself: it is no default host.)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
@@ -372,3 +373,11 @@ DEFAULT_EXCEPTION_REPORTER = "config.debug.RedactingExceptionReporter"
 SLUICE_METRICS_TOKEN = env_str("SLUICE_METRICS_TOKEN", "")
 # Finished-job gauges and duration histograms cover jobs created within this window.
 SLUICE_METRICS_WINDOW_SECONDS = env_int("SLUICE_METRICS_WINDOW_SECONDS", 3600, minimum=60)
+
+# --- Security: WebSockets (issue 8; backoffice/ws_origin.py) -----------------------------
+# Pages on other origins allowed to open the live feeds, compared by scheme, host and port
+# (the server's own origin always is).
+SLUICE_WS_ALLOWED_ORIGINS = env_list("SLUICE_WS_ALLOWED_ORIGINS", CSRF_TRUSTED_ORIGINS)
+# A socket's {"action": "resync"} snapshots at most this often; extra requests in
+# between fold into one snapshot at the end of the interval.
+SLUICE_WS_RESYNC_MIN_SECONDS = env_float("SLUICE_WS_RESYNC_MIN_SECONDS", 2.0, minimum=0.0)

@@ -299,3 +299,88 @@ async def test_publish_never_blocks_on_a_full_or_dead_client(layer: Any) -> None
     )
     assert final["type"] in ("job.update", "pipeline.update")
     await socket.close()
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed"),
+    [
+        (b"http://localhost", b"localhost", True),
+        (b"http://localhost:8000", b"localhost:8000", True),
+        (b"http://localhost:8001", b"localhost:8000", False),  # another port on the same host
+        (b"https://localhost:8000", b"localhost:8000", False),  # another scheme (plain ws here)
+        (b"http://localhost", b"localhost:8000", False),
+        (b"http://evil.example", b"evil.example", False),  # "same origin" on a host not allowed (DNS rebinding)
+        (b"null", b"localhost", False),
+        (b"", b"localhost", False),  # no Origin at all
+        (b"https://console.example.org", b"localhost", True),  # configured origin
+        (b"http://console.example.org", b"localhost", False),  # ... but not over http
+        (b"https://console.example.org:444", b"localhost", False),
+    ],
+)
+async def test_origin_is_compared_by_scheme_host_and_port(
+    origin: bytes, host: bytes, allowed: bool, settings: Any
+) -> None:
+    from channels.testing import WebsocketCommunicator
+    from django.conf import settings as django_settings
+
+    from config.asgi import application
+
+    settings.SLUICE_WS_ALLOWED_ORIGINS = ["https://console.example.org"]
+    cookie = await _login("olga")
+    headers = [(b"host", host), (b"cookie", f"{django_settings.SESSION_COOKIE_NAME}={cookie}".encode())]
+    if origin:
+        headers.append((b"origin", origin))
+    comm = WebsocketCommunicator(application, "/ws/pipelines/", headers=headers)
+    connected, _ = await comm.connect(timeout=5)
+    assert connected is allowed
+    if connected:
+        assert (await comm.receive_json_from(timeout=5))["type"] == "snapshot"
+    await comm.disconnect()
+
+
+async def test_origin_behind_a_tls_proxy_is_https(settings: Any) -> None:
+    from channels.testing import WebsocketCommunicator
+
+    from config.asgi import application
+
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    for proto, allowed in ((b"https", True), (b"http", False)):
+        comm = WebsocketCommunicator(application, "/ws/pipelines/", headers=[
+            (b"host", b"localhost"), (b"origin", b"https://localhost"), (b"x-forwarded-proto", proto)])
+        connected, _ = await comm.connect(timeout=5)
+        assert connected is allowed, proto
+        await comm.disconnect()
+
+
+async def test_unknown_ws_path_is_closed_cleanly() -> None:
+    cookie = await _login("ursula")
+    for path in ("/ws/nope/", "/ws/pipelines/not-a-uuid/", "/elsewhere"):
+        socket = Socket(path, cookie=cookie)
+        assert (await socket.connect())[0], path
+        assert await socket.next() == {"type": "closed", "code": 4404}, path
+
+
+async def test_resync_requests_are_rate_limited(settings: Any) -> None:
+    settings.SLUICE_WS_RESYNC_MIN_SECONDS = 1.0
+    cookie = await _login("rita")
+    pipeline = await db(plan)
+    socket = Socket(f"/ws/pipelines/{pipeline.pk}/", cookie=cookie)
+    assert (await socket.connect())[0]
+    assert (await socket.next())["type"] == "snapshot"
+    # A burst of 20 resyncs: one snapshot now, one (for all the rest) a second later.
+    for _ in range(20):
+        await socket.send({"action": "resync"})
+    assert (await socket.next())["type"] == "snapshot"
+    assert await socket.silent(0.5)
+    assert (await socket.next(timeout=3))["type"] == "snapshot"
+    assert await socket.silent(1.5)
+    # After the interval, a resync is answered at once again.
+    await socket.send({"action": "resync"})
+    assert (await socket.next(timeout=0.5))["type"] == "snapshot"
+    await socket.close()
+
+
+def test_testserver_is_no_default_host() -> None:
+    import config.settings as configured  # the module's own value, before the test runner adds "testserver"
+
+    assert "testserver" not in configured.ALLOWED_HOSTS
