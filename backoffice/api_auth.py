@@ -7,12 +7,14 @@ record the same operator action.
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from axes.backends import AxesStandaloneBackend
 from axes.helpers import get_cool_off
-from django.contrib.auth import get_user_model
+from django.conf import settings
+from django.contrib.auth import get_user, get_user_model
 from django.core.cache import caches
 from django.core.cache.backends.base import InvalidCacheBackendError
 from django.db import transaction
@@ -150,6 +152,23 @@ def _token_user(key: str) -> Any:
     if token is None or not token.user.is_active:
         return None
     return token.user
+
+
+def user_from_credentials(*, authorization: str, session_key: str | None) -> Any:
+    """The active user an ``Authorization: Token …`` header or a session cookie names, else None.
+
+    For checks made before Django builds a request (the ASGI body limit): the same
+    precedence as the API, a ``Token`` header wins and a bad one is a failure.
+    """
+    parts = authorization.split()
+    if parts and parts[0].lower() == TokenAuthentication.keyword.lower():
+        return _token_user(parts[1]) if len(parts) == 2 else None
+    if not session_key:
+        return None
+    request = HttpRequest()
+    request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = get_user(request)  # verifies the session's auth hash, as the middleware does
+    return user if user.is_authenticated and user.is_active else None
 
 
 async def aauthenticate(request: HttpRequest) -> tuple[Any, bool]:

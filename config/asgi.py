@@ -23,11 +23,13 @@ from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 
 from backoffice.ws_origin import OriginValidator
+from config.body_limit import BodyLimitMiddleware
 from config.routing import websocket_urlpatterns
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Body size and upload authentication checked before Django reads any body.
+        "http": BodyLimitMiddleware(django_asgi_app),
         # Origin by scheme, host and port (backoffice.ws_origin), before any session lookup.
         "websocket": OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }

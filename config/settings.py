@@ -381,3 +381,7 @@ SLUICE_WS_ALLOWED_ORIGINS = env_list("SLUICE_WS_ALLOWED_ORIGINS", CSRF_TRUSTED_O
 # A socket's {"action": "resync"} snapshots at most this often; extra requests in
 # between fold into one snapshot at the end of the interval.
 SLUICE_WS_RESYNC_MIN_SECONDS = env_float("SLUICE_WS_RESYNC_MIN_SECONDS", 2.0, minimum=0.0)
+
+# --- Security: request bodies (issue 8; config/body_limit.py) ----------------------------
+# Every request body except uploads (SLUICE_UPLOAD_MAX_BYTES): checked before Django reads it.
+SLUICE_REQUEST_MAX_BYTES = env_int("SLUICE_REQUEST_MAX_BYTES", 1024 * 1024, minimum=1024)
