@@ -23,3 +23,22 @@ def _structured_logs(logger: logging.Logger, **kwargs: Any) -> None:
 
     for handler in logger.handlers:
         handler.setFormatter(StructuredFormatter())
+
+
+_heartbeat: Any = None
+
+
+@signals.worker_ready.connect
+def _start_worker_heartbeat(sender: Any, **kwargs: Any) -> None:
+    """The worker's version and liveness record in Redis, read by /workers/ (workers.heartbeat)."""
+    global _heartbeat
+    from workers.heartbeat import WorkerHeartbeat
+
+    _heartbeat = WorkerHeartbeat(sender.hostname)
+    _heartbeat.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_worker_heartbeat(**kwargs: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()

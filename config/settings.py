@@ -385,3 +385,8 @@ SLUICE_WS_RESYNC_MIN_SECONDS = env_float("SLUICE_WS_RESYNC_MIN_SECONDS", 2.0, mi
 # --- Security: request bodies (issue 8; config/body_limit.py) ----------------------------
 # Every request body except uploads (SLUICE_UPLOAD_MAX_BYTES): checked before Django reads it.
 SLUICE_REQUEST_MAX_BYTES = env_int("SLUICE_REQUEST_MAX_BYTES", 1024 * 1024, minimum=1024)
+
+# --- Workers: version and heartbeat record (issue 8; workers/heartbeat.py) ---------------
+SLUICE_WORKER_HEARTBEAT_SECONDS = env_float("SLUICE_WORKER_HEARTBEAT_SECONDS", 10.0, minimum=0.1)
+# Reported by /workers/; default: the package version plus the checkout's git sha.
+SLUICE_VERSION = env_str("SLUICE_VERSION", "")

@@ -10,6 +10,7 @@ from django.db.models import Count, Min
 from django.utils import timezone
 
 from pipelines.models import Job, JobState, QueueState
+from workers.heartbeat import heartbeats
 
 
 class QueueInfo(TypedDict):
@@ -40,9 +41,15 @@ def worker_list(*, timeout: float = 1.0) -> list[WorkerInfo]:
     with ThreadPoolExecutor(max_workers=3) as pool:
         futures = [pool.submit(fn) for fn in (inspect.stats, inspect.active, inspect.active_queues)]
         stats, active, queues = ((f.result() or {}) for f in futures)
+    hostnames = sorted(set(stats) | set(active) | set(queues))
+    try:
+        beats = heartbeats(hostnames)
+    except Exception:  # noqa: BLE001 - Redis down: list the workers without their records
+        beats = {}
     workers: list[WorkerInfo] = []
-    for hostname in sorted(set(stats) | set(active) | set(queues)):
+    for hostname in hostnames:
         info = stats.get(hostname, {})
+        beat = beats.get(hostname, {})
         pool = info.get("pool", {}) if isinstance(info, dict) else {}
         workers.append(
             {
@@ -50,8 +57,9 @@ def worker_list(*, timeout: float = 1.0) -> list[WorkerInfo]:
                 "queues": sorted(q["name"] for q in queues.get(hostname, [])),
                 "concurrency": pool.get("max-concurrency"),
                 "active": len(active.get(hostname, [])),
-                "last_heartbeat": timezone.now().timestamp(),
-                "version": str(info.get("sw_ver", "")) if isinstance(info, dict) else "",
+                # The worker's own record (workers.heartbeat), not the time of this request.
+                "last_heartbeat": beat.get("heartbeat"),
+                "version": beat.get("version", ""),
             }
         )
     return workers

@@ -111,8 +111,10 @@ class WorkerSerializer(serializers.Serializer):
     queues = serializers.ListField(child=serializers.CharField())
     concurrency = serializers.IntegerField(allow_null=True)
     active = serializers.IntegerField()
-    last_heartbeat = serializers.FloatField(allow_null=True, help_text="Unix time of the last answer")
-    version = serializers.CharField(allow_blank=True)
+    last_heartbeat = serializers.FloatField(
+        allow_null=True, help_text="Unix time of the worker's last heartbeat (SLUICE_WORKER_HEARTBEAT_SECONDS)"
+    )
+    version = serializers.CharField(allow_blank=True, help_text="Sluice version the worker runs (package+git sha)")
 
 
 class WorkerListView(ApiView):
