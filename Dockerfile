@@ -1,6 +1,9 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
+# /workers/ reports this (no .git in the image): docker build --build-arg SLUICE_VERSION=$(git describe --always)
+ARG SLUICE_VERSION=""
+ENV SLUICE_VERSION=$SLUICE_VERSION
 RUN apt-get update && apt-get install -y --no-install-recommends postgresql-client && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml ./
 COPY config ./config
