@@ -359,12 +359,13 @@ SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31_536_000 if HTTPS 
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
 SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", HTTPS)
 # "HTTP_X_FORWARDED_PROTO,https": trust the TLS proxy's header (only behind such a proxy,
-# which must strip the header from clients). The health probe stays plain HTTP.
+# which must strip the header from clients). Probes and scrapers inside the network may
+# reach the web process directly over plain HTTP: /healthz and /metrics are not redirected.
 _proxy_ssl_header = env_list("DJANGO_SECURE_PROXY_SSL_HEADER", [])
 if _proxy_ssl_header and len(_proxy_ssl_header) != 2:
     raise ImproperlyConfigured("DJANGO_SECURE_PROXY_SSL_HEADER must be HEADER,value: HTTP_X_FORWARDED_PROTO,https")
 SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header[0], _proxy_ssl_header[1]) if _proxy_ssl_header else None
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 # Debug pages and error reports mask credentials in URLs (DATABASE_URL, broker, sources).
 DEFAULT_EXCEPTION_REPORTER = "config.debug.RedactingExceptionReporter"
 
