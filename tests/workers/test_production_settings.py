@@ -101,3 +101,15 @@ def test_only_the_embedded_demo_gets_debug_and_the_demo_login(monkeypatch: Any) 
     assert demo and env["DJANGO_DEBUG"] == "true"
     devserver._prepare(env, demo=demo)
     assert ran[-1] == ("sluice_demo", "--username", "admin", "--password", "sluice-admin")
+
+
+@pytest.mark.django_db
+def test_https_redirect_spares_probes_and_scrapers(settings: Any) -> None:
+    from django.test import Client
+
+    settings.SECURE_SSL_REDIRECT = True
+    client = Client()
+    admin = client.get("/admin/login/")
+    assert admin.status_code == 301 and admin["Location"].startswith("https://")
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/metrics").status_code == 401  # answered (token needed), not redirected
