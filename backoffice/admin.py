@@ -59,6 +59,12 @@ def _duration(start: Any, end: Any) -> str:
     return f"{(end - start).total_seconds():.1f} s" if start and end else "—"
 
 
+def _pipeline_link(pipeline_id: Any) -> str:
+    """The pipeline's short id, linked to its console detail page."""
+    url = reverse("admin:pipelines_pipeline_live_detail", args=[pipeline_id])
+    return format_html('<a href="{}"><code>{}</code></a>', url, str(pipeline_id)[:8])
+
+
 def _search_short_id(queryset: QuerySet[Any], term: str, field: str) -> QuerySet[Any]:
     """The short id the console shows (a UUID's first characters) finds its pipeline."""
     term = term.strip()
@@ -85,8 +91,7 @@ class PipelineAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("pipeline"), ordering="id")
     def short_id(self, obj: Pipeline) -> str:
-        url = reverse("admin:pipelines_pipeline_live_detail", args=[obj.pk])
-        return format_html('<a href="{}"><code>{}</code></a>', url, str(obj.pk)[:8])
+        return _pipeline_link(obj.pk)
 
     @admin.display(description=_("result"), ordering="status")
     def result(self, obj: Pipeline) -> str:
@@ -144,8 +149,7 @@ class JobAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("pipeline"), ordering="pipeline_id")
     def pipeline_link(self, obj: Job) -> str:
-        url = reverse("admin:pipelines_pipeline_live_detail", args=[obj.pipeline_id])
-        return format_html('<a href="{}"><code>{}</code></a>', url, str(obj.pipeline_id)[:8])
+        return _pipeline_link(obj.pipeline_id)
 
     @admin.display(description=_("counts"))
     def counts(self, obj: Job) -> str:
