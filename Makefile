@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test prop-long lint bench smoke venv clean
+.PHONY: run test chaos prop-long lint bench smoke venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m workers.devserver exec -- $(BIN)/python -m pytest $(ARGS)
+
+# Every fault case of docs/RELIABILITY.md against a PostgreSQL, Redis and workers it starts
+# (and kills) itself; prints the table, writes .var/chaos/chaos.{md,json}. Tens of minutes.
+# `make test` runs only the cases marked chaos_ci, smaller.
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.run $(ARGS)
 
 # The job state machine's property test with many random examples (docs/ENGINE.md);
 # `make test` runs a bounded, repeatable profile of it. EXAMPLES=… to change the count.

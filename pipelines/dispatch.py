@@ -88,12 +88,19 @@ SCAN_LIMIT = 5000
 
 
 def job_ids_in_broker() -> set[int] | None:
-    """Ids of the jobs whose message is waiting in a queue or reserved by a worker.
+    """Ids of the jobs whose message is waiting in a queue or held by a *live* worker.
 
     Chain and chord continuations travel inside their upstream's message, so those count
     too. None when the queues are too long to read (``SCAN_LIMIT``). A queued job whose
     id is not here has lost its message: the reaper re-sends it without waiting for the
     queue to drain.
+
+    A message a worker reserved (prefetched, or running with late ack) sits in Redis'
+    unacked hash until it is acked, and stays there when that worker is killed: Redis
+    gives it back only after the visibility timeout (1 h). Such a message counts only if
+    a worker that answers now still holds its task (``_held_by_live_workers``); else a job
+    whose message a dead worker had prefetched waited an hour (`make chaos`, every worker
+    killed during the recalc chord).
     """
     from config.celery import app
 
@@ -110,17 +117,42 @@ def job_ids_in_broker() -> set[int] | None:
         for queue in settings.SLUICE_QUEUES:
             pipe.lrange(queue, 0, -1)
         pipe.hvals(channel.unacked_key)
-        *queued, reserved = pipe.execute()
+        *queued, unacked = pipe.execute()
     found: set[int] = set()
     for raw in [m for q in queued for m in q]:
         _collect_job_ids(_decode(raw), found)
-    for raw in reserved:
+    reserved: dict[str, Any] = {}
+    for raw in unacked:
         try:
-            payload = json.loads(raw)[0]  # [message, exchange, routing key]
+            message = _decode(json.loads(raw)[0])  # [message, exchange, routing key]
         except (ValueError, IndexError, TypeError):
             continue
-        _collect_job_ids(_decode(payload), found)
+        task_id = (message or {}).get("headers", {}).get("id")
+        if task_id:
+            reserved[str(task_id)] = message
+    for task_id in _held_by_live_workers(list(reserved)):
+        _collect_job_ids(reserved[task_id], found)
     return found
+
+
+# How long the reaper waits for workers to say which reserved tasks they hold. A worker
+# slower than this looks dead: its jobs' messages are sent again, which is harmless (the
+# claim is a compare-and-set on the job row).
+INSPECT_TIMEOUT = 1.0
+
+
+def _held_by_live_workers(task_ids: list[str]) -> set[str]:
+    """The ones of ``task_ids`` that a worker answering now runs, has reserved or scheduled."""
+    if not task_ids:
+        return set()
+    from config.celery import app
+
+    try:
+        replies = app.control.inspect(timeout=INSPECT_TIMEOUT).query_task(*task_ids) or {}
+    except Exception:  # no answer: treated as held by nobody (a re-send is safe)
+        logger.warning("could not ask the workers which tasks they hold", exc_info=True)
+        return set()
+    return {task_id for held in replies.values() for task_id in (held or {})}
 
 
 def _decode(raw: Any) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -47,3 +49,27 @@ def test_a_lost_message_is_resent_although_its_queue_is_not_empty(isolated_queue
     assert queue_depths()[isolated_queue] == 2
     # and a message present again is left alone
     assert services.reap().redispatched == []
+
+
+def test_a_message_reserved_by_a_dead_worker_is_resent(isolated_queue: str, settings: Any) -> None:
+    settings.SLUICE_REDISPATCH_AFTER_SECONDS = 10
+    client = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
+    client.delete(isolated_queue)
+    # given a job whose message a worker reserved (prefetched) and that worker was then
+    # killed: the message sits in Redis' unacked hash, where kombu keeps it for the
+    # visibility timeout (1 h), and no live worker holds its task
+    job = services.pipeline_plan(kind="test", specs=[JobSpec("a", "noop_iso")]).jobs.get()
+    message = client.rpop(isolated_queue)
+    tag = "chaos-dead-worker-tag"
+    client.hset("unacked", tag, json.dumps([json.loads(message), "", isolated_queue]))
+    client.zadd("unacked_index", {tag: time.time()})
+    try:
+        _age(job)
+        assert queue_depths()[isolated_queue] == 0
+        # then the reaper does not count that message: it sends the job again now
+        assert job.pk not in (job_ids_in_broker() or set())
+        assert services.reap().redispatched == [job.pk]
+        assert queue_depths()[isolated_queue] == 1
+    finally:
+        client.hdel("unacked", tag)
+        client.zrem("unacked_index", tag)
