@@ -49,6 +49,9 @@ def chaos_run() -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if chaos_run():
+        # The table's order (the long load cases last), whatever the file names.
+        order = {case: n for n, (case, _title) in enumerate(harness.CASES)}
+        items.sort(key=lambda item: order.get(_case_of(item) or "", -1))
         return
     skip = pytest.mark.skip(reason="long chaos case: runs under `make chaos` (not in the CI subset)")
     for item in items:
@@ -96,19 +99,23 @@ def _rows(config: pytest.Config) -> list[dict[str, Any]]:
     return rows
 
 
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    if not config.stash.get(_RESULTS, {}):
-        return
+def _write(config: pytest.Config) -> Path:
+    """The table as it stands (after every case: a run cut short keeps what it measured)."""
     rows = _rows(config)
-    table = harness.markdown_table(rows)
-    terminalreporter.section("chaos cases")
-    terminalreporter.write_line(table)
     out = Path(os.environ.get("SLUICE_CHAOS_REPORT_DIR") or ROOT / ".var" / "chaos")
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     (out / "chaos.json").write_text(json.dumps({"date": stamp, "cases": rows}, indent=2))
-    (out / "chaos.md").write_text(f"Run {stamp}\n\n{table}\n")
-    terminalreporter.write_line(f"written: {out / 'chaos.md'} and chaos.json")
+    (out / "chaos.md").write_text(f"Run {stamp}\n\n{harness.markdown_table(rows)}\n")
+    return out / "chaos.md"
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if not config.stash.get(_RESULTS, {}):
+        return
+    terminalreporter.section("chaos cases")
+    terminalreporter.write_line(harness.markdown_table(_rows(config)))
+    terminalreporter.write_line(f"written: {_write(config)} and chaos.json")
 
 
 @pytest.fixture
@@ -121,6 +128,7 @@ def chaos_case(request: pytest.FixtureRequest) -> CaseResult:
     started = time.monotonic()
     yield record
     record.seconds = round(time.monotonic() - started, 1)
+    _write(request.config)
 
 
 # --- servers and processes -------------------------------------------------------------------
@@ -184,7 +192,8 @@ class Stack:
         self.groups.add(proc.pid)
 
     def web(self) -> WebServer:
-        server = WebServer(self.tmp_path, **self.env)
+        # (WebServer sets SLUICE_MEDIA_ROOT to tmp_path/media itself: the same folder)
+        server = WebServer(self.tmp_path, **{k: v for k, v in self.env.items() if k != "SLUICE_MEDIA_ROOT"})
         self.webs.append(server)
         self.groups.add(server.proc.pid)
         return server

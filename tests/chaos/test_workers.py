@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytes
 
 
 def _rows() -> int:
-    return 200_000 if harness.full_scale() else 24_000
+    return 100_000 if harness.full_scale() else 12_000
 
 
 def _ingest(pipeline: Any) -> Job:
