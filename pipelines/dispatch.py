@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from celery import chain, group
+from celery import chain, current_app, group
 from django.conf import settings
 from django.utils import timezone
 
@@ -24,12 +24,12 @@ from pipelines.models import Job, JobState
 
 logger = logging.getLogger(__name__)
 
+# The task that runs one job (``pipelines.tasks.run_job``), named rather than imported:
+# the sender needs its name only, and the task module imports the engine, which sends.
 RUN_JOB = "sluice.run_job"
 
 
 def build_canvas(job_ids: Iterable[int]) -> Any:
-    from pipelines.tasks import run_job
-
     jobs = {j.pk: j for j in Job.objects.filter(pk__in=list(job_ids)).exclude(state=JobState.FINISHED)}
     if not jobs:
         return None
@@ -40,7 +40,7 @@ def build_canvas(job_ids: Iterable[int]) -> Any:
         depends_on.setdefault(child, []).append(parent)
     parts = []
     for layer in dag.layers(jobs, depends_on):
-        sigs = [run_job.si(pk).set(queue=jobs[pk].queue) for pk in layer]
+        sigs = [current_app.signature(RUN_JOB, args=(pk,), immutable=True, queue=jobs[pk].queue) for pk in layer]
         parts.append(sigs[0] if len(sigs) == 1 else group(sigs))
     return parts[0] if len(parts) == 1 else chain(*parts)
 
@@ -72,9 +72,7 @@ def send(job_ids: Iterable[int], *, countdown: float | None = None) -> bool:
 
 def queue_depths() -> dict[str, int]:
     """Messages waiting in each Redis list (not counting ones a worker has reserved)."""
-    from config.celery import app
-
-    with app.connection_for_read() as conn:
+    with current_app.connection_for_read() as conn:
         client = conn.default_channel.client
         pipe = client.pipeline()
         for queue in settings.SLUICE_QUEUES:
@@ -102,9 +100,7 @@ def job_ids_in_broker() -> set[int] | None:
     whose message a dead worker had prefetched waited an hour (`make chaos`, every worker
     killed during the recalc chord).
     """
-    from config.celery import app
-
-    with app.connection_for_read() as conn:
+    with current_app.connection_for_read() as conn:
         channel = conn.default_channel
         client = channel.client
         pipe = client.pipeline()

@@ -1,8 +1,8 @@
 """Running one job inside a worker: claim, heartbeat, handler, finish.
 
 The Celery task is a thin wrapper around :func:`execute_job`. Everything it decides
-is recorded in PostgreSQL through ``pipelines.services``; the task itself never raises
-for a job failure (a raised exception would turn a chord into a ``ChordError`` and a
+is recorded in PostgreSQL through ``pipelines.services.worker_side``; the task itself
+never raises for a job failure (a raised exception would turn a chord into a ``ChordError`` and a
 business failure into a Celery retry storm).
 """
 
@@ -20,17 +20,15 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connections, transaction
 
-from pipelines import registry, services
+from pipelines import registry
+from pipelines.errors import JobAborted
 from pipelines.logging import log_context
 from pipelines.models import Job, JobResult
 from pipelines.redaction import redact_urls
 from pipelines.registry import Outcome
+from pipelines.services import worker_side
 
 logger = logging.getLogger(__name__)
-
-
-class JobAborted(Exception):
-    """This attempt no longer owns the job (cancelled, recovered, taken over): stop, write nothing."""
 
 
 class RecheckLater(Exception):
@@ -88,7 +86,7 @@ class JobContext:
         now = time.monotonic()
         if now - self._last_check >= 0.2:
             self._last_check = now
-            if not services.job_is_current(job_id=self.job_id, attempt=self.attempt):
+            if not worker_side.job_is_current(job_id=self.job_id, attempt=self.attempt):
                 self.aborted.set()
                 self.raise_if_aborted()
 
@@ -129,7 +127,7 @@ class JobContext:
             self._last_percent = percent
         if phase is not None:
             self._last_phase = phase
-        if not services.job_progress(
+        if not worker_side.job_progress(
             job_id=self.job_id, attempt=self.attempt, processed=processed, total=total,
             phase=phase, message=message, meta=meta,
         ):
@@ -151,7 +149,7 @@ class JobContext:
             if holder.outcome is None:
                 raise RuntimeError("an effect block must set .outcome before it ends")
             self.raise_if_aborted()
-            services.job_commit_effect(job_id=self.job_id, attempt=self.attempt, outcome=holder.outcome)
+            worker_side.job_commit_effect(job_id=self.job_id, attempt=self.attempt, outcome=holder.outcome)
 
 
 class _Heartbeat(threading.Thread):
@@ -168,7 +166,7 @@ class _Heartbeat(threading.Thread):
             while not self.stopped.wait(settings.SLUICE_HEARTBEAT_SECONDS):
                 beat = True
                 try:
-                    if not services.job_heartbeat(job_id=self.ctx.job_id, attempt=self.ctx.attempt):
+                    if not worker_side.job_heartbeat(job_id=self.ctx.job_id, attempt=self.ctx.attempt):
                         self.ctx.aborted.set()
                         return
                 except DatabaseError:
@@ -195,7 +193,7 @@ def _error_dict(exc: BaseException, stage: str) -> dict[str, Any]:
 def execute_job(*, job_id: int, task_id: str, worker: str) -> str:
     """Run one delivery of job ``job_id``; returns what happened, for the task result."""
     close_old_connections()
-    claim = services.job_claim(job_id=job_id, task_id=task_id, worker=worker)
+    claim = worker_side.job_claim(job_id=job_id, task_id=task_id, worker=worker)
     job = claim.job
     if job is None:
         logger.info("job %s not run: %s", job_id, claim.reason)
@@ -206,7 +204,7 @@ def execute_job(*, job_id: int, task_id: str, worker: str) -> str:
         if job.effect_committed:
             # The previous attempt committed its effect and died before finishing.
             outcome = Outcome.from_dict(job.effect_outcome or {"result": JobResult.SUCCESS})
-            services.job_finish(job_id=job.pk, attempt=job.attempts, outcome=outcome)
+            worker_side.job_finish(job_id=job.pk, attempt=job.attempts, outcome=outcome)
             return "finished from the committed effect of a lost attempt"
         return _run_handler(job)
 
@@ -221,7 +219,7 @@ def _run_handler(job: Job) -> str:
         outcome = spec.func(ctx) or Outcome(JobResult.SUCCESS, "Done")
         if not outcome.message:
             outcome = Outcome(outcome.result, str(outcome.result).capitalize(), outcome.meta, outcome.superseded_by)
-        services.job_finish(job_id=job.pk, attempt=ctx.attempt, outcome=outcome)
+        worker_side.job_finish(job_id=job.pk, attempt=ctx.attempt, outcome=outcome)
         return str(outcome.result)
     except JobAborted as exc:
         logger.info("job stopped: %s", exc)
@@ -232,12 +230,12 @@ def _run_handler(job: Job) -> str:
         error = _error_dict(exc, ctx.stage)
         if isinstance(exc, RETRYABLE) and ctx.attempt < job.max_attempts:
             countdown = min(2.0**ctx.attempt, settings.VISIBILITY_TIMEOUT / 4)
-            services.job_requeue_after_failure(job_id=job.pk, attempt=ctx.attempt, error=error, countdown=countdown)
+            worker_side.job_requeue_after_failure(job_id=job.pk, attempt=ctx.attempt, error=error, countdown=countdown)
             logger.warning("job attempt %s failed, retrying in %ss", ctx.attempt, countdown, exc_info=True)
             return "retrying"
         logger.error("job failed in stage %s", ctx.stage, exc_info=True)
         message = f"Error in {ctx.stage}: {type(exc).__name__}: {error['message'][:500]}"
-        services.job_finish(
+        worker_side.job_finish(
             job_id=job.pk, attempt=ctx.attempt, outcome=Outcome(JobResult.ERROR, message), error=error
         )
         return "error"

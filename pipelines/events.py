@@ -15,6 +15,7 @@ from typing import Any, TypedDict
 
 from django.db import connection, transaction
 
+from pipelines import publish
 from pipelines.models import Job, JobEvent, Pipeline
 
 # Only these meta keys travel with live events and list responses: counts, never
@@ -169,8 +170,5 @@ def append(
             )
         )
     JobEvent.objects.bulk_create(rows)
-
-    from pipelines import publish
-
     transaction.on_commit(lambda: publish.publish(messages))
     return messages

@@ -10,7 +10,8 @@ from celery import Task, shared_task
 from celery.worker.request import Request
 from django.db import DatabaseError, connections
 
-from pipelines import engine, services
+from pipelines import engine
+from pipelines.services import reaper
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class JobRequest(Request):
         lost = isinstance(exc, WorkerLostError | SystemExit | KeyboardInterrupt)
         if lost and not (self._already_cancelled or self._already_revoked):
             try:
-                services.job_process_lost(task_id=self.id, reason=str(exc) or type(exc).__name__)
+                reaper.job_process_lost(task_id=self.id, reason=str(exc) or type(exc).__name__)
             except DatabaseError:
                 logger.warning("could not re-queue the job of lost task %s; the reaper will", self.id, exc_info=True)
             finally:
@@ -55,10 +56,10 @@ def run_job(self: Any, job_id: int) -> dict[str, Any]:
 
 @shared_task(name="sluice.reap", ignore_result=True)
 def reap() -> dict[str, list[int]]:
-    report = services.reap()
+    report = reaper.reap()
     return {"recovered": report.recovered, "failed": report.failed, "redispatched": report.redispatched}
 
 
 @shared_task(name="sluice.purge", ignore_result=True)
 def purge() -> int:
-    return services.purge_old()
+    return reaper.purge_old()

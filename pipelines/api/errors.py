@@ -34,7 +34,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
 from config.middleware import RETRY_AFTER_SECONDS, service_unavailable
-from pipelines.services import ConflictError
+from pipelines.errors import ConflictError
 
 logger = logging.getLogger("sluice.api")
 

@@ -221,15 +221,3 @@ def test_live_events_carry_counts_but_never_the_row_error_list() -> None:
     assert event.payload["job"]["result"] == "warning"
     assert len(Job.objects.get(pk=a.pk).meta["row_errors"]) == 1000
 
-
-def test_an_illegal_transition_raises_and_changes_nothing() -> None:
-    from django.db import transaction
-
-    from pipelines.services import IllegalTransition, _Dag
-
-    a = jobs_of(plan_chain())[0]
-    with pytest.raises(IllegalTransition), transaction.atomic():
-        work = _Dag.lock_for_job(a.pk)
-        work.update([a.pk], state="finished", result="cancelled")  # allowed: a cancel
-        work.update([a.pk], state="running")  # finished → running: never
-    assert Job.objects.get(pk=a.pk).state == "queued"

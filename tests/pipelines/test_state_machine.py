@@ -41,11 +41,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from pipelines import dag, dispatch, events, services
+from pipelines import dag, dispatch, events, services, transitions
 from pipelines.engine import JobAborted
-from pipelines.models import Job, JobEvent, JobResult, JobState, OperatorAction, Pipeline, QueueState
+from pipelines.models import DONE_STATUSES, Job, JobEvent, JobResult, JobState, OperatorAction, Pipeline, QueueState
 from pipelines.registry import Outcome
-from pipelines.services import ALLOWED_TRANSITIONS, ConflictError, IllegalTransition, JobSpec
+from pipelines.services import ConflictError, IllegalTransition, JobSpec
+from pipelines.services.locked_pipeline import edges_of
 
 pytestmark = pytest.mark.django_db
 
@@ -68,7 +69,7 @@ ALLOWED_PAIRS = {(S.NOT_STARTED, None), (S.QUEUED, None), (S.RUNNING, None)} | {
 }
 # One transaction may take a job through two table entries (a retry: finished →
 # not_started → queued) and write one event for both.
-ALLOWED_EVENT_STEPS = set(ALLOWED_TRANSITIONS) | {(S.FINISHED, S.QUEUED)}
+ALLOWED_EVENT_STEPS = set(transitions.MOVES) | {(S.FINISHED, S.QUEUED)}
 NOT_APPLIED = (R.ERROR, R.CANCELLED, R.SKIPPED)
 KINDS = ("noop", "test_effect", "test_fail")  # default, ingest and recalc queues
 QUEUES = ("default", "ingest", "recalc")
@@ -214,7 +215,7 @@ class JobStateMachine(RuleBasedStateMachine):
                     self._end(a)
         stuck = list(Job.objects.exclude(state=S.FINISHED).values_list("pk", "state", "status_message"))
         assert not stuck, f"wedged: reaper and workers cannot finish {stuck}"
-        not_done = list(Pipeline.objects.exclude(status__in=[s.value for s in services.DONE_STATUSES]))
+        not_done = list(Pipeline.objects.exclude(status__in=[s.value for s in DONE_STATUSES]))
         assert not not_done, f"pipelines not done although every job finished: {not_done}"
         self._check_everything()
 
@@ -461,7 +462,7 @@ class JobStateMachine(RuleBasedStateMachine):
     def _check_live(self, pipeline: Pipeline, jobs: dict[int, Job]) -> None:
         """Every unfinished job has something that will move it: no wedge, statically."""
         if pipeline.pk not in self.edges:  # edges never change after planning
-            self.edges[pipeline.pk] = services._edges(pipeline.pk)[0]
+            self.edges[pipeline.pk] = edges_of(pipeline.pk)[0]
         depends_on = self.edges[pipeline.pk]
         for job in jobs.values():
             parents = [jobs[p] for p in depends_on.get(job.pk, ())]
