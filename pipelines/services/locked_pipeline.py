@@ -27,6 +27,7 @@ from django.db import transaction
 from django.db.models import F, Func, JSONField, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from psycopg import sql
 
 from pipelines import dag, dispatch, events, transitions
 from pipelines.models import DONE_STATUSES, Job, JobResult, JobState, Pipeline, PipelineStatus
@@ -69,17 +70,26 @@ def unfinished_closure(pipeline_id: Any, roots: list[int]) -> list[int]:
 
 
 # The live-event counts, projected in SQL so a transition never loads a job's meta
-# (which may hold a thousand row errors) just to publish a few numbers.
-_COUNTS_SQL = "jsonb_strip_nulls(jsonb_build_object({}))".format(
-    ", ".join(f"'{key}', j.meta->'{key}'" for key in events.COUNT_KEYS)
-)
-_JOB_COLUMNS = ", ".join(
-    f"j.{f.column}" for f in Job._meta.concrete_fields if f.name not in ("meta", "error", "effect_outcome")
-)
+# (which may hold a thousand row errors) just to publish a few numbers. Composed by
+# psycopg (identifiers and literals quoted by the library), kept as the string
+# ``Job.objects.raw`` takes.
 _JOBS_SQL = (
-    f"SELECT {_JOB_COLUMNS}, {_COUNTS_SQL} AS counts, "
-    "EXISTS (SELECT 1 FROM pipelines_queuestate q WHERE q.name = j.queue AND q.paused) AS queue_paused "
-    "FROM pipelines_job j WHERE j.pipeline_id = %s ORDER BY j.id"
+    sql.SQL(
+        "SELECT {columns}, jsonb_strip_nulls(jsonb_build_object({counts})) AS counts, "
+        "EXISTS (SELECT 1 FROM pipelines_queuestate q WHERE q.name = j.queue AND q.paused) AS queue_paused "
+        "FROM pipelines_job j WHERE j.pipeline_id = %s ORDER BY j.id"
+    )
+    .format(
+        columns=sql.SQL(", ").join(
+            sql.Identifier("j", f.column)
+            for f in Job._meta.concrete_fields
+            if f.column and f.name not in ("meta", "error", "effect_outcome")
+        ),
+        counts=sql.SQL(", ").join(
+            sql.SQL("{key}, j.meta->{key}").format(key=sql.Literal(key)) for key in events.COUNT_KEYS
+        ),
+    )
+    .as_string()
 )
 LOCK_BY_JOB_SQL = (
     "SELECT * FROM pipelines_pipeline WHERE id = (SELECT pipeline_id FROM pipelines_job WHERE id = %s) FOR UPDATE"
