@@ -208,7 +208,8 @@ async def db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def flush_publisher() -> None:
-    assert publish.flush(10), "publisher did not drain"
+    # 30 s: the drain is bounded by the machine's load (a busy 2-core CI box), not by the feed
+    assert publish.flush(30), "publisher did not drain"
 
 
 @pytest.fixture
