@@ -197,6 +197,8 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     # A benchmark serves nothing: settings need a key when DEBUG is off (config/settings.py).
     os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-a-secret")
+    # Django's test client calls itself "testserver"; DEBUG stays off (it would log every query).
+    os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver")
     sys.path.insert(0, str(ROOT))
     import django
 

@@ -64,7 +64,8 @@ def main() -> None:
     parser.add_argument("--pipelines", type=int, default=200, help="pipelines per round and side")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     args = parser.parse_args()
-    url = scratch_database_url("sluice_bench_engine")
+    # Overridable so two people can bench on one PostgreSQL server at once.
+    url = scratch_database_url(os.environ.get("SLUICE_BENCH_ENGINE_DB", "sluice_bench_engine"))
     setup_django(url)
     import redis
     from django.conf import settings

@@ -227,6 +227,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 3600.0,
         "options": {"queue": "default"},
     },
+    # Folds the delta rows of the trigger-kept job counters (pipelines.counters).
+    "sluice-compact-counters": {
+        "task": "sluice.compact_counters",
+        "schedule": 60.0,
+        "options": {"queue": "default", "expires": 60.0},
+    },
 }
 
 # --- Uploads -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from celery import Task, shared_task
 from celery.worker.request import Request
 from django.db import DatabaseError, connections
 
-from pipelines import engine
+from pipelines import counters, engine
 from pipelines.services import reaper
 
 logger = logging.getLogger(__name__)
@@ -63,3 +63,8 @@ def reap() -> dict[str, list[int]]:
 @shared_task(name="sluice.purge", ignore_result=True)
 def purge() -> int:
     return reaper.purge_old()
+
+
+@shared_task(name="sluice.compact_counters", ignore_result=True)
+def compact_counters() -> int:
+    return counters.compact()

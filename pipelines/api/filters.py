@@ -175,9 +175,14 @@ class StatsFilter(StrictFilterSet):
         fields: list[str] = []
 
 
-def filtered(filterset_class: Any, data: Any, queryset: QuerySet[Any]) -> QuerySet[Any]:
-    """Apply a filter set; invalid filter values are a 400 (not silently ignored)."""
+def validated(filterset_class: Any, data: Any, queryset: QuerySet[Any]) -> Any:
+    """A bound filter set whose values are valid; invalid filter values are a 400 (not silently ignored)."""
     fs = filterset_class(data=data, queryset=queryset)
     if not fs.is_valid():
         raise ValidationError(fs.errors)
-    return fs.qs
+    return fs
+
+
+def filtered(filterset_class: Any, data: Any, queryset: QuerySet[Any]) -> QuerySet[Any]:
+    """Apply a filter set; invalid filter values are a 400 (not silently ignored)."""
+    return validated(filterset_class, data, queryset).qs

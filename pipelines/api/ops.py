@@ -12,11 +12,11 @@ from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from pipelines import alerts, services, stats
+from pipelines import alerts, services
 from pipelines.api import selectors
 from pipelines.api.base import ApiView
 from pipelines.api.errors import error_responses
-from pipelines.api.filters import StatsFilter, filtered
+from pipelines.api.filters import StatsFilter
 from pipelines.api.permissions import CanOperateAllModules, CanView
 from pipelines.api.serializers import ControlInputSerializer, query_input
 from pipelines.models import Job
@@ -62,8 +62,7 @@ class JobStatsView(ApiView):
 
     @extend_schema(responses={200: OutputSerializer, **error_responses(400)})
     def get(self, request: Request) -> Response:
-        jobs = filtered(StatsFilter, request.query_params, selectors.jobs_visible(user=request.user))
-        return Response(self.OutputSerializer(stats.job_stats(jobs=jobs)).data)
+        return Response(self.OutputSerializer(selectors.job_stats(user=request.user, params=request.query_params)).data)
 
 
 class QueueSerializer(serializers.Serializer):

@@ -12,7 +12,8 @@ from typing import Any
 from django.db.models import Prefetch, QuerySet
 
 from backoffice import access
-from pipelines import events, selectors
+from pipelines import counters, events, selectors, stats
+from pipelines.api.filters import StatsFilter, validated
 from pipelines.models import Job, Pipeline
 from pipelines.redaction import redact_values
 
@@ -66,6 +67,25 @@ def pipeline_detail(*, pipeline: Pipeline) -> dict[str, Any]:
 
 def jobs_visible(*, user: Any) -> QuerySet[Job]:
     return access.filter_jobs(Job.objects.all(), user)
+
+
+def job_stats(*, user: Any, params: Any) -> dict[str, Any]:
+    """``GET /jobs/stats/`` for ``user`` with the query's filters.
+
+    The counts come from the trigger-kept tally (``pipelines.counters``), narrowed the
+    same way as the jobs (scope, year, module, job type, queue), unless a creation-time
+    window (``since``/``until``) is asked: the tally has no creation time, and a window
+    is an index range anyway.
+    """
+    fs = validated(StatsFilter, params, jobs_visible(user=user))
+    data = fs.form.cleaned_data
+    counts = None
+    if data.get("since") is None and data.get("until") is None:
+        counts = counters.job_counts(
+            modules=access.granted_modules(user), year=data.get("year"), module=data.get("module"),
+            job_type=data.get("job_type"), queue=data.get("queue"),
+        )
+    return stats.job_stats(jobs=fs.qs, counts=counts)
 
 
 def job_list(*, user: Any) -> QuerySet[Job]:

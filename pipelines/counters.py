@@ -1,0 +1,211 @@
+"""Job counters kept by PostgreSQL triggers (migration 0005), read instead of scanning jobs.
+
+Two tables of *delta rows* (``key, ±n``) that the triggers append on every job insert,
+transition, delete and pipeline move (see the migration for why deltas and why
+triggers):
+
+- ``pipelines_job_tally``: by pipeline year, module, job type, queue, state, result;
+- ``pipelines_job_finish_tally``: by UTC hour of ``finished_at``, module, result.
+
+A read sums the rows of its key (a few hundred after compaction, instead of a million
+jobs). ``compact`` folds the deltas into one row per key: beat runs it every minute,
+and a read that found many rows runs it too, so a deployment without beat stays fast.
+``check`` compares every key with a direct count of the jobs, ``rebuild`` recounts
+(``manage.py sluice_counters``): the repair path if the tables were ever edited by
+hand or a trigger was disabled.
+
+Exactness under concurrency: a delta row is written by the transaction that changed the
+job, so it is visible exactly when that change is; compaction deletes the rows its
+snapshot sees and inserts their sums in one statement, and rows committed meanwhile are
+not in its snapshot, so they are neither deleted nor summed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db import OperationalError, connection, transaction
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+
+from pipelines.models import Job
+
+# Rows a read may sum before it compacts the table itself (beat normally keeps it far below).
+COMPACT_AFTER_ROWS = 20_000
+JOB_KEY = ("year", "module", "job_type", "queue", "state", "result")
+FINISH_KEY = ("hour", "module", "result")
+TABLES = {"pipelines_job_tally": JOB_KEY, "pipelines_job_finish_tally": FINISH_KEY}
+_COMPACT_LOCK = 0x51_0C_E0_11  # pg advisory lock: one compaction (or rebuild) at a time
+
+
+@dataclass(frozen=True)
+class JobCount:
+    state: str
+    result: str | None
+    job_type: str
+    queue: str
+    n: int
+
+
+def _where(conditions: Iterable[tuple[str, Any]], modules: Collection[str] | None) -> tuple[str, list[Any]]:
+    clauses, params = ["TRUE"], []
+    for column, value in conditions:
+        if value not in (None, ""):  # as django-filter: an empty value is no filter
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    if modules is not None:  # backoffice.access scope: None = every module
+        clauses.append("module = ANY(%s)")
+        params.append(sorted(modules))
+    return " AND ".join(clauses), params
+
+
+def job_counts(
+    *,
+    modules: Collection[str] | None = None,
+    year: int | None = None,
+    module: str | None = None,
+    job_type: str | None = None,
+    queue: str | None = None,
+) -> list[JobCount]:
+    """Jobs by state, result, type and queue, as ``GROUP BY`` over the job table would count them."""
+    where, params = _where(
+        [("year", year), ("module", module), ("job_type", job_type), ("queue", queue)], modules
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""SELECT state, result, job_type, queue, sum(n), count(*) FROM pipelines_job_tally
+                WHERE {where} GROUP BY 1, 2, 3, 4""",  # columns are ours; values are parameters
+            params,
+        )
+        rows = cursor.fetchall()
+    _compact_if_large(sum(r[5] for r in rows))
+    return [JobCount(state, result, job_type, queue, int(n)) for state, result, job_type, queue, n, _ in rows if n]
+
+
+def finished_counts(*, jobs: QuerySet[Job], since: datetime, modules: Collection[str] | None) -> dict[str, int]:
+    """Jobs of ``jobs`` with ``finished_at >= since``, by result (``"none"`` for NULL).
+
+    Exactly ``jobs.filter(finished_at__gte=since)`` counted by result: the whole UTC hours
+    inside the window come from the hourly tally, the partial hours at its two edges
+    (and any ``finished_at`` in the future) from the ``job_finished_result`` index. Only
+    for ``jobs`` narrowed by module (the tally's one dimension besides time): the caller
+    passes the same ``modules`` scope it narrowed ``jobs`` with.
+    """
+    since = since.astimezone(UTC)  # the tally's hours are UTC hours
+    first_full = since.replace(minute=0, second=0, microsecond=0)
+    if first_full < since:
+        first_full += timedelta(hours=1)
+    # Any UTC hour works as the split between tally and index; the current one keeps the
+    # directly counted part small.
+    current_hour = timezone.now().astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    counts: dict[str, int] = {}
+    if first_full < current_hour:
+        where, params = _where([], modules)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""SELECT result, sum(n), count(*) FROM pipelines_job_finish_tally
+                    WHERE hour >= %s AND hour < %s AND {where} GROUP BY 1""",
+                [first_full, current_hour, *params],
+            )
+            rows = cursor.fetchall()
+        _compact_if_large(sum(r[2] for r in rows))
+        for result, n, _ in rows:
+            if n:
+                counts[result or "none"] = int(n)
+        edges = Q(finished_at__gte=since, finished_at__lt=first_full) | Q(finished_at__gte=current_hour)
+    else:
+        edges = Q(finished_at__gte=since)
+    # Counting an indexed column: the index alone answers (an index-only scan).
+    for row in jobs.filter(edges).order_by().values("result").annotate(n=Count("finished_at")):
+        key = row["result"] or "none"
+        counts[key] = counts.get(key, 0) + row["n"]
+    return {k: v for k, v in counts.items() if v}
+
+
+def _compact_if_large(rows: int) -> None:
+    if rows > COMPACT_AFTER_ROWS:
+        transaction.on_commit(compact) if connection.in_atomic_block else compact()
+
+
+def compact() -> int:
+    """Fold the delta rows into one row per key; returns the rows removed. Safe at any time."""
+    removed = 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_COMPACT_LOCK])
+        if not cursor.fetchone()[0]:
+            return 0  # another process is compacting
+        for table, key in TABLES.items():
+            columns = ", ".join(key)
+            cursor.execute(
+                f"""WITH gone AS (DELETE FROM {table} RETURNING {columns}, n),
+                         summed AS (INSERT INTO {table} ({columns}, n)
+                                    SELECT {columns}, sum(n) FROM gone GROUP BY {columns} HAVING sum(n) <> 0
+                                    RETURNING 1)
+                    SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FROM summed)"""
+            )
+            removed += int(cursor.fetchone()[0])
+    return removed
+
+
+_DIRECT = {
+    "pipelines_job_tally": """
+        SELECT p.year, p.module, j.job_type, j.queue, j.state, j.result, count(*)
+        FROM pipelines_job j JOIN pipelines_pipeline p ON p.id = j.pipeline_id GROUP BY 1, 2, 3, 4, 5, 6""",
+    "pipelines_job_finish_tally": """
+        SELECT date_trunc('hour', j.finished_at, 'UTC'), p.module, j.result, count(*)
+        FROM pipelines_job j JOIN pipelines_pipeline p ON p.id = j.pipeline_id
+        WHERE j.finished_at IS NOT NULL GROUP BY 1, 2, 3""",
+}
+
+
+def check() -> dict[str, list[tuple[Any, ...]]]:
+    """Keys whose kept count differs from a direct count of the jobs: ``{table: [(key…, kept, direct)]}``.
+
+    One snapshot (REPEATABLE READ) for both sides, so concurrent transitions cannot make
+    a correct tally look wrong. Scans the whole job table: an operator's tool, not a page.
+    """
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    outermost = not connection.in_atomic_block
+    with transaction.atomic(), connection.cursor() as cursor:
+        if outermost:  # else the caller's transaction decides (a test's, say)
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        for table, key in TABLES.items():
+            columns = ", ".join(key)
+            cursor.execute(
+                # UNION ALL + GROUP BY, not a FULL JOIN: keys hold NULLs (a result not yet
+                # known, a module-less year), which a join would never match.
+                f"""WITH direct ({columns}, n) AS ({_DIRECT[table]})
+                    SELECT {columns}, sum(kept)::bigint, sum(counted)::bigint
+                    FROM (SELECT {columns}, n AS kept, 0 AS counted FROM {table}
+                          UNION ALL SELECT {columns}, 0, n FROM direct) AS both_sides
+                    GROUP BY {columns} HAVING sum(kept) <> sum(counted)"""
+            )
+            out[table] = [tuple(row) for row in cursor.fetchall()]
+    return out
+
+
+def rebuild(*, attempts: int = 5) -> None:
+    """Recount both tables from the jobs, without stopping the engine.
+
+    In one REPEATABLE READ snapshot: delete the rows it sees, insert the direct counts it
+    sees. Deltas committed after the snapshot are not deleted and are not in the count,
+    so they still apply on top: the result is exact however busy the workers are.
+    """
+    outermost = not connection.in_atomic_block
+    for attempt in range(attempts):
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                if outermost:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_COMPACT_LOCK])
+                for table, key in TABLES.items():
+                    cursor.execute(f"DELETE FROM {table}")
+                    cursor.execute(f"INSERT INTO {table} ({', '.join(key)}, n) {_DIRECT[table]}")
+            return
+        except OperationalError:  # a serialization failure: a compaction committed meanwhile
+            if attempt == attempts - 1:
+                raise
+
