@@ -179,6 +179,33 @@ def whole_table_scrape() -> float:
     return (time.perf_counter() - t0) * 1000
 
 
+def parts(user: Any, rounds: int = 5) -> dict[str, float]:
+    """Median ms of each read behind the console and /alerts/, called in-process (no HTTP)."""
+    from django.http import QueryDict
+
+    from backoffice import console
+    from pipelines import alerts, stats
+    from pipelines.api import selectors
+    from pipelines.models import Job
+
+    reads: dict[str, Any] = {f"alert_{kind}": (lambda kind=kind: alerts.alert_jobs(kind, Job.objects.all()).count())
+                             for kind in alerts.ALERT_KINDS}
+    reads["stat_cards"] = lambda: console.stat_cards(user=user)
+    reads["jobs_stats_body"] = lambda: selectors.job_stats(user=user, params=QueryDict(""))
+    reads["duration_sample"] = lambda: stats.durations(jobs=Job.objects.all())
+    reads["console_page_rows"] = lambda: console.pipeline_page(user=user, filters={})
+    out = {}
+    for name, read in reads.items():
+        samples = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            read()
+            samples.append((time.perf_counter() - t0) * 1000)
+        out[f"part_{name}_ms"] = pct(samples, 0.5)
+        print(f"{'part ' + name:<34}{pct(samples, 0.5):>10.2f}")
+    return out
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 2)
@@ -190,6 +217,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument("--reuse", action="store_true", help="time a database kept by an earlier --keep run")
     parser.add_argument("--only", default="", help="comma-separated scenarios to time (default: all)")
+    parser.add_argument("--parts", action="store_true", help="also time each console/alert read in-process")
     args = parser.parse_args()
 
     url = scratch_url(reuse=args.reuse)
@@ -253,6 +281,8 @@ def main() -> None:
         results[f"{name}_p50_ms"] = pct(samples, 0.50)
         results[f"{name}_p95_ms"] = pct(samples, 0.95)
         print(f"{name:<18}{pct(samples, 0.5):>10.2f}{pct(samples, 0.95):>10.2f}{max(samples):>10.2f}")
+    if args.parts:
+        results.update(parts(user))
     # For comparison, what a scrape used to run: the whole-table aggregates.
     old_scrape = [whole_table_scrape() for _ in range(5)]
     results["metrics_whole_table_p50_ms"] = pct(old_scrape, 0.5)
