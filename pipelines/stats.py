@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.exceptions import EmptyResultSet
 from django.db import connection
 from django.db.models import Count, F, FloatField, Func, Q, QuerySet
 from django.utils import timezone
@@ -51,7 +52,10 @@ def _sample(jobs: QuerySet[Job]) -> tuple[dict[str, Sample], Sample]:
         .order_by("-created_at", "-id")
         .values_list("job_type", Seconds(F("finished_at"), F("started_at")))[:DURATION_SAMPLE]
     )
-    sql, params = newest.query.sql_with_params()
+    try:
+        sql, params = newest.query.sql_with_params()
+    except EmptyResultSet:  # narrowed to nothing (a user whose last module grant went)
+        return {}, (0, None, None)
     with connection.cursor() as cursor:
         cursor.execute(
             f"""SELECT GROUPING(job_type), job_type, count(*),
