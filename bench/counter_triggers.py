@@ -2,7 +2,7 @@
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/sluice .venv/bin/python bench/counter_triggers.py
 
-Migration 0005 adds, on every job transition, the tally triggers (a pipeline lookup
+Migration `console_counters` adds, on every job transition, the tally triggers (a pipeline lookup
 and two delta-row inserts) and two partial indexes (a successful finish, an aggregation
 row). This times what the engine's claim and finish statements cost with them and
 without them (triggers disabled and the two indexes dropped, inside a transaction that
@@ -47,7 +47,7 @@ SELECT md5('p' || i)::uuid,
 FROM generate_series(1, {PIPELINES}) AS i, generate_series(1, 5) AS k;
 VACUUM (ANALYZE);
 """
-# What migration 0005 added to a transition, removed for the "without" side.
+# What migration console_counters added to a transition, removed for the "without" side.
 WITHOUT = [
     "ALTER TABLE pipelines_job DISABLE TRIGGER job_tally_update",
     "ALTER TABLE pipelines_job DISABLE TRIGGER job_pipeline_year",

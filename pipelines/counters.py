@@ -1,4 +1,4 @@
-"""Job counters kept by PostgreSQL triggers (migration 0005), read instead of scanning jobs.
+"""Job counters kept by PostgreSQL triggers (migration `console_counters`), read instead of scanning jobs.
 
 Two tables of *delta rows* (``key, ±n``) that the triggers append on every job insert,
 transition, delete and pipeline move (see the migration for why deltas and why

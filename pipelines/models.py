@@ -140,7 +140,7 @@ class Job(models.Model):
     # a chord fired by a member that was re-queued): it was dropped, so the engine
     # sends one itself when the job becomes ready instead of waiting for the reaper.
     dispatch_when_ready = models.BooleanField(default=False)
-    # The pipeline's year, copied by a database trigger (migration 0005, never by Python):
+    # The pipeline's year, copied by a database trigger (migration console_counters, never by Python):
     # the ``aggregation_amplified`` alert partitions a day of aggregations by year, and
     # joining 28,000 of them a day to their pipelines was most of the console's render.
     pipeline_year = models.IntegerField(null=True, blank=True, editable=False)
