@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test chaos prop-long lint bench smoke venv clean
+.PHONY: run test chaos prop-long lint bench smoke venv clean schema
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ lint: $(STAMP)
 	# mypy's Django plugin loads the settings, which refuse to start without a key when
 	# DEBUG is off: a throwaway one (nothing is served).
 	DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-mypy-only-not-a-secret} $(BIN)/mypy
+
+# The committed OpenAPI document (docs/api/openapi.yaml) that tests/api/test_schema_version.py
+# holds the live /api/schema/ to: run after a deliberate API change and commit the diff.
+schema: $(STAMP)
+	DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-schema-only-not-a-secret} \
+		$(BIN)/python manage.py spectacular --validate --fail-on-warn --file docs/api/openapi.yaml
 
 smoke: $(STAMP)
 	$(BIN)/python -m workers.devserver smoke

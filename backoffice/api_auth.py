@@ -30,6 +30,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
+from pipelines.api.errors import ErrorSerializer, error_responses
 from pipelines.models import OperatorActionKind
 from pipelines.services import operator_action_record
 
@@ -87,17 +88,20 @@ class TokenObtainView(ObtainAuthToken):
     """``POST /api/v1/auth/token/`` username + password → the user's token (for curl)."""
 
     throttle_classes = [LoginRateThrottle]
-    parser_classes = [FormParser, MultiPartParser, JSONParser]  # exactly the content types documented below
+    # Form fields too, for `curl -d username=… -d password=…` (docs/API.md). The document
+    # offers JSON only: a generated client cannot tell one body in three media types apart
+    # (openapi-python-client sends the form with a JSON content type).
+    parser_classes = [FormParser, MultiPartParser, JSONParser]
 
     @extend_schema(
-        request={
-            "application/x-www-form-urlencoded": AuthTokenSerializer, "multipart/form-data": AuthTokenSerializer,
-            "application/json": AuthTokenSerializer,
-        },
+        auth=[],  # username + password in the body: a client needs no credentials to call it
+        request={"application/json": AuthTokenSerializer},
         responses={
             200: inline_serializer("TokenOutput", {"token": serializers.CharField()}),
-            400: OpenApiResponse(description="Wrong username or password ({detail, code, errors})"),
-            429: OpenApiResponse(description="Too many attempts from this client; see Retry-After"),
+            # 401/403: a bad token or a session without its CSRF token sent along anyway.
+            **error_responses(400, 415),
+            400: OpenApiResponse(ErrorSerializer, description="Wrong username or password ({detail, code, errors})"),
+            429: OpenApiResponse(ErrorSerializer, description="Too many attempts from this client; see Retry-After"),
         },
     )
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:

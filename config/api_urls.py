@@ -23,5 +23,5 @@ urlpatterns = [
     path("v1/", include("ingestion.api")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    re_path(r"^.*$", not_found),
+    re_path(r"^[\s\S]*$", not_found),  # any rest, newlines (%0A) too: never Django's HTML 404
 ]

@@ -22,7 +22,10 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 from django.urls import Resolver404, resolve
+
+from config.middleware import RETRY_AFTER_SECONDS, service_unavailable
 
 # URL names that take a file upload (multipart): the large limit, and authentication first.
 UPLOAD_URL_NAMES = frozenset({"upload-create"})
@@ -57,15 +60,25 @@ def _too_large(limit: int) -> tuple[int, str, str]:
     return 413, "too_large", f"The request body is larger than the limit of {limit:,} bytes."
 
 
-async def _authenticated(headers: dict[bytes, bytes]) -> bool:
+def _user_outside_a_request(authorization: str, session_key: str | None) -> Any:
     from backoffice.api_auth import user_from_credentials
 
+    # No Django request wraps this query, so nothing else recycles the connection: without
+    # these, one broken by a PostgreSQL restart failed every later upload (found by
+    # schemathesis, issue 18), and a healthy one stayed checked out of the pool.
+    close_old_connections()
+    try:
+        return user_from_credentials(authorization=authorization, session_key=session_key)
+    finally:
+        close_old_connections()
+
+
+async def _authenticated(headers: dict[bytes, bytes]) -> bool:
     cookie = SimpleCookie()
     cookie.load(headers.get(b"cookie", b"").decode("latin-1"))
     morsel = cookie.get(settings.SESSION_COOKIE_NAME)
-    user = await sync_to_async(user_from_credentials)(
-        authorization=headers.get(b"authorization", b"").decode("latin-1"),
-        session_key=morsel.value if morsel else None,
+    user = await sync_to_async(_user_outside_a_request)(
+        headers.get(b"authorization", b"").decode("latin-1"), morsel.value if morsel else None
     )
     return user is not None
 
@@ -88,9 +101,17 @@ class BodyLimitMiddleware:
                 return await _answer(send, 400, "parse_error", "Invalid Content-Length header.")
             if length > limit:
                 return await _answer(send, *_too_large(limit))
-        if upload and scope["method"] not in ("GET", "HEAD", "OPTIONS") and not await _authenticated(headers):
-            return await _answer(send, 401, "not_authenticated", "Authentication credentials were not provided.",
-                                 (b"www-authenticate", b"Token"))
+        if upload and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            try:
+                authenticated = await _authenticated(headers)
+            except Exception as exc:
+                if (unavailable := service_unavailable(exc)) is None:
+                    raise
+                # The API's JSON 503, not the server's plain-text 500.
+                return await _answer(send, 503, *unavailable, (b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+            if not authenticated:
+                return await _answer(send, 401, "not_authenticated", "Authentication credentials were not provided.",
+                                     (b"www-authenticate", b"Token"))
 
         received = 0
         exceeded = False

@@ -64,6 +64,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "pipelines.api.errors.ApiErrorMiddleware",  # JSON 500 with a request id under /api/
+    "pipelines.api.errors.SingleValuedQueryMiddleware",  # ?year=1&year=2 is a 400 under /api/
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -172,6 +173,9 @@ WEB_PROCESS = env_bool("SLUICE_WEB_PROCESS", False)
 # fork), so the pool is off outside the web process.
 if env_bool("SLUICE_DB_POOL", WEB_PROCESS):
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # required by the pool: a request returns its connection
+    # The pool tests a connection (an empty query) before handing it out: one PostgreSQL
+    # ended while idle (a restart, a failover) is replaced, not failed into a 503.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("SLUICE_DB_POOL_MIN_SIZE", 2, minimum=0),
         "max_size": env_int("SLUICE_DB_POOL_MAX_SIZE", 10, minimum=1),
@@ -319,6 +323,7 @@ SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
     "pipelines.api.schema.add_live_components",  # SSE/WebSocket messages (before enums are named)
     "drf_spectacular.hooks.postprocess_schema_enums",
     "pipelines.api.schema.add_stream_path",
+    "pipelines.api.schema.add_links",  # OpenAPI links each app declares beside its views
 ]
 
 # --- Security: login throttling, offline API docs (issue 8) -------------------------------

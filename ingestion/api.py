@@ -30,9 +30,10 @@ from rest_framework.response import Response
 from backoffice import access
 from ingestion import selectors, services
 from ingestion.models import Upload, Year
-from ingestion.modules import MODULES, TARGETS
+from ingestion.modules import MODULES, TARGET_DATA, TARGETS
 from pipelines.api.base import ApiView
 from pipelines.api.errors import PayloadTooLarge, error_responses
+from pipelines.api.schema import declare_links, job_links, link, pipeline_links
 from pipelines.api.serializers import JsonInputSerializer, StrictObjectSerializer, query_input
 from pipelines.api.views import require_operate
 
@@ -313,7 +314,8 @@ class UploadCreateView(ApiView):
 
     @extend_schema(
         request={"multipart/form-data": InputSerializer},
-        responses={202: OutputSerializer, **error_responses(400, 404, 413, 415)},
+        # 409: the year's unit sync has not succeeded yet (year_not_configured).
+        responses={202: OutputSerializer, **error_responses(400, 404, 409, 413, 415)},
     )
     def post(self, request: Request, year: int, module: str) -> Response:
         # Refuse a declared oversize body before Django reads (and spools) it (NOTES).
@@ -389,6 +391,33 @@ class UploadRerunView(ApiView):
         pipeline = services.upload_rerun(upload_id=upload.pk, actor=request.user)
         return Response(self.OutputSerializer({"pipeline_id": pipeline.pk}).data, status=status.HTTP_202_ACCEPTED)
 
+
+# --- OpenAPI links: create a year → upload to it, follow the pipeline, its jobs, the totals
+def _year_links(year: str) -> dict[str, dict[str, Any]]:
+    return {
+        "GetYear": link("v1_years_retrieve", "The year's per-module status", year=year),
+        "ConfigureYear": link("v1_years_partial_update", "Configure or open it", year=year),
+        "YearTotals": link("v1_years_totals_retrieve", "Its totals", year=year),
+        "UploadToYear": link("v1_years_modules_uploads_create", "Upload a module's file", year=year),
+    }
+
+
+declare_links("v1_years_create", 201, {
+    **_year_links("$response.body#/year/year"), **pipeline_links("$response.body#/pipeline_id")
+})
+declare_links("v1_years_list", 200, _year_links("$response.body#/0/year"))
+declare_links("v1_modules_list", 200, {
+    "DataEntriesTemplate": link("v1_modules_template_.csv_retrieve", "The first module's empty data CSV",
+                                key="$response.body#/0/key", target=TARGET_DATA),
+})
+declare_links("v1_years_modules_uploads_create", 202, {
+    "GetUpload": link("v1_uploads_retrieve", "The upload's metadata", upload_id="$response.body#/upload_id"),
+    "UploadFile": link("v1_uploads_file_retrieve", "The stored file", upload_id="$response.body#/upload_id"),
+    "RerunUpload": link("v1_uploads_rerun_create", "Ingest it again", upload_id="$response.body#/upload_id"),
+    **pipeline_links("$response.body#/pipeline_id"),
+    **job_links("$response.body#/job_ids/0"),
+})
+declare_links("v1_uploads_rerun_create", 202, pipeline_links("$response.body#/pipeline_id"))
 
 
 urlpatterns = [

@@ -84,8 +84,9 @@ _DESCRIPTIONS = {
 
 
 def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
-    """Schema entries for the error statuses an operation can answer (401/403/429 always)."""
-    wanted = sorted({401, 403, 429, 500, *codes})
+    """Schema entries for the error statuses an operation can answer (401/403/429/500/503 always:
+    any request may be unauthenticated, throttled, hit a bug or find PostgreSQL or Redis down)."""
+    wanted = sorted({401, 403, 429, 500, 503, *codes})
     return {c: OpenApiResponse(ErrorSerializer, description=_DESCRIPTIONS[c]) for c in wanted}
 
 
@@ -186,3 +187,23 @@ class ApiErrorMiddleware(MiddlewareMixin):
             return None
         body, headers = server_error(request, exc)
         return JsonResponse(body, status=500, headers=headers)
+
+
+class SingleValuedQueryMiddleware(MiddlewareMixin):
+    """A query parameter given twice under ``/api/`` is a 400 naming it.
+
+    The document types every query parameter as one value (no arrays): ``?year=1&year=x``
+    is not a valid request, yet Django keeps the last value silently (found by
+    schemathesis, issue 18). One check here covers every view, DRF or plain.
+    """
+
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
+        if not request.path.startswith("/api/"):
+            return None
+        repeated = sorted(name for name, values in request.GET.lists() if len(values) > 1)
+        if not repeated:
+            return None
+        return JsonResponse({
+            "detail": "Invalid input.", "code": "invalid",
+            "errors": {name: ["Given more than once; this parameter takes one value."] for name in repeated},
+        }, status=400)

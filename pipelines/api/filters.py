@@ -19,6 +19,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework.exceptions import ValidationError
 
 from pipelines import alerts
+from pipelines.api.serializers import INTEGER
 from pipelines.models import Job, JobResult, JobState, Pipeline, PipelineStatus
 
 SHORT_ID = re.compile(r"[0-9a-fA-F]{4,8}(-[0-9a-fA-F-]{0,27})?")
@@ -46,11 +47,20 @@ class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
 YEAR_MIN, YEAR_MAX = 0, 9999
 
 
+class StrictIntegerField(forms.IntegerField):
+    """Digits only: Django also reads ``2025.0`` as 2025, which ``type: integer`` refuses."""
+
+    def to_python(self, value: Any) -> int | None:
+        if isinstance(value, str) and value not in self.empty_values and not INTEGER.fullmatch(value):
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
+        return super().to_python(value)
+
+
 @extend_schema_field({"type": "integer", "minimum": YEAR_MIN, "maximum": YEAR_MAX})
 class YearFilter(django_filters.NumberFilter):
     """An integer year: ``?year=0.5`` is a 400, not a filter on 0.5."""
 
-    field_class = forms.IntegerField
+    field_class = StrictIntegerField
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(min_value=YEAR_MIN, max_value=YEAR_MAX, **kwargs)

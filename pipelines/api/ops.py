@@ -18,6 +18,7 @@ from pipelines.api.base import ApiView
 from pipelines.api.errors import error_responses
 from pipelines.api.filters import StatsFilter
 from pipelines.api.permissions import CanOperateAllModules, CanView
+from pipelines.api.schema import declare_links, link
 from pipelines.api.serializers import ControlInputSerializer, query_input
 from pipelines.models import Job
 from workers.selectors import queue_list, worker_list
@@ -150,3 +151,12 @@ class AlertListView(ApiView):
             jobs=selectors.jobs_visible(user=request.user), kinds=[kind] if kind else alerts.ALERT_KINDS
         )
         return Response(self.OutputSerializer(summary).data)
+
+
+# --- OpenAPI links: a listed queue can be paused, a paused one resumed
+declare_links("v1_queues_list", 200, {
+    "PauseQueue": link("v1_queues_pause_create", "Pause the first queue", name="$response.body#/0/name"),
+})
+declare_links("v1_queues_pause_create", 202, {
+    "ResumeQueue": link("v1_queues_resume_create", "Resume it", name="$response.body#/name"),
+})

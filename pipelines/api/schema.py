@@ -57,14 +57,14 @@ def add_stream_path(result: dict[str, Any], generator: Any, request: Any, public
 
     result.setdefault("paths", {})["/api/v1/pipelines/{pipeline_id}/stream/"] = {
         "get": {
-            "operationId": "api_v1_pipelines_stream_retrieve",
+            "operationId": "v1_pipelines_stream_retrieve",
             "summary": "Server-Sent Events of one pipeline",
             "description": (
                 "`text/event-stream`: one frame per event (`id: <seq>`, `event: job.update|pipeline.update`, "
                 "`data: <the event JSON, as on /events/>`). Honours the `Last-Event-ID` header (or `?after=`), "
                 "sends `: ping` comments as keep-alive and ends when the pipeline is done."
             ),
-            "tags": ["api"],
+            "tags": ["v1"],  # with the other operations: one client module
             "parameters": [
                 {"name": "pipeline_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}},
                 {"name": "after", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
@@ -96,7 +96,9 @@ def add_stream_path(result: dict[str, Any], generator: Any, request: Any, public
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
                     }
                     for code, text in ((400, "Bad Last-Event-ID"), (401, "Not authenticated"),
-                                       (403, "Not allowed"), (404, "No such pipeline"))
+                                       (403, "Not allowed"), (404, "No such pipeline"),
+                                       (500, "Unexpected error (JSON, with the request id that is in the log)"),
+                                       (503, "PostgreSQL or Redis is unreachable; retry after Retry-After seconds"))
                 },
             },
         }
@@ -123,4 +125,62 @@ def add_live_components(result: dict[str, Any], generator: Any, request: Any, pu
     for key, schema in generator.registry.build({}).get("schemas", {}).items():
         schemas.setdefault(key, schema)
     result["components"]["schemas"] = dict(sorted(schemas.items()))
+    return result
+
+
+# --- OpenAPI links (issue 18) ----------------------------------------------------------------
+# Which answer feeds which next call ("create a year → follow its pipeline → its jobs →
+# their errors, cancel, retry"): clients and schemathesis's stateful phase chain calls
+# through them. Each app declares the links of its own operations next to its views;
+# ``add_links`` writes them into the responses and refuses a link to an unknown operation.
+
+_LINKS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+
+
+def link(operation_id: str, description: str, **parameters: str) -> dict[str, Any]:
+    """One OpenAPI link; a parameter named ``query__x`` is the query parameter ``x``."""
+    named = {key.replace("__", ".", 1) if "__" in key else key: value for key, value in parameters.items()}
+    return {"operationId": operation_id, "parameters": named, "description": description}
+
+
+def declare_links(operation_id: str, status: int, links: dict[str, dict[str, Any]]) -> None:
+    _LINKS.setdefault((operation_id, str(status)), {}).update(links)
+
+
+def pipeline_links(pipeline_id: str) -> dict[str, dict[str, Any]]:
+    """Follow a pipeline whose id the answer carries at ``pipeline_id`` (a runtime expression)."""
+    return {
+        "GetPipeline": link("v1_pipelines_retrieve", "The pipeline's DAG and progress", pipeline_id=pipeline_id),
+        "PipelineEvents": link("v1_pipelines_events_retrieve", "Its event history", pipeline_id=pipeline_id),
+        "PipelineJobs": link("v1_jobs_list", "Its jobs", query__pipeline=pipeline_id),
+        "CancelPipeline": link("v1_pipelines_cancel_create", "Cancel it", pipeline_id=pipeline_id),
+        "RetryPipeline": link("v1_pipelines_retry_create", "Retry its failed jobs", pipeline_id=pipeline_id),
+    }
+
+
+def job_links(job_id: str) -> dict[str, dict[str, Any]]:
+    """Follow a job whose id the answer carries at ``job_id`` (a runtime expression)."""
+    return {
+        "GetJob": link("v1_jobs_retrieve", "The job's detail", job_id=job_id),
+        "JobErrors": link("v1_jobs_errors.csv_retrieve", "Its row errors as CSV", job_id=job_id),
+        "CancelJob": link("v1_jobs_cancel_create", "Cancel it", job_id=job_id),
+        "RetryJob": link("v1_jobs_retry_create", "Retry it", job_id=job_id),
+        "RecoverJob": link("v1_jobs_recover_create", "Recover it from a lost worker", job_id=job_id),
+    }
+
+
+def add_links(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    operations = {
+        op["operationId"]: op
+        for item in result.get("paths", {}).values()
+        for method, op in item.items()
+        if isinstance(op, dict) and "operationId" in op
+    }
+    for (source, status), links in sorted(_LINKS.items()):
+        targets = {source} | {entry["operationId"] for entry in links.values()}
+        missing = sorted(targets - operations.keys())
+        if missing:
+            raise ValueError(f"OpenAPI links of {source} name unknown operations: {', '.join(missing)}")
+        response = operations[source]["responses"][status]
+        response["links"] = dict(sorted({**response.get("links", {}), **links}.items()))
     return result

@@ -6,6 +6,7 @@ allow-listed ``counts`` instead of the raw meta, which may hold thousands of row
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rest_framework import serializers
@@ -249,12 +250,24 @@ class ControlInputSerializer(JsonInputSerializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=1000)
 
 
+INTEGER = re.compile(r"-?[0-9]+")  # an integer query parameter, as the document types it
+
+
 def query_input(serializer_class: type[serializers.Serializer], request: Any) -> dict[str, Any]:
     """Validate query parameters with ``serializer_class``; a 400 names the bad one.
 
     A plain dict, not the QueryDict: DRF reads ``?unit=`` from a QueryDict as "not
     given", while the document (``minLength: 1``, an enum) calls it invalid (issue 18).
     """
-    data = serializer_class(data=request.query_params.dict())
-    data.is_valid(raise_exception=True)
-    return dict(data.validated_data)
+    params = request.query_params.dict()
+    serializer = serializer_class(data=params)
+    # An integer is digits: DRF would also read ``1.0`` (and `` 1``) as 1, a number the
+    # document's ``type: integer`` refuses (found by schemathesis, issue 18).
+    not_integers = {
+        name: ["A valid integer is required."] for name, field in serializer.fields.items()
+        if isinstance(field, serializers.IntegerField) and name in params and not INTEGER.fullmatch(params[name])
+    }
+    if not_integers:
+        raise serializers.ValidationError(not_integers, "invalid")
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -123,13 +124,16 @@ async def events_stream(pipeline_id: Any, after: int, user: Any) -> AsyncIterato
         await asyncio.sleep(_poll_seconds())
 
 
+_DIGITS = re.compile(r"[0-9]+")
+
+
 def _after(request: HttpRequest) -> int | None:
-    raw = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0"
-    try:
-        value = int(raw)
-    except ValueError:
+    """The seq to resume after: ``Last-Event-ID`` wins over ``?after=``, and each one given
+    must be a non-negative integer in digits (``int()`` would also take `` 5``, ``+5``, ``5_0``)."""
+    given = [v for v in (request.headers.get("Last-Event-ID"), request.GET.get("after")) if v is not None]
+    if not all(_DIGITS.fullmatch(v) for v in given):
         return None
-    return value if value >= 0 else None
+    return int(given[0]) if given else 0
 
 
 async def pipeline_stream(request: HttpRequest, pipeline_id: Any) -> HttpResponseBase:

@@ -27,6 +27,7 @@ from pipelines.api.base import ApiView, NewestFirstCursor
 from pipelines.api.errors import error_responses
 from pipelines.api.filters import YEAR_MAX, YEAR_MIN, JobFilter, PipelineFilter
 from pipelines.api.permissions import CanView
+from pipelines.api.schema import declare_links, job_links, pipeline_links
 from pipelines.api.serializers import (
     AcceptedSerializer,
     ControlInputSerializer,
@@ -335,3 +336,18 @@ class JobRecoverView(ApiView):
     def post(self, request: Request, job_id: int) -> Response:
         return _job_control(request, job_id, services.job_recover, self.InputSerializer)
 
+
+
+# --- OpenAPI links: from an answer to the calls that follow it (stateful clients, schemathesis)
+declare_links("v1_pipelines_create", 202, pipeline_links("$response.body#/pipeline_id"))
+declare_links("v1_pipelines_list", 200, pipeline_links("$response.body#/results/0/id"))
+declare_links("v1_pipelines_active_retrieve", 200, pipeline_links("$response.body#/pipeline_ids/0"))
+declare_links("v1_pipelines_retrieve", 200, job_links("$response.body#/jobs/0/id"))
+for _control in ("v1_pipelines_cancel_create", "v1_pipelines_retry_create"):
+    declare_links(_control, 202, pipeline_links("$response.body#/pipeline/id"))
+declare_links("v1_jobs_list", 200, job_links("$response.body#/results/0/id"))
+declare_links("v1_jobs_retrieve", 200, pipeline_links("$response.body#/pipeline_id"))
+for _control in ("v1_jobs_cancel_create", "v1_jobs_retry_create", "v1_jobs_recover_create"):
+    declare_links(_control, 202, {
+        **job_links("$response.body#/job/id"), **pipeline_links("$response.body#/pipeline/id")
+    })

@@ -19,6 +19,7 @@ from rest_framework.test import APIClient
 from backoffice.models import ModuleGrant
 from pipelines.models import Pipeline
 from pipelines.services import JobSpec, pipeline_plan
+from tests.support.browser import Server
 
 GRANTED_MODULE = "headcount"
 OTHER_MODULE = "buildings"
@@ -104,3 +105,23 @@ def make_pipeline(db: Any) -> Callable[..., Pipeline]:
         return pipeline_plan(kind=kind, specs=specs, year=year, module=module)
 
     return make
+
+
+LIVE_PASSWORD = "live-api-password"  # a test user's
+
+
+@pytest.fixture
+def live_api(celery_worker: Any, transactional_db: Any) -> Any:
+    """The ASGI app under uvicorn (production settings: DEBUG off) on the test database,
+    with the session's real Celery worker, and a superuser ``live`` / ``LIVE_PASSWORD``.
+
+    Throttles are lifted: generated traffic (schemathesis) is hundreds of requests a
+    minute, and the login throttle's counters (Redis) outlive one server.
+    """
+    User.objects.create_superuser("live", password=LIVE_PASSWORD)
+    server = Server(
+        "live-api", DJANGO_DEBUG="false", SLUICE_TOKEN_THROTTLE="1000000/min", SLUICE_LOGIN_THROTTLE="1000000/min"
+    )
+    server.start()
+    yield server
+    server.stop()

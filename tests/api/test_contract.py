@@ -46,6 +46,11 @@ def _parameter(document: dict[str, Any], path: str, name: str) -> dict[str, Any]
         ("jobs/?page_size=", "page_size"),
         ("pipelines/?cursor=", "cursor"),
         ("pipelines/?cursor=cD0yMDI1", "cursor"),
+        # Found by schemathesis: an integer with a decimal point, and a parameter given twice.
+        ("pipelines/?year=2025.0", "year"),
+        ("pipelines/active/?year=0.0", "year"),
+        ("pipelines/active/?year=false&year=2025", "year"),
+        ("jobs/?state=queued&state=running", "state"),
     ],
 )
 def test_a_parameter_the_document_calls_invalid_is_a_400_naming_it(
@@ -182,3 +187,28 @@ def test_live_messages_are_documented_components(document: dict[str, Any]) -> No
         "job.update", "pipeline.update", "snapshot", "replayed"
     }
     assert "TypeEnum" in schemas  # the published name of the event type enum is kept
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [
+        ("?after=-7.2e-302", {"HTTP_LAST_EVENT_ID": "5"}),  # each one given is checked, not only the one used
+        ("?after=1.0", {}),
+        ("", {"HTTP_LAST_EVENT_ID": "+5"}),
+        ("", {"HTTP_LAST_EVENT_ID": ""}),
+    ],
+)
+def test_a_stream_position_the_document_calls_invalid_is_a_400(
+    client_for: Any, make_pipeline: Any, query: str, headers: dict[str, str]
+) -> None:
+    pipeline = make_pipeline()
+    response = client_for("viewer").get(f"/api/v1/pipelines/{pipeline.pk}/stream/{query}", **headers)
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid"
+
+
+def test_an_unmatched_api_url_with_a_newline_is_a_json_404(client_for: Any) -> None:
+    # Found by schemathesis: ``%0A`` in a path parameter slipped past the JSON catch-all.
+    response = client_for("operator").post("/api/v1/pipelines/%C3%9A%0A/retry/", {}, format="json")
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"

@@ -103,3 +103,28 @@ def test_a_burst_of_requests_and_uploads_keeps_connections_bounded_and_answers(
     # ... and the server never held more PostgreSQL sessions than its pool
     assert 1 <= sampler.peak <= POOL_SIZE, f"peak {sampler.peak} sessions"
     assert after <= POOL_SIZE
+
+
+def test_uploads_answer_again_after_postgresql_dropped_the_web_connections(
+    web_server: Any, private_redis: RedisServer
+) -> None:
+    # given a web process that has authenticated an upload (before Django: the body limit)
+    server = web_server(REDIS_URL=private_redis.url)
+    admin = User.objects.create_user("ops", is_superuser=True, is_staff=True)
+    headers = {"Authorization": f"Token {Token.objects.create(user=admin).key}"}
+    Year.objects.create(year=2035, configured_at=timezone.now())
+
+    def upload(n: int) -> httpx.Response:
+        files = {"file": (f"headcount-{n}.csv", _csv(n, 3), "text/csv")}
+        return httpx.post(f"{server.url}/api/v1/years/2035/modules/headcount/uploads/", headers=headers,
+                          data={"target": "data_entries"}, files=files, timeout=30)
+
+    assert upload(0).status_code == 202
+    # when PostgreSQL ends every session of the web process (a restart, a failover)
+    with psycopg.connect(_test_database_url(), autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                     [WEB_APP_NAME])
+    # then the next uploads are accepted: dead connections are replaced, none is kept
+    # (it failed every later upload with a plain-text 500), none handed out (a 503)
+    answers = [upload(n) for n in range(1, 4)]
+    assert [a.status_code for a in answers] == [202, 202, 202], [a.text for a in answers] + [server.log_text()]

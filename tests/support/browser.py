@@ -33,9 +33,13 @@ def free_port() -> int:
 
 
 class Server:
-    """``uvicorn config.asgi:application`` on the test database, restartable on one port."""
+    """``uvicorn config.asgi:application`` on the test database, restartable on one port.
 
-    def __init__(self, name: str = "live") -> None:
+    ``env`` adds to (or overrides) the server's environment, e.g. ``DJANGO_DEBUG="false"``.
+    """
+
+    def __init__(self, name: str = "live", **env: str) -> None:
+        self.env = env
         self.port = free_port()
         self.log_path = ROOT / ".var" / "test-logs" / f"{name}-uvicorn.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +50,8 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {**os.environ, "DATABASE_URL": _test_database_url(), "DJANGO_DEBUG": "true", "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "DATABASE_URL": _test_database_url(), "DJANGO_DEBUG": "true", "PYTHONPATH": str(ROOT),
+               **self.env}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("uvicorn")), "config.asgi:application", "--host", "127.0.0.1",
