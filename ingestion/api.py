@@ -33,6 +33,7 @@ from ingestion.models import Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGETS
 from pipelines.api.base import ApiView
 from pipelines.api.errors import PayloadTooLarge, error_responses
+from pipelines.api.parsers import NUL_FREE
 from pipelines.api.schema import declare_links, job_links, link, pipeline_links
 from pipelines.api.serializers import JsonInputSerializer, StrictObjectSerializer, query_input
 from pipelines.api.views import require_operate
@@ -139,7 +140,7 @@ def _year_detail_for(user: Any, year: int) -> dict[str, Any]:
     return detail
 
 
-@extend_schema_field({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]})
+@extend_schema_field({"anyOf": [{"type": "string", "pattern": NUL_FREE}, {"type": "number"}, {"type": "boolean"}]})
 class SettingValueField(serializers.Field):
     """One module setting: a string, number or boolean (never an object, list or null)."""
 

@@ -9,6 +9,8 @@ from drf_spectacular.openapi import AutoSchema as BaseAutoSchema
 from drf_spectacular.utils import PolymorphicProxySerializer
 from rest_framework.views import APIView
 
+from pipelines.api.parsers import NUL_FREE
+
 
 class AutoSchema(BaseAutoSchema):
     """Names ``FooView.OutputSerializer`` ``FooOutput`` (STYLE: nested serializers per view).
@@ -38,6 +40,15 @@ class AutoSchema(BaseAutoSchema):
         if isinstance(serializer, PolymorphicProxySerializer) or getattr(serializer, "min_properties", None):
             required = True
         return schema, required
+
+    def _map_serializer_field(self, field: Any, direction: Any, bypass_extensions: bool = False) -> dict[str, Any]:
+        # A request string cannot hold U+0000 (``NulFreeJSONParser``): say so where the
+        # string has no stricter rule of its own.
+        schema: dict[str, Any] = super()._map_serializer_field(field, direction, bypass_extensions)
+        plain_string = schema.get("type") == "string" and not {"enum", "pattern", "format"} & set(schema)
+        if direction == "request" and plain_string:
+            schema = {**schema, "pattern": NUL_FREE}
+        return schema
 
     def _map_basic_serializer(self, serializer: Any, direction: Any) -> dict[str, Any]:
         # Object-level rules a serializer enforces itself (``StrictObjectMixin``) go in the

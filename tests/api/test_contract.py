@@ -212,3 +212,25 @@ def test_an_unmatched_api_url_with_a_newline_is_a_json_404(client_for: Any) -> N
     response = client_for("operator").post("/api/v1/pipelines/%C3%9A%0A/retry/", {}, format="json")
     assert response.status_code == 404
     assert response.json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"config": {"modules": ["headcount"], "module_settings": {"headcount": {"label": "a\x00b"}}}},
+        {"config": {"modules": ["headcount"], "module_settings": {"headcount": {"a\x00": 1}}}},
+    ],
+)
+def test_a_nul_character_in_a_json_body_is_a_400_not_a_500(client_for: Any, body: dict[str, Any]) -> None:
+    # Found by schemathesis: PostgreSQL cannot store U+0000, so the year's config was a 500.
+    Year.objects.create(year=2033, config={"modules": ["headcount"], "module_settings": {}})
+    response = client_for("operator").patch("/api/v1/years/2033/", body, format="json")
+    assert response.status_code == 400, response.content
+    assert "module_settings.headcount" in response.json()["detail"]
+    assert Year.objects.get(pk=2033).config["module_settings"] == {}
+
+
+def test_request_strings_are_documented_without_nul(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    reason = schemas["ControlInputRequest"]["properties"]["reason"]  # oneOf: the text, or "" (allow_blank)
+    assert reason["oneOf"][0]["pattern"] == "^[^\\u0000]*$"
