@@ -25,13 +25,12 @@ from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.authtoken.views import ObtainAuthToken
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
 from pipelines.api.errors import ErrorSerializer, error_responses
-from pipelines.api.parsers import NulFreeJSONParser
 from pipelines.models import OperatorActionKind
 from pipelines.services import operator_action_record
 
@@ -92,7 +91,7 @@ class TokenObtainView(ObtainAuthToken):
     # Form fields too, for `curl -d username=… -d password=…` (docs/API.md). The document
     # offers JSON only: a generated client cannot tell one body in three media types apart
     # (openapi-python-client sends the form with a JSON content type).
-    parser_classes = [FormParser, MultiPartParser, NulFreeJSONParser]
+    parser_classes = [FormParser, MultiPartParser, JSONParser]
 
     @extend_schema(
         auth=[],  # username + password in the body: a client needs no credentials to call it

@@ -293,7 +293,7 @@ REST_FRAMEWORK["EXCEPTION_HANDLER"] = "pipelines.api.errors.exception_handler"
 # JSON bodies only (uploads declare multipart themselves): the OpenAPI document lists
 # exactly the content types a view accepts, and a form-encoded PATCH cannot smuggle
 # a string where the document says an object (issue 18).
-REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = ["pipelines.api.parsers.NulFreeJSONParser"]  # no U+0000 either
+REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = ["rest_framework.parsers.JSONParser"]
 REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
     "rest_framework.authentication.TokenAuthentication",
     "rest_framework.authentication.SessionAuthentication",
@@ -324,6 +324,7 @@ SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
     "drf_spectacular.hooks.postprocess_schema_enums",
     "pipelines.api.schema.add_stream_path",
     "pipelines.api.schema.add_links",  # OpenAPI links each app declares beside its views
+    "pipelines.api.schema.add_nul_free_query_strings",
 ]
 
 # --- Security: login throttling, offline API docs (issue 8) -------------------------------

@@ -33,8 +33,7 @@ from ingestion.models import Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGETS
 from pipelines.api.base import ApiView
 from pipelines.api.errors import PayloadTooLarge, error_responses
-from pipelines.api.parsers import NUL_FREE
-from pipelines.api.schema import declare_links, job_links, link, pipeline_links
+from pipelines.api.schema import NUL_FREE, declare_links, job_links, link, pipeline_links
 from pipelines.api.serializers import JsonInputSerializer, StrictObjectSerializer, query_input
 from pipelines.api.views import require_operate
 
@@ -147,6 +146,8 @@ class SettingValueField(serializers.Field):
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict | list) or data is None:
             raise serializers.ValidationError("A setting is a string, number or boolean.", "invalid_setting")
+        if isinstance(data, str) and "\x00" in data:  # PostgreSQL's jsonb cannot store it (was a 500)
+            raise serializers.ValidationError("A setting may not contain the NUL character.", "invalid_setting")
         return data
 
     def to_representation(self, value: Any) -> Any:
@@ -158,6 +159,12 @@ class ModuleSettingsSerializer(StrictObjectSerializer):
 
     def get_fields(self) -> dict[str, serializers.Field]:
         return {key: serializers.DictField(child=SettingValueField(), required=False) for key in MODULES}
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        for module, settings_ in attrs.items():
+            if any("\x00" in name for name in settings_):  # jsonb cannot store it (was a 500)
+                raise serializers.ValidationError({module: ["A setting name may not contain the NUL character."]})
+        return attrs
 
 
 class YearConfigSerializer(StrictObjectSerializer):

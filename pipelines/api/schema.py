@@ -9,7 +9,9 @@ from drf_spectacular.openapi import AutoSchema as BaseAutoSchema
 from drf_spectacular.utils import PolymorphicProxySerializer
 from rest_framework.views import APIView
 
-from pipelines.api.parsers import NUL_FREE
+# A string the API stores or filters on cannot hold U+0000 (PostgreSQL refuses it; DRF and
+# Django forms answer 400): request strings and query parameters say so.
+NUL_FREE = "^[^\\u0000]*$"
 
 
 class AutoSchema(BaseAutoSchema):
@@ -42,8 +44,7 @@ class AutoSchema(BaseAutoSchema):
         return schema, required
 
     def _map_serializer_field(self, field: Any, direction: Any, bypass_extensions: bool = False) -> dict[str, Any]:
-        # A request string cannot hold U+0000 (``NulFreeJSONParser``): say so where the
-        # string has no stricter rule of its own.
+        # A request string cannot hold U+0000: say so where it has no stricter rule of its own.
         schema: dict[str, Any] = super()._map_serializer_field(field, direction, bypass_extensions)
         plain_string = schema.get("type") == "string" and not {"enum", "pattern", "format"} & set(schema)
         if direction == "request" and plain_string:
@@ -194,4 +195,16 @@ def add_links(result: dict[str, Any], generator: Any, request: Any, public: bool
             raise ValueError(f"OpenAPI links of {source} name unknown operations: {', '.join(missing)}")
         response = operations[source]["responses"][status]
         response["links"] = dict(sorted({**response.get("links", {}), **links}.items()))
+    return result
+
+
+def add_nul_free_query_strings(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """Query parameters are strings the API filters on: none may hold U+0000 (a 400)."""
+    for item in result.get("paths", {}).values():
+        for op in item.values():
+            for param in op.get("parameters", []) if isinstance(op, dict) else []:
+                schema = param.get("schema", {})
+                plain = schema.get("type") == "string" and not {"enum", "pattern", "format"} & set(schema)
+                if param.get("in") == "query" and plain:
+                    param["schema"] = {**schema, "pattern": NUL_FREE}
     return result
