@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group, Permission, User
 from django.contrib.contenttypes.models import ContentType
+from django.core.cache import caches
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from backoffice.api_auth import TOKEN_THROTTLE_CACHE, LoginRateThrottle
 from backoffice.models import ModuleGrant
 from pipelines.models import Pipeline
 from pipelines.services import JobSpec, pipeline_plan
@@ -125,3 +127,6 @@ def live_api(celery_worker: Any, transactional_db: Any) -> Any:
     server.start()
     yield server
     server.stop()
+    # The server counted its (hundreds of) token requests from 127.0.0.1 in the shared Redis
+    # throttle cache: drop that history, or in-process tests at 10/min would meet a 429.
+    caches[TOKEN_THROTTLE_CACHE].delete(LoginRateThrottle.cache_format % {"scope": "login", "ident": "127.0.0.1"})
