@@ -171,6 +171,10 @@ WEB_PROCESS = env_bool("SLUICE_WEB_PROCESS", False)
 # PostgreSQL's max_connections. It uses a bounded psycopg pool instead. Celery's prefork
 # children keep their one persistent connection each (a pool must not be shared across
 # fork), so the pool is off outside the web process.
+# A persistent connection is checked (SELECT 1) before its first use in each job: after a
+# PostgreSQL restart every pool process still held a dead one, and the first job each
+# took failed on it (`make chaos`, PostgreSQL restarted mid-job: recovery 38 s).
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if env_bool("SLUICE_DB_POOL", WEB_PROCESS):
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # required by the pool: a request returns its connection
     # The pool tests a connection (an empty query) before handing it out: one PostgreSQL
