@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
@@ -17,13 +19,22 @@ from django.template.defaultfilters import filesizeformat
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
+from django_celery_beat.models import (
+    ClockedSchedule,
+    CrontabSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+    SolarSchedule,
+)
 
-from backoffice import access, console_views, views
+from backoffice import access, console_views, sources_page, views
 from backoffice.models import ModuleGrant
 from ingestion import selectors as ingestion_selectors
 from ingestion import services as ingestion_services
-from ingestion.models import Upload, Year
+from ingestion.models import Source, Upload, Year
 from ingestion.selectors import INGEST_JOB_TYPES
+from ingestion.sources import schedule as source_schedule
+from ingestion.sources import services as source_services
 from pipelines.api.filters import SHORT_ID
 from pipelines.events import counts_of
 from pipelines.models import Job, OperatorAction, Pipeline, QueueState
@@ -341,3 +352,112 @@ class UploadAdmin(ReadOnlyAdmin):
         self.message_user(request, _("Upload %(id)s runs again (pipeline %(pipeline)s).")
                           % {"id": upload.pk, "pipeline": str(pipeline.pk)[:8]})
         return pipeline
+
+
+# --- Scheduled sources (issue 14) -------------------------------------------------------------
+
+# django-celery-beat's own pages would edit a source's periodic task behind its back (the
+# services keep the two in step and audit the change) or the engine's reaper and purge
+# (settings): schedules are changed on the Sources pages only.
+for _beat_model in (PeriodicTask, IntervalSchedule, CrontabSchedule, SolarSchedule, ClockedSchedule):
+    if admin.site.is_registered(_beat_model):
+        admin.site.unregister(_beat_model)
+
+
+class SourceForm(forms.ModelForm):
+    """The source's fields; every rule is the service's (``source_validate``), shown per field."""
+
+    class Meta:
+        model = Source
+        fields = source_services.EDITABLE
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        values = {**{k: getattr(self.instance, k) for k in source_services.EDITABLE}, **data}
+        values["cron"] = " ".join((values.get("cron") or "").split())
+        try:
+            source_services.source_validate(values)
+        except source_services.SourceInvalid as exc:
+            for key, problems in exc.errors.items():
+                self.add_error(key if key in self.fields else None, problems)
+        return data
+
+
+@admin.register(Source)
+class SourceAdmin(admin.ModelAdmin):
+    """Sources are configured here (through the services: schedule and audit follow); the cards live on
+    the Sources page."""
+
+    form = SourceForm
+    list_display = ("name", "kind", "module", "schedule", "enabled", "cards")
+    list_filter = ("kind", "module", "enabled")
+    search_fields = ("name", "location")
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "module", "location")}),
+        (_("Authentication"), {"fields": ("auth_secret", "auth_header"),
+                               "description": _("The header's value is read from the setting "
+                                                "SLUICE_SOURCE_SECRET_<name>; it is never stored here.")}),
+        (_("Target year and schedule"), {"fields": ("year_rule", "year", "cron", "interval_seconds", "enabled"),
+                                         "description": _("Give a cron expression (UTC) or an interval in "
+                                                          "seconds, not both.")}),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Source]:
+        return access.narrow(super().get_queryset(request), access.granted_modules(request.user))
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("cards/", wrap(self.cards_view), name="ingestion_source_cards"),
+            path("cards/<int:source_id>/<str:action>/", wrap(self.action_view), name="ingestion_source_action"),
+            *super().get_urls(),
+        ]
+
+    def cards_view(self, request: HttpRequest) -> HttpResponse:
+        return sources_page.sources_page(request, admin_site=self.admin_site)
+
+    def action_view(self, request: HttpRequest, source_id: int, action: str) -> HttpResponse:
+        if action not in ("run", "pause", "resume"):
+            raise Http404
+        return sources_page.source_action(request, source_id, action)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return access.can_view(request.user)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return access.can_view(request.user)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return access.can_operate(request.user)
+
+    def has_change_permission(self, request: HttpRequest, obj: Source | None = None) -> bool:
+        return access.can_operate_module(request.user, obj.module or None) if obj else access.can_operate(request.user)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Source | None = None) -> bool:
+        return self.has_change_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: Source, form: Any, change: bool) -> None:
+        values = {k: form.cleaned_data[k] for k in source_services.EDITABLE if k in form.cleaned_data}
+        if not access.can_operate_module(request.user, values.get("module") or None):
+            raise PermissionDenied
+        if change:
+            saved = source_services.source_update(source_id=obj.pk, actor=request.user, **values)
+        else:
+            saved = source_services.source_create(actor=request.user, **values)
+        obj.pk = saved.pk
+
+    def delete_model(self, request: HttpRequest, obj: Source) -> None:
+        source_services.source_delete(source_id=obj.pk, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Source]) -> None:
+        for source in queryset:
+            source_services.source_delete(source_id=source.pk, actor=request.user)
+
+    @admin.display(description=_("schedule"))
+    def schedule(self, obj: Source) -> str:
+        return source_schedule.describe(obj)
+
+    @admin.display(description="")
+    def cards(self, obj: Source) -> str:
+        url = reverse("admin:ingestion_source_cards") + f"#source-{obj.pk}"
+        return format_html('<a href="{}">{}</a>', url, _("Card"))

@@ -21,6 +21,7 @@ urlpatterns = [
     path("v1/auth/token/", TokenObtainView.as_view(), name="api-token"),
     path("v1/", include("pipelines.api.urls")),
     path("v1/", include("ingestion.api")),
+    path("v1/", include("ingestion.sources.api")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"^[\s\S]*$", not_found),  # any rest, newlines (%0A) too: never Django's HTML 404

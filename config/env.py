@@ -73,3 +73,14 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None:
         return list(default)
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_prefixed(prefix: str) -> dict[str, str]:
+    """Every ``<prefix><NAME>`` (or ``<prefix><NAME>_FILE``) variable as ``{NAME: value}``."""
+    found: dict[str, str] = {}
+    for key in os.environ:
+        if key.startswith(prefix) and len(key) > len(prefix):
+            name = key.removeprefix(prefix).removesuffix("_FILE")
+            if name:
+                found[name] = env_str(prefix + name, "")
+    return found

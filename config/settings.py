@@ -13,7 +13,7 @@ from typing import Any, cast
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_float, env_int, env_list, env_str
+from config.env import env_bool, env_float, env_int, env_list, env_prefixed, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -33,6 +33,9 @@ CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "daphne",
+    # Before backoffice, whose admin module unregisters its pages (schedules are edited
+    # on the Sources pages); it overrides no template of ours.
+    "django_celery_beat",
     # Before django.contrib.admin: its templates (admin/base_site.html, admin/index.html)
     # extend and override the admin's own.
     "backoffice",
@@ -210,7 +213,7 @@ SLUICE_QUEUE_ROUTES: dict[str, str] = {
 }
 # Modules whose import registers job handlers (the plug-in point for new job kinds).
 SLUICE_HANDLER_MODULES = env_list(
-    "SLUICE_HANDLER_MODULES", ["pipelines.builtin_handlers", "ingestion.handlers"]
+    "SLUICE_HANDLER_MODULES", ["pipelines.builtin_handlers", "ingestion.handlers", "ingestion.sources.handlers"]
 )
 SLUICE_HEARTBEAT_SECONDS = env_float("SLUICE_HEARTBEAT_SECONDS", 5.0, minimum=0.05)
 # Recovery bounds (docs/RELIABILITY.md): a dead worker's job is re-queued after
@@ -242,6 +245,14 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"queue": "default", "expires": 60.0},
     },
 }
+
+# Beat reads its schedule from PostgreSQL (django-celery-beat): the entries above are
+# synced into it at start, and scheduled sources (issue 14) add theirs from the API and
+# admin; beat notices a change within CELERY_BEAT_MAX_LOOP_INTERVAL.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_MAX_LOOP_INTERVAL = env_float("CELERY_BEAT_MAX_LOOP_INTERVAL", 5.0, minimum=0.1)
+CELERY_TIMEZONE = TIME_ZONE
+DJANGO_CELERY_BEAT_TZ_AWARE = True
 
 # --- Uploads -------------------------------------------------------------------------------
 SLUICE_UPLOAD_MAX_BYTES = env_int("SLUICE_UPLOAD_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024)
@@ -277,6 +288,23 @@ SPECTACULAR_SETTINGS = {
 SLUICE_DIRECTORY_SOURCE = env_str(
     "SLUICE_DIRECTORY_SOURCE", str(BASE_DIR / "ingestion" / "samples" / "units.csv")
 )
+
+# --- Scheduled sources (issue 14; docs/SOURCES.md) ----------------------------------------
+# A fetched response larger than this fails the run ("too large"), checked on the
+# declared Content-Length and again while streaming.
+SLUICE_SOURCE_MAX_BYTES = env_int("SLUICE_SOURCE_MAX_BYTES", 256 * 1024 * 1024, minimum=1024)
+SLUICE_SOURCE_CONNECT_TIMEOUT = env_float("SLUICE_SOURCE_CONNECT_TIMEOUT", 10.0, minimum=0.1)
+# Longest wait for the next bytes of a response (not the whole download).
+SLUICE_SOURCE_READ_TIMEOUT = env_float("SLUICE_SOURCE_READ_TIMEOUT", 60.0, minimum=0.1)
+# Tries per run on a 5xx, a connection error, a timeout or a cut-off body, with a
+# backoff of BACKOFF, 2 x BACKOFF, … seconds between them.
+SLUICE_SOURCE_ATTEMPTS = env_int("SLUICE_SOURCE_ATTEMPTS", 3, minimum=1)
+SLUICE_SOURCE_BACKOFF_SECONDS = env_float("SLUICE_SOURCE_BACKOFF_SECONDS", 2.0, minimum=0.0)
+# File sources may only read below these folders (a source must not read /etc/passwd).
+SLUICE_SOURCE_PATH_ROOTS = env_list("SLUICE_SOURCE_PATH_ROOTS", [str(BASE_DIR / "ingestion" / "samples")])
+# Auth header values by name: SLUICE_SOURCE_SECRET_PARTNER=… (or …_FILE) is the secret
+# "PARTNER" a source names; the value never enters the database.
+SLUICE_SOURCE_SECRETS = env_prefixed("SLUICE_SOURCE_SECRET_")
 
 LOG_LEVEL = env_str("SLUICE_LOG_LEVEL", "INFO")
 LOGGING = {
@@ -322,7 +350,11 @@ SLUICE_INSPECT_TIMEOUT = env_float("SLUICE_INSPECT_TIMEOUT", 0.5, minimum=0.05)
 SLUICE_ALERT_WINDOW_HOURS = env_float("SLUICE_ALERT_WINDOW_HOURS", 168.0, minimum=1.0)
 REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "pipelines.api.schema.AutoSchema"
 # The event ``type`` enum keeps its published name next to the live messages' own.
-SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {"TypeEnum": ["job.update", "pipeline.update"]}
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
+    "TypeEnum": ["job.update", "pipeline.update"],
+    # Scheduled sources (another "kind" than a pipeline start's).
+    "SourceKindEnum": "ingestion.models.SourceKind",
+}
 SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
     "pipelines.api.schema.add_live_components",  # SSE/WebSocket messages (before enums are named)
     "drf_spectacular.hooks.postprocess_schema_enums",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class Year(models.Model):
@@ -247,3 +248,81 @@ class ModuleState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.year}/{self.module} v{self.data_version}"
+
+
+class SourceKind(models.TextChoices):
+    UNIT_DIRECTORY = "unit_directory", _("unit directory")
+    MODULE_DATA = "module_data", _("module data entries")
+    MODULE_FACTORS = "module_factors", _("module emission factors")
+
+
+class YearRule(models.TextChoices):
+    CURRENT = "current_year", _("the current year")
+    PREVIOUS = "previous_year", _("the previous year")
+    FIXED = "fixed", _("a fixed year")
+
+
+class Source(models.Model):
+    """A named, recurring ingestion from an HTTP(S) endpoint or a file (issue 14).
+
+    Each run is an ordinary pipeline (``source_fetch`` → the ingest or unit sync it
+    feeds), recorded in ``SourceRun``. The schedule lives in a django-celery-beat
+    ``PeriodicTask`` kept in step by ``ingestion.sources.services``; the secret for the
+    auth header is never stored here, only the *name* of the setting that holds it.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=SourceKind.choices)
+    # http(s):// URL, or an absolute path under one of SLUICE_SOURCE_PATH_ROOTS.
+    location = models.CharField(max_length=2000)
+    # Key of settings.SLUICE_SOURCE_SECRETS (env SLUICE_SOURCE_SECRET_<NAME>): the header's value.
+    auth_secret = models.CharField(max_length=100, blank=True, default="")
+    auth_header = models.CharField(max_length=100, blank=True, default="Authorization")
+    module = models.CharField(max_length=40, blank=True, default="")  # blank for the unit directory
+    year_rule = models.CharField(max_length=20, choices=YearRule.choices, default=YearRule.CURRENT)
+    year = models.IntegerField(null=True, blank=True)  # with year_rule "fixed"
+    # Exactly one of the two: a 5-field cron expression (UTC) or an interval.
+    cron = models.CharField(max_length=100, blank=True, default="")
+    interval_seconds = models.PositiveIntegerField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Validators of the last stored response: sent as If-None-Match / If-Modified-Since,
+    # and its sha256 compared, so an unchanged source is skipped instead of reloaded.
+    etag = models.CharField(max_length=500, blank=True, default="")
+    last_modified = models.CharField(max_length=100, blank=True, default="")
+    last_sha256 = models.CharField(max_length=64, blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def target(self) -> str:
+        return {SourceKind.MODULE_DATA: "data_entries", SourceKind.MODULE_FACTORS: "factors"}.get(
+            SourceKind(self.kind), "units"
+        )
+
+
+class SourceRun(models.Model):
+    """One run of a source: its pipeline (the engine's record) and what started it."""
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="runs")
+    pipeline = models.OneToOneField("pipelines.Pipeline", on_delete=models.CASCADE, related_name="+")
+    trigger = models.CharField(max_length=20)  # "schedule" | "manual"
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["source", "-created_at"], name="sourcerun_newest")]
+
+    def __str__(self) -> str:
+        return f"{self.source_id} {self.trigger} {self.pipeline_id}"

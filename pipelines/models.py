@@ -261,6 +261,9 @@ class OperatorActionKind(models.TextChoices):
     CONFIGURE_YEAR = "configure_year"
     UPLOAD = "upload"
     START_PIPELINE = "start_pipeline"
+    CREATE_SOURCE = "create_source"
+    UPDATE_SOURCE = "update_source"
+    DELETE_SOURCE = "delete_source"
     ISSUE_TOKEN = "issue_token"  # noqa: S105 - an action name, not a secret
     REVOKE_TOKEN = "revoke_token"  # noqa: S105
 

@@ -29,15 +29,23 @@ class Outcome:
     # Set (e.g. "upload #12") when the job's work was not applied because a later one
     # already was: its downstream jobs are skipped and the pipeline reads ``superseded``.
     superseded_by: str = ""
+    # Set (e.g. "the source is unchanged") when the job succeeded and left its downstream
+    # nothing to do: those jobs end ``skipped`` with this reason and the pipeline reads
+    # ``success`` (unlike ``superseded_by``, nothing was refused).
+    skip_downstream: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        data = {"result": str(self.result), "message": self.message, "meta": self.meta}
-        return {**data, "superseded_by": self.superseded_by} if self.superseded_by else data
+        data: dict[str, Any] = {"result": str(self.result), "message": self.message, "meta": self.meta}
+        if self.superseded_by:
+            data["superseded_by"] = self.superseded_by
+        if self.skip_downstream:
+            data["skip_downstream"] = self.skip_downstream
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Outcome:
         return cls(result=data["result"], message=data.get("message", ""), meta=data.get("meta", {}),
-                   superseded_by=data.get("superseded_by", ""))
+                   superseded_by=data.get("superseded_by", ""), skip_downstream=data.get("skip_downstream", ""))
 
 
 Handler = Callable[["JobContext"], "Outcome | None"]

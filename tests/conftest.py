@@ -25,6 +25,9 @@ import tests.support.handlers  # noqa: F401 - the test process plans the test jo
 ROOT = Path(__file__).resolve().parent.parent
 QUEUES = "ingest,recalc,aggregate,default"
 
+SOURCE_MAX_BYTES = 256 * 1024
+SOURCE_TEST_SECRET = "Bearer test-only-secret"
+
 # Handlers only tests need (failing, effect-recording jobs) plug in like any job kind.
 TEST_HANDLER_MODULES = ",".join([*settings.SLUICE_HANDLER_MODULES, "tests.support.handlers"])
 
@@ -42,6 +45,13 @@ def worker_env(**extra: str) -> dict[str, str]:
         "SLUICE_HANDLER_MODULES": TEST_HANDLER_MODULES,
         "SLUICE_HEARTBEAT_SECONDS": "0.3",
         "SLUICE_STALE_AFTER_SECONDS": "2",
+        # Scheduled sources against the tests' local HTTP server (tests/support/http_source.py):
+        # timeouts, backoff and size limit short enough for tests of each failure.
+        "SLUICE_SOURCE_CONNECT_TIMEOUT": "1",
+        "SLUICE_SOURCE_READ_TIMEOUT": "1",
+        "SLUICE_SOURCE_BACKOFF_SECONDS": "0.05",
+        "SLUICE_SOURCE_MAX_BYTES": str(SOURCE_MAX_BYTES),
+        "SLUICE_SOURCE_SECRET_TESTAPI": SOURCE_TEST_SECRET,
         "PYTHONPATH": str(ROOT),
     }
     env.update(extra)

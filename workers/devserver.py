@@ -114,8 +114,9 @@ def _commands(port: int) -> dict[str, list[str]]:
                 "--ws-per-message-deflate", "false"],
         "worker": [str(BIN / "celery"), "-A", "config", "worker", "-Q", QUEUES, "-c", "2", "-l", "info",
                    "--without-mingle", "--without-gossip", "-n", "worker@%h"],
-        "beat": [str(BIN / "celery"), "-A", "config", "beat", "-l", "info",
-                 "-s", str(VAR / "celerybeat-schedule")],
+        # The schedule is in PostgreSQL (CELERY_BEAT_SCHEDULER: django-celery-beat's
+        # DatabaseScheduler): the engine's periodic tasks and every scheduled source.
+        "beat": [str(BIN / "celery"), "-A", "config", "beat", "-l", "info"],
     }
 
 
@@ -239,6 +240,7 @@ def run(*, demo: bool = True) -> int:
             f"  {login}\n"
             f"  data management: http://127.0.0.1:{port}/admin/ingestion/year/data/\n"
             f"  operations console: http://127.0.0.1:{port}/admin/pipelines/pipeline/live/\n"
+            f"  scheduled sources: http://127.0.0.1:{port}/admin/ingestion/source/cards/\n"
             f"  API docs: http://127.0.0.1:{port}/api/docs/\n"
             f"  manage.py in another shell: source {os.path.relpath(RUN_ENV, ROOT)} first\n"
             "  Ctrl-C stops web, worker, beat and the embedded servers.\n",

@@ -250,16 +250,18 @@ class LockedPipeline:
         )
         self.changed = []
 
-    def settle_downstream(self, job_id: int, result: str, *, superseded_by: str = "") -> None:
+    def settle_downstream(self, job_id: int, result: str, *, superseded_by: str = "",
+                          skip_downstream: str = "") -> None:
         """After ``job_id`` ended: promote downstream jobs that became ready, or skip the
         ones that never will.
 
         A superseded job ends its downstream like a failed one: recomputing from data this
-        job did not apply would only redo (or race) the later upload's own pipeline.
+        job did not apply would only redo (or race) the later upload's own pipeline. A job
+        that says its downstream has nothing to do (``skip_downstream``) ends it skipped.
         """
         _, dependents = self.edges
         now = timezone.now()
-        if result in dag.OK_RESULTS and not superseded_by:
+        if result in dag.OK_RESULTS and not superseded_by and not skip_downstream:
             ready = [
                 c for c in dependents.get(job_id, ())
                 if self.jobs[c].state == JobState.NOT_STARTED and self.ok_to_run(c)
@@ -278,7 +280,8 @@ class LockedPipeline:
         self.apply(
             transitions.SKIP, sorted(dag.downstream([job_id], dependents)),
             result=JobResult.SKIPPED,
-            status_message=f"Skipped: upstream {job_label(origin)} {verb}",
+            status_message=(f"Skipped: {skip_downstream}" if skip_downstream
+                            else f"Skipped: upstream {job_label(origin)} {verb}"),
             finished_at=now,
             cancel_requested=False,
         )

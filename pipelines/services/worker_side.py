@@ -201,7 +201,8 @@ def job_finish(*, job_id: int, attempt: int, outcome: Outcome, error: dict[str, 
         meta = {**outcome.meta, "superseded_by": outcome.superseded_by} if outcome.superseded_by else outcome.meta
         if not work.apply(transitions.FINISH, [job_id], attempt=attempt, meta_merge=meta, **values):
             return False
-        work.settle_downstream(job_id, outcome.result, superseded_by=outcome.superseded_by)
+        work.settle_downstream(job_id, outcome.result, superseded_by=outcome.superseded_by,
+                               skip_downstream=outcome.skip_downstream)
         work.record_changes()
     return True
 

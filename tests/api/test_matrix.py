@@ -13,6 +13,7 @@ import pytest
 from django.utils import timezone
 
 from ingestion.models import Upload, Year
+from ingestion.sources import services as sources
 from tests.api.conftest import OTHER_MODULE
 
 pytestmark = pytest.mark.django_db
@@ -27,7 +28,11 @@ def urls(make_pipeline: Any, users: Any) -> list[str]:
         year_id=2042, module=OTHER_MODULE, target="data_entries", original_name="x.csv", stored_name="missing.csv",
         sha256="0" * 64, size=1, pipeline=pipeline,
     )
+    source = sources.source_create(actor=None, name="other", kind="module_data", module=OTHER_MODULE,
+                                   location=str(sources.settings.BASE_DIR / "ingestion" / "samples" / "units.csv"),
+                                   interval_seconds=60)
     return [
+        f"/api/v1/sources/{source.pk}/",
         f"/api/v1/pipelines/{pipeline.pk}/",
         f"/api/v1/pipelines/{pipeline.pk}/events/",
         f"/api/v1/jobs/{job.pk}/",

@@ -7,8 +7,9 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
 from ingestion import services
-from ingestion.models import Upload, Year
+from ingestion.models import Source, Upload, Year
 from ingestion.modules import MODULES, TARGETS
+from ingestion.sources import services as source_services
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
@@ -60,3 +61,12 @@ class Command(BaseCommand):
                         year=year, module=module, target=target, file=f, filename=path.name, actor=user
                     )
                 self.stdout.write(f"uploaded {path.name}: upload {upload.pk}, pipeline {pipeline.pk}")
+        # One scheduled source, so the Sources page shows a card that runs (docs/SOURCES.md).
+        if not Source.objects.exists():
+            source = source_services.source_create(
+                actor=user, name="Demo: headcount factors (sample file)", kind="module_factors",
+                location=str(SAMPLES / "headcount_factors.csv"), module="headcount", year_rule="fixed", year=year,
+                interval_seconds=300,
+            )
+            pipeline = source_services.source_run_start(source_id=source.pk, actor=user)
+            self.stdout.write(f"demo source {source.name!r} every 5 minutes; first run: pipeline {pipeline.pk}")
