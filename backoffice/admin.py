@@ -18,6 +18,7 @@ from django.shortcuts import redirect
 from django.template.defaultfilters import filesizeformat
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 from django_celery_beat.models import (
     ClockedSchedule,
@@ -27,14 +28,16 @@ from django_celery_beat.models import (
     SolarSchedule,
 )
 
-from backoffice import access, console_views, sources_page, views
+from backoffice import access, console_views, labels, sources_page, views
 from backoffice.models import ModuleGrant
+from backoffice.pipeline_detail import META_LABELS
 from ingestion import selectors as ingestion_selectors
 from ingestion import services as ingestion_services
 from ingestion.models import Source, Upload, Year
 from ingestion.selectors import INGEST_JOB_TYPES
 from ingestion.sources import schedule as source_schedule
 from ingestion.sources import services as source_services
+from pipelines import messages as status_messages
 from pipelines.api.filters import SHORT_ID
 from pipelines.events import counts_of
 from pipelines.models import Job, OperatorAction, Pipeline, QueueState
@@ -76,6 +79,23 @@ def _pipeline_link(pipeline_id: Any) -> str:
     return format_html('<a href="{}"><code>{}</code></a>', url, str(pipeline_id)[:8])
 
 
+def _code_filter(field: str, title: Any, words: dict[str, str]) -> type[admin.SimpleListFilter]:
+    """A list filter on a code column whose choices read as words in the user's language
+    (the models' TextChoices labels are English: translating them would change the API schema)."""
+
+    class CodeFilter(admin.SimpleListFilter):
+        parameter_name = field
+
+        def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+            return [(code, gettext(word)) for code, word in words.items()]
+
+        def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+            return queryset.filter(**{field: self.value()}) if self.value() else queryset
+
+    CodeFilter.title = title
+    return CodeFilter
+
+
 def _search_short_id(queryset: QuerySet[Any], term: str, field: str) -> QuerySet[Any]:
     """The short id the console shows (a UUID's first characters) finds its pipeline."""
     term = term.strip()
@@ -85,9 +105,10 @@ def _search_short_id(queryset: QuerySet[Any], term: str, field: str) -> QuerySet
 @admin.register(Pipeline)
 class PipelineAdmin(ReadOnlyAdmin):
     # ``phase`` carries why a finished pipeline is not a success ("superseded by upload #12").
-    list_display = ("short_id", "kind", "year", "module", "result", "phase", "progress_percent", "jobs",
-                    "error_count", "duration", "created_at")
-    list_filter = ("status", "kind", "year", "module")
+    list_display = ("short_id", "kind_label", "year", "module_label", "result", "phase_label", "progress_percent",
+                    "jobs", "error_count", "duration", "created_at")
+    list_filter = (_code_filter("status", _("status"), labels.STATUSES), _code_filter("kind", _("kind"), labels.KINDS),
+                   "year", "module")
     search_fields = ("kind", "module", "phase", "last_error")
     date_hierarchy = "created_at"
     exclude = ("params",)
@@ -108,8 +129,21 @@ class PipelineAdmin(ReadOnlyAdmin):
     def result(self, obj: Pipeline) -> str:
         """A success with rejected rows says so: "success" alone hid them."""
         if obj.warning_count:
-            return f"{obj.status} · {obj.warning_count} warning(s)"
-        return str(obj.status)
+            warnings = ngettext("%(n)s warning", "%(n)s warnings", obj.warning_count) % {"n": obj.warning_count}
+            return f"{labels.status(obj.status)} · {warnings}"
+        return labels.status(obj.status)
+
+    @admin.display(description=_("kind"), ordering="kind")
+    def kind_label(self, obj: Pipeline) -> str:
+        return labels.kind(obj.kind)
+
+    @admin.display(description=_("module"), ordering="module")
+    def module_label(self, obj: Pipeline) -> str:
+        return labels.module(obj.module)
+
+    @admin.display(description=_("phase"), ordering="phase")
+    def phase_label(self, obj: Pipeline) -> str:
+        return labels.phase(obj.phase)
 
     @admin.display(description=_("jobs finished"))
     def jobs(self, obj: Pipeline) -> str:
@@ -141,9 +175,11 @@ class PipelineAdmin(ReadOnlyAdmin):
 
 @admin.register(Job)
 class JobAdmin(ReadOnlyAdmin):
-    list_display = ("id", "pipeline_link", "job_type", "det", "queue", "state", "result", "counts", "attempts",
-                    "duration", "updated_at")
-    list_filter = ("state", "result", "job_type", "queue")
+    list_display = ("id", "pipeline_link", "job_type_label", "det", "queue", "state_label", "result_label", "counts",
+                    "attempts", "duration", "updated_at")
+    list_filter = (_code_filter("state", _("state"), labels.STATES),
+                   _code_filter("result", _("result"), labels.RESULTS),
+                   _code_filter("job_type", _("job type"), labels.JOB_TYPES), "queue")
     search_fields = ("=id", "det", "status_message")
     raw_id_fields = ("pipeline", "depends_on")
     exclude = ("meta", "params", "effect_outcome")
@@ -164,7 +200,20 @@ class JobAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("counts"))
     def counts(self, obj: Job) -> str:
-        return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts_of(obj.meta or {}).items()) or "—"
+        return ", ".join(f"{META_LABELS.get(k, k.replace('_', ' '))} {v}"
+                         for k, v in counts_of(obj.meta or {}).items()) or "—"
+
+    @admin.display(description=_("job type"), ordering="job_type")
+    def job_type_label(self, obj: Job) -> str:
+        return labels.job_type(obj.job_type)
+
+    @admin.display(description=_("state"), ordering="state")
+    def state_label(self, obj: Job) -> str:
+        return labels.state(obj.state)
+
+    @admin.display(description=_("result"), ordering="result")
+    def result_label(self, obj: Job) -> str:
+        return labels.result(obj.result) or "—"
 
     @admin.display(description=_("duration"))
     def duration(self, obj: Job) -> str:
@@ -175,16 +224,22 @@ class JobAdmin(ReadOnlyAdmin):
 class OperatorActionAdmin(ReadOnlyAdmin):
     """The operator action log: who did what to which target, when and why."""
 
-    list_display = ("created_at", "actor_name", "action", "target_link", "reason")
-    list_filter = ("action", "target_type", "actor_name")
+    list_display = ("created_at", "actor_name", "action_label", "target_link", "reason")
+    list_filter = (_code_filter("action", _("action"), labels.ACTIONS),
+                   _code_filter("target_type", _("target type"), labels.TARGET_TYPES), "actor_name")
     search_fields = ("actor_name", "target_id", "reason")
     date_hierarchy = "created_at"
     list_select_related = ("pipeline",)
 
+    @admin.display(description=_("action"), ordering="action")
+    def action_label(self, obj: OperatorAction) -> str:
+        return labels.action(obj.action)
+
     @admin.display(description=_("target"), ordering="target_id")
     def target_link(self, obj: OperatorAction) -> str:
         """Pipelines and jobs link to the pipeline's live detail; queues to the console."""
-        label = f"{obj.target_type} {obj.target_id[:8] if obj.target_type == 'pipeline' else obj.target_id}"
+        target_id = obj.target_id[:8] if obj.target_type == "pipeline" else obj.target_id
+        label = f"{labels.target_type(obj.target_type)} {target_id}"
         if obj.pipeline_id:
             url = reverse("admin:pipelines_pipeline_live_detail", args=[obj.pipeline_id])
         elif obj.target_type == "queue":
@@ -222,6 +277,34 @@ class YearAdmin(ReadOnlyAdmin):
     list_filter = ("is_open",)
     readonly_fields = ("year", "is_open", "configured_at", "config", "completeness", "created_at", "updated_at")
 
+    def get_list_display(self, request: HttpRequest) -> Any:
+        return [self._completeness_for(request) if f == "completeness" else f for f in self.list_display]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [self._completeness_for(request) if f == "completeness" else f for f in self.readonly_fields]
+
+    @admin.display(description=_("completeness"))
+    def completeness(self, obj: Year) -> str:
+        """Every module's reasons (the lists use ``_completeness_for``, narrowed to the user)."""
+        return self._completeness_for(None)(obj)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _completeness_for(request: HttpRequest | None) -> Any:
+        """The completeness column as this user may read it: module labels, their modules only
+        (a module-granted operator is told about the year and their modules, as on Data management)."""
+        grants = access.granted_modules(request.user) if request is not None else None
+
+        @admin.display(description=_("completeness"))
+        def completeness(obj: Year) -> str:
+            reasons = ingestion_selectors.year_incomplete_reasons(year=obj)
+            shown = [(labels.module(k) if k != "year" else str(_("Year")), v) for k, v in reasons.items()
+                     if k == "year" or access.in_scope(grants, k)]
+            if not shown:
+                return str(_("complete"))
+            return "; ".join(f"{scope}: {', '.join(str(i) for i in items)}" for scope, items in shown)
+
+        return completeness
+
     def get_urls(self) -> list[URLPattern]:
         wrap = self.admin_site.admin_view
         pages = [
@@ -243,13 +326,6 @@ class YearAdmin(ReadOnlyAdmin):
     @admin.display(description=_("units synced"), boolean=True)
     def units_synced(self, obj: Year) -> bool:
         return obj.configured_at is not None
-
-    @admin.display(description=_("completeness"))
-    def completeness(self, obj: Year) -> str:
-        reasons = ingestion_selectors.year_incomplete_reasons(year=obj)
-        if not reasons:
-            return str(_("complete"))
-        return "; ".join(f"{scope}: {', '.join(items)}" for scope, items in reasons.items())
 
     @admin.display(description="")
     def manage(self, obj: Year) -> str:
@@ -279,6 +355,8 @@ class UploadAdmin(ReadOnlyAdmin):
         return qs.select_related("uploaded_by").annotate(
             ingest_result=Subquery(ingest.values("result")[:1]),
             ingest_message=Subquery(ingest.values("status_message")[:1]),
+            ingest_key=Subquery(ingest.values("status_key")[:1]),
+            ingest_params=Subquery(ingest.values("status_params")[:1]),
         )
 
     def get_urls(self) -> list[URLPattern]:
@@ -304,7 +382,8 @@ class UploadAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("status message"))
     def status_message(self, obj: Upload) -> str:
-        return getattr(obj, "ingest_message", "") or ""
+        return status_messages.text_of(getattr(obj, "ingest_key", "") or "", getattr(obj, "ingest_params", None),
+                                getattr(obj, "ingest_message", "") or "")
 
     @admin.display(description=_("pipeline"))
     def pipeline_link(self, obj: Upload) -> str:

@@ -21,11 +21,11 @@ from django.db.models import Count, Max, Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from backoffice import access, live
+from backoffice import access, labels, live
 from pipelines import alerts, events, stats
 from pipelines import counters as kept_counters
 from pipelines.api.filters import PipelineFilter
-from pipelines.models import Job, JobResult, JobState, OperatorAction, Pipeline, PipelineStatus, QueueState
+from pipelines.models import Job, JobResult, JobState, OperatorAction, Pipeline, QueueState
 
 PAGE_SIZE = 20
 
@@ -49,7 +49,7 @@ class ConsoleFilterForm(forms.Form):
     module = forms.CharField(required=False, max_length=40, label=_("Module"))
     kind = forms.CharField(required=False, max_length=40, label=_("Kind"))
     status = forms.ChoiceField(required=False, label=_("Status"),
-                               choices=[("", _("any status")), *PipelineStatus.choices])
+                               choices=[("", _("any status")), *labels.STATUS_CHOICES])
     has_errors = forms.BooleanField(required=False, label=_("Has errors"))
     alert = forms.ChoiceField(required=False, label=_("Alert"),
                               choices=[("", _("any alert")), *ALERT_LABELS.items()])

@@ -9,14 +9,16 @@ from django.contrib.admin import AdminSite
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils.translation import get_language
 from django.utils.translation import gettext as _
 
-from backoffice import access, console, pipeline_detail
+from backoffice import access, console, labels, live, pipeline_detail
 
 
 def _js_strings() -> dict[str, Any]:
     """What console.js writes itself, translated here (no JavaScript catalogue)."""
     return {
+        "labels": labels.js_labels(),
         "live": _("live · event %(seq)s"),
         "reconnecting": _("reconnecting (attempt %(attempt)s)…"),
         "replaying": _("catching up…"),
@@ -107,12 +109,13 @@ def operations_console(request: HttpRequest, *, admin_site: AdminSite) -> HttpRe
         "feed_path": "/ws/pipelines/",
         # What console.js seeds its store with: it then asks the feed for what happened
         # after ``seq`` only, so nothing between the render and the socket is missed.
-        "initial": {
+        # Messages and phases in the page's language, as the feed then sends them.
+        "initial": live.localized({
             "seq": page.seq,
             "filters": filters,
             "pipelines": [row["pipeline"] for row in page.rows],
             "jobs": [job for row in page.rows for job in row["jobs"]],
-        },
+        }, get_language()),
         "js_strings": _js_strings(),
     }
     return TemplateResponse(request, "backoffice/console.html", context)
@@ -144,6 +147,8 @@ def pipeline_page(request: HttpRequest, pipeline_id: Any, *, admin_site: AdminSi
         "title": _("Pipeline %(id)s") % {"id": str(pipeline_id)[:8]},
         "is_nav_sidebar_enabled": False,
         "detail": detail,
+        "status_words": {"live": _("live"), "connecting": _("connecting…"), "replaying": _("catching up…"),
+                         "reconnecting": _("reconnecting…"), "denied": _("not permitted"), "closed": _("closed")},
     }
     return TemplateResponse(request, "backoffice/console_detail.html", context)
 

@@ -72,6 +72,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         kwargs = self.scope["url_route"]["kwargs"]
         self.pipeline_id = str(kwargs["pipeline_id"]) if "pipeline_id" in kwargs else None
         self.year = int(kwargs["year"]) if "year" in kwargs else None
+        self.language = live.socket_language(self.scope)
         self.access = await self._resolve_access()
         # Accept, then close with a code: a browser cannot see why a refused handshake
         # failed, but it can read a close code and stop retrying.
@@ -145,7 +146,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             self.syncing = True  # stop queueing; the close below makes the client replay
             asyncio.get_running_loop().create_task(self.close(code=CLOSE_TOO_SLOW))
         else:
-            self.outbox.put_nowait(text)
+            self.outbox.put_nowait(live.localized_text(event, text, self.language))
 
     async def _write(self) -> None:
         # One writer per socket keeps its events in order; a slow socket delays only itself.
@@ -178,7 +179,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
                 batch, self.buffer = self.buffer, []
                 for event in sorted(batch, key=lambda e: int(e["seq"])):
                     if int(event["seq"]) > upto:
-                        await self.send(text_data=json.dumps(event, separators=(",", ":")))
+                        await self.send(text_data=json.dumps(live.localized(event, self.language),
+                                                             separators=(",", ":")))
             self.syncing = False
         except asyncio.CancelledError:
             raise
@@ -193,14 +195,15 @@ class LiveConsumer(AsyncWebsocketConsumer):
             "feed": self.feed, "modules": self.access.modules, "pipeline_id": self.pipeline_id, "year": self.year,
         }
         if after is not None:
-            events = await database_sync_to_async(live.replay)(after=after, **kwargs)
+            events = await database_sync_to_async(live.read_localized)(live.replay, self.language, after=after,
+                                                                       **kwargs)
             if events is not None:
                 for event in events:
                     await self.send(text_data=json.dumps(event, separators=(",", ":")))
                 upto = max([after, *(int(e["seq"]) for e in events)])
                 await self.send(text_data=json.dumps({"type": "replayed", "seq": upto, "count": len(events)}))
                 return upto
-        snap = await database_sync_to_async(live.snapshot)(**kwargs)
+        snap = await database_sync_to_async(live.read_localized)(live.snapshot, self.language, **kwargs)
         await self.send(text_data=json.dumps(snap, separators=(",", ":")))
         return int(snap["seq"])
 

@@ -21,6 +21,7 @@ from backoffice import access
 from ingestion import selectors as ingestion_selectors
 from ingestion.models import Factor, Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGET_FACTORS, TARGETS
+from pipelines import messages
 from pipelines import selectors as pipeline_selectors
 from pipelines.models import DONE_STATUSES, Job, JobEvent, JobResult, Pipeline
 
@@ -87,11 +88,13 @@ def _active_pipelines(year: int, modules: frozenset[str] | None) -> list[dict[st
     for p in qs:
         running = (
             Job.objects.filter(pipeline=p).exclude(status_message="").order_by("-updated_at")
-            .values_list("status_message", flat=True).first()
+            .values("status_message", "status_key", "status_params").first()
         )
         out.append({
             "id": str(p.pk), "kind": p.kind, "module": p.module, "target": (p.params or {}).get("target", ""),
-            "status": p.status, "percent": p.progress_percent, "phase": p.phase, "message": running or "",
+            "status": p.status, "percent": p.progress_percent, "phase": p.phase,
+            "message": messages.text_of(running["status_key"], running["status_params"], running["status_message"])
+            if running else "",
         })
     return out
 
@@ -229,6 +232,8 @@ def job_events(*, user: Any, job_id: int) -> list[dict[str, Any]] | None:
         out.append({
             "seq": row["seq"], "kind": row["kind"], "at": row["created_at"], "state": job.get("state"),
             "result": job.get("result"), "percent": (job.get("progress") or {}).get("percent"),
-            "phase": (job.get("progress") or {}).get("phase"), "message": job.get("status_message"),
+            "phase": (job.get("progress") or {}).get("phase"),
+            "message": messages.text_of(job.get("status_key") or "", job.get("status_params"),
+                                        job.get("status_message") or ""),
         })
     return out

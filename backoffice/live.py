@@ -23,15 +23,18 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Literal, Protocol
+from urllib.parse import parse_qs
 
 from django.db import connection, transaction
+from django.utils import translation
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from backoffice import access
-from pipelines import events, publish, selectors
+from backoffice import access, labels
+from pipelines import events, messages, publish, selectors
 from pipelines.models import DONE_STATUSES, EventCounter, JobEvent, Pipeline
 
 logger = logging.getLogger(__name__)
@@ -116,6 +119,66 @@ def recheck_access(user: Any, *, feed: Feed, pipeline_id: str | None = None, yea
 def visible(modules: frozenset[str] | None, message: dict[str, Any]) -> bool:
     """May a socket of scope ``modules`` see this event? Module-less pipelines: "every module" only."""
     return access.in_scope(modules, (message.get("pipeline") or {}).get("module"))
+
+
+# --- language ---------------------------------------------------------------------------
+# Every event is published once, in English (``status_message``) with the message's key
+# and parameters; each socket re-renders the messages in its reader's language, the one
+# the admin pages use (language cookie set by the admin's selector, else Accept-Language).
+# Rendering server-side keeps one catalogue and one number format for the page and its
+# live updates; sockets of one language share the work through this cache.
+_LOCALIZED_MAX = 2048
+_localized: dict[tuple[int, str, int, str], str] = {}
+
+
+def socket_language(scope: dict[str, Any]) -> str:
+    """``?lang=`` (the page's own language, sent by live.js), else as Django picks a request's."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    asked = (query.get("lang") or [""])[0]
+    if asked:
+        try:
+            return translation.get_supported_language_variant(asked)
+        except LookupError:
+            pass
+    headers = dict(scope.get("headers") or [])
+    request = SimpleNamespace(
+        COOKIES=scope.get("cookies") or {},
+        META={"HTTP_ACCEPT_LANGUAGE": headers.get(b"accept-language", b"").decode("latin-1")},
+    )
+    return translation.get_language_from_request(request)  # type: ignore[arg-type]
+
+
+def localized_text(event: dict[str, Any], text: str, language: str) -> str:
+    """The event as sent to a reader of ``language`` (``text`` is its stored JSON)."""
+    if not _has_words(event):
+        return text
+    # The pipeline id too: seq restarts after a database reset, a cached text must not.
+    key = (int(event.get("seq") or 0), str(event.get("pipeline_id")), int(event.get("pipeline_seq") or 0), language)
+    found = _localized.get(key)
+    if found is None:
+        found = json.dumps(localized(event, language), separators=(",", ":"))
+        if len(_localized) >= _LOCALIZED_MAX:
+            _localized.clear()
+        _localized[key] = found
+    return found
+
+
+def localized(data: Any, language: str) -> Any:
+    """Job messages and phases of ``data`` in ``language`` (a copy). English readers get the
+    phases as words too ("fetch" reads "fetching units"), as the server-rendered page shows them."""
+    return messages.localize(data, language, also=labels.localize_phases)
+
+
+def _has_words(event: dict[str, Any]) -> bool:
+    """Does the event carry anything to render (a message key or a phase)?"""
+    job, pipeline = event.get("job") or {}, event.get("pipeline") or {}
+    return bool(job.get("status_key") or (job.get("progress") or {}).get("phase")
+                or (pipeline.get("progress") or {}).get("phase"))
+
+
+def read_localized(read: Callable[..., Any], language: str, **kwargs: Any) -> Any:
+    """``read(**kwargs)`` (a snapshot, a replay) in ``language``, in the caller's thread."""
+    return localized(read(**kwargs), language)
 
 
 # --- snapshots ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
 
 
 class ModuleGrant(models.Model):
@@ -18,13 +19,18 @@ class ModuleGrant(models.Model):
     """
 
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="module_grants"
+        settings.AUTH_USER_MODEL, verbose_name=_("user"),
+        null=True, blank=True, on_delete=models.CASCADE, related_name="module_grants"
     )
-    group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.CASCADE, related_name="module_grants")
-    module = models.CharField(max_length=40)
-    created_at = models.DateTimeField(auto_now_add=True)
+    group = models.ForeignKey(
+        Group, verbose_name=_("group"), null=True, blank=True, on_delete=models.CASCADE, related_name="module_grants",
+    )
+    module = models.CharField(verbose_name=_("module"), max_length=40)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
 
     class Meta:
+        verbose_name = _("module grant")
+        verbose_name_plural = _("module grants")
         constraints = [
             models.CheckConstraint(
                 condition=(Q(user__isnull=False, group__isnull=True) | Q(user__isnull=True, group__isnull=False)),

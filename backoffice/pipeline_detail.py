@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.urls import NoReverseMatch, reverse
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
-from backoffice import access
-from pipelines import events
-from pipelines.models import Job, JobEvent, JobState, OperatorAction, Pipeline
+from backoffice import access, labels
+from pipelines import events, messages
+from pipelines.models import Job, JobEvent, JobResult, JobState, OperatorAction, Pipeline
 
 NODE_W, NODE_H = 200, 46
 GAP_X, GAP_Y, PAD = 56, 14, 8
@@ -24,23 +26,24 @@ FIRST_ROW_ERRORS = 10
 
 # Labels of the meta keys an operator reads (the rest is shown raw on request).
 META_LABELS = {
-    "rows_total": "rows in file",
-    "rows_processed": "rows processed",
-    "rows_loaded": "rows loaded",
-    "rows_rejected": "rows rejected",
-    "rows_skipped": "blank lines skipped",
-    "row_errors_total": "row errors",
-    "parser": "parser",
-    "upload_id": "upload",
-    "duplicate_of_upload": "same file as upload",
-    "units_synced": "units synced",
-    "reports_created": "reports created",
-    "totals_written": "totals written",
-    "factors_upserted": "factors upserted",
-    "factors_stale": "factors marked stale",
-    "modules_refreshed": "modules refreshed",
-    "coalesced_with_pipeline": "coalesced with pipeline",
+    "rows_total": _("rows in file"),
+    "rows_processed": _("rows processed"),
+    "rows_loaded": _("rows loaded"),
+    "rows_rejected": _("rows rejected"),
+    "rows_skipped": _("blank lines skipped"),
+    "row_errors_total": _("row errors"),
+    "parser": _("parser"),
+    "upload_id": _("upload"),
+    "duplicate_of_upload": _("same file as upload"),
+    "units_synced": _("units synced"),
+    "reports_created": _("reports created"),
+    "totals_written": _("totals written"),
+    "factors_upserted": _("factors upserted"),
+    "factors_stale": _("factors marked stale"),
+    "modules_refreshed": _("modules refreshed"),
+    "coalesced_with_pipeline": _("coalesced with pipeline"),
 }
+TIMING_LABELS = {"load": _("load"), "validate": _("validate"), "apply": _("apply")}
 
 
 @dataclass
@@ -54,11 +57,11 @@ class Node:
     @property
     def label(self) -> str:
         det = f" [{self.job.det}]" if self.job.det else ""
-        return f"#{self.job.pk} {self.job.job_type}{det}"
+        return f"#{self.job.pk} {labels.job_type(self.job.job_type)}{det}"
 
     @property
     def sub(self) -> str:
-        state = self.job.result if self.job.state == JobState.FINISHED else self.job.state
+        state = labels.job_look(self.job)
         pct = f" · {self.percent:.0f}%" if self.percent is not None else ""
         return f"{state}{pct}"
 
@@ -120,7 +123,8 @@ def _upload_link(upload_id: Any) -> str | None:
 
 def _job_entry(job: Job) -> dict[str, Any]:
     meta = job.meta or {}
-    decoded = [(label, meta[key]) for key, label in META_LABELS.items() if key in meta and meta[key] not in ("", None)]
+    decoded = [(key, label, meta[key]) for key, label in META_LABELS.items()
+               if key in meta and meta[key] not in ("", None)]
     duration = (job.finished_at - job.started_at).total_seconds() if job.finished_at and job.started_at else None
     errors_total = int(meta.get("row_errors_total") or len(meta.get("row_errors") or []))
     failed = job.error is not None or bool(meta.get("file_error")) or errors_total > 0
@@ -130,7 +134,7 @@ def _job_entry(job: Job) -> dict[str, Any]:
         "percent": job.progress_percent,
         "counts": events.counts_of(meta),
         "decoded": decoded,
-        "timings": meta.get("timings_s") or {},
+        "timings": [(TIMING_LABELS.get(k, k), v) for k, v in (meta.get("timings_s") or {}).items()],
         "duration": duration,
         "upload_url": _upload_link(meta["upload_id"]) if meta.get("upload_id") else None,
         "error": job.error,
@@ -162,7 +166,19 @@ def pipeline_detail(*, user: Any, pipeline_id: Any) -> dict[str, Any] | None:
         "jobs": [_job_entry(j) for j in jobs],
         "timeline": [_timeline_entry(e) for e in timeline],
         "actions": list(OperatorAction.objects.filter(pipeline=pipeline).order_by("-created_at")[:50]),
+        "last_error": _last_error(jobs),
     }
+
+
+def _last_error(jobs: list[Job]) -> str:
+    """``Pipeline.last_error`` (stored in English) in the reader's language."""
+    failed = [j for j in jobs if j.result == JobResult.ERROR]
+    if not failed:
+        return ""
+    job = max(failed, key=lambda j: (j.finished_at is not None, j.finished_at or j.updated_at))
+    det = f" {job.det}" if job.det else ""
+    text = messages.text_of(job.status_key, job.status_params, job.status_message)
+    return f"{labels.job_type(job.job_type)}{det} #{job.pk}: {text}"
 
 
 def _timeline_entry(event: JobEvent) -> dict[str, Any]:
@@ -170,12 +186,14 @@ def _timeline_entry(event: JobEvent) -> dict[str, Any]:
     job = payload.get("job") or {}
     pipeline = payload.get("pipeline") or {}
     if job:
-        what = f"#{job.get('id')} {job.get('job_type')}"
+        what = f"#{job.get('id')} {labels.job_type(job.get('job_type'))}"
         state = job.get("result") or job.get("state")
-        text = job.get("status_message", "")
+        state_label = labels.job_look(job)
+        text = messages.text_of(job.get("status_key") or "", job.get("status_params"), job.get("status_message", ""))
     else:
-        what = "pipeline"
+        what = gettext("pipeline")
         state = pipeline.get("status")
-        text = pipeline.get("progress", {}).get("phase", "")
+        state_label = labels.status(state)
+        text = labels.phase(pipeline.get("progress", {}).get("phase", ""))
     return {"seq": event.seq, "at": event.created_at, "kind": event.kind, "what": what, "state": state,
-            "text": text}
+            "state_label": state_label, "text": text}

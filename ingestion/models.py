@@ -15,15 +15,17 @@ from django.utils.translation import gettext_lazy as _
 
 
 class Year(models.Model):
-    year = models.IntegerField(primary_key=True)
-    is_open = models.BooleanField(default=False)
-    configured_at = models.DateTimeField(null=True, blank=True)
+    year = models.IntegerField(verbose_name=_("year"), primary_key=True)
+    is_open = models.BooleanField(verbose_name=_("open to users"), default=False)
+    configured_at = models.DateTimeField(verbose_name=_("units synced at"), null=True, blank=True)
     # {"modules": [enabled module keys], "module_settings": {key: {...}}}
-    config = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    config = models.JSONField(verbose_name=_("configuration"), default=dict, blank=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(verbose_name=_("updated at"), auto_now=True)
 
     class Meta:
+        verbose_name = _("year")
+        verbose_name_plural = _("years")
         ordering = ["-year"]
 
     def __str__(self) -> str:
@@ -84,28 +86,34 @@ class ReportModule(models.Model):
 class Upload(models.Model):
     """A stored original file: what was uploaded, by whom, and its fingerprint."""
 
-    year = models.ForeignKey(Year, on_delete=models.CASCADE, related_name="uploads")
-    module = models.CharField(max_length=40)
-    target = models.CharField(max_length=20)
-    original_name = models.CharField(max_length=255)
-    stored_name = models.CharField(max_length=255)
-    sha256 = models.CharField(max_length=64)
-    size = models.BigIntegerField()
+    year = models.ForeignKey(Year, verbose_name=_("year"), on_delete=models.CASCADE, related_name="uploads")
+    module = models.CharField(verbose_name=_("module"), max_length=40)
+    target = models.CharField(verbose_name=_("target"), max_length=20)
+    original_name = models.CharField(verbose_name=_("file name"), max_length=255)
+    stored_name = models.CharField(verbose_name=_("stored name"), max_length=255)
+    sha256 = models.CharField(verbose_name=_("sha256"), max_length=64)
+    size = models.BigIntegerField(verbose_name=_("size"))
     # Physical lines after the header, counted while streaming to storage: the
     # progress total of its ingest; ``row_count`` is the parsed record count.
-    line_count = models.BigIntegerField(default=0)
-    row_count = models.BigIntegerField(null=True, blank=True)
-    delimiter = models.CharField(max_length=1, default=",")
+    line_count = models.BigIntegerField(verbose_name=_("lines"), default=0)
+    row_count = models.BigIntegerField(verbose_name=_("rows"), null=True, blank=True)
+    delimiter = models.CharField(verbose_name=_("delimiter"), max_length=1, default=",")
     uploaded_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, verbose_name=_("uploaded by"),
+        null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    duplicate_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    duplicate_of = models.ForeignKey(
+        "self", verbose_name=_("duplicate of"), null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+    )
     pipeline = models.ForeignKey(
-        "pipelines.Pipeline", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        "pipelines.Pipeline", verbose_name=_("pipeline"),
+        null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(verbose_name=_("uploaded at"), auto_now_add=True)
 
     class Meta:
+        verbose_name = _("upload")
+        verbose_name_plural = _("uploads")
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["year", "module", "target", "sha256"], name="upload_fingerprint")]
 

@@ -108,6 +108,8 @@ def _job_summary(job: Job | None) -> dict[str, Any] | None:
         "state": job.state,
         "result": job.result,
         "status_message": job.status_message,
+        "status_key": job.status_key,
+        "status_params": job.status_params,
         "upload_id": meta.get("upload_id") or (job.params or {}).get("upload_id"),
         "rows_loaded": meta.get("rows_loaded"),
         "rows_rejected": meta.get("rows_rejected"),

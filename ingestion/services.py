@@ -22,10 +22,12 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from ingestion import loading, parsing
 from ingestion.models import DataEntry, ModuleState, Report, Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGETS, UnknownModule, get_module
+from pipelines.messages import Message, msg
 from pipelines.models import Job, JobResult, OperatorActionKind, Pipeline
 from pipelines.redaction import redact_urls
 from pipelines.registry import Outcome
@@ -288,9 +290,15 @@ def upload_path(upload: Upload) -> Path:
 # --- job bodies (called by ingestion.handlers) -----------------------------------------------
 
 
-def _fmt_error(err: dict[str, Any]) -> str:
-    where = f"row {err['row']}" + (f", {err['column']}" if err.get("column") else "")
-    return f"{where}: {err['reason']}"
+def _module_label(module: str) -> Message | str:
+    return msg(MODULES[module].label) if module in MODULES else module
+
+
+def _fmt_error(err: dict[str, Any]) -> Message:
+    if err.get("column"):
+        return msg(gettext_noop("row %(row)s, %(column)s: %(reason)s"), row=str(err["row"]), column=err["column"],
+                   reason=err["reason"])
+    return msg(gettext_noop("row %(row)s: %(reason)s"), row=str(err["row"]), reason=err["reason"])
 
 
 # Share of an ingest's work per phase, so its percentage moves through every phase and
@@ -318,10 +326,11 @@ def ingest_run(*, ctx: JobContext) -> Outcome:
     schema = mod.columns(upload.target)
     total = max(upload.line_count, 1)
     base_meta: dict[str, Any] = {"upload_id": upload.pk}
-    prefix = ""
+    prefix: Message | str = ""
     if ctx.params.get("duplicate_of_upload"):
         base_meta["duplicate_of_upload"] = ctx.params["duplicate_of_upload"]
-        prefix = f"Same file as upload #{ctx.params['duplicate_of_upload']} (loaded again). "
+        prefix = msg(gettext_noop("Same file as upload #%(upload)s (loaded again). "),
+                     upload=str(ctx.params["duplicate_of_upload"]))
 
     def on_progress(stats: loading.StageStats) -> None:
         # The server-side COPY reports bytes sent; rows are then estimated from the
@@ -340,7 +349,8 @@ def ingest_run(*, ctx: JobContext) -> Outcome:
                                        should_stop=ctx.raise_if_aborted)
         except parsing.FileRejected as exc:
             return Outcome(
-                JobResult.ERROR, f"{prefix}Nothing loaded: {exc.message}",
+                JobResult.ERROR, msg(gettext_noop("%(prefix)sNothing loaded: %(reason)s"), prefix=prefix,
+                                     reason=exc.message),
                 {**base_meta, "rows_loaded": 0, "file_error": {"line": exc.line, "code": exc.code,
                                                                 "reason": exc.message}},
             )
@@ -391,21 +401,30 @@ def ingest_run(*, ctx: JobContext) -> Outcome:
 
 
 def _ingest_outcome(
-    prefix: str, meta: dict[str, Any], check: loading.Validation, applied: loading.ApplyResult | None,
+    prefix: Message | str, meta: dict[str, Any], check: loading.Validation, applied: loading.ApplyResult | None,
     stats: loading.StageStats,
 ) -> Outcome:
     loaded, rejected = meta["rows_loaded"], meta["rows_rejected"]
-    first = f" — first: {_fmt_error(check.first_errors[0])}" if check.first_errors else ""
+    first: Message | str = ""
+    if check.first_errors:
+        first = msg(gettext_noop(" — first: %(error)s"), error=_fmt_error(check.first_errors[0]))
+    what: Message
     if loaded == 0:
         if rejected:
-            what = f"all {rejected:,} rows rejected{first}"
+            what = msg(gettext_noop("all %(rejected)s rows rejected%(first)s"), rejected=rejected, first=first)
+        elif stats.rows_skipped:
+            what = msg(gettext_noop("the file has no data rows (%(skipped)s blank lines skipped)"),
+                       skipped=stats.rows_skipped)
         else:
-            what = "the file has no data rows" + (f" ({stats.rows_skipped:,} blank lines skipped)"
-                                                  if stats.rows_skipped else "")
-        return Outcome(JobResult.ERROR, f"{prefix}No rows loaded: {what}; the previous data is unchanged", meta)
-    counts = f"{loaded:,} rows loaded" + (f", {rejected:,} rejected{first}" if rejected else "")
+            what = msg(gettext_noop("the file has no data rows"))
+        return Outcome(JobResult.ERROR, msg(gettext_noop("%(prefix)sNo rows loaded: %(what)s; the previous data is "
+                                                         "unchanged"), prefix=prefix, what=what), meta)
+    counts = (msg(gettext_noop("%(loaded)s rows loaded, %(rejected)s rejected%(first)s"), loaded=loaded,
+                  rejected=rejected, first=first)
+              if rejected else msg(gettext_noop("%(loaded)s rows loaded"), loaded=loaded))
     if stats.rows_skipped:
-        counts += f" ({stats.rows_skipped:,} blank lines skipped)"
+        counts = msg(gettext_noop("%(counts)s (%(skipped)s blank lines skipped)"), counts=counts,
+                     skipped=stats.rows_skipped)
     if applied is not None and not applied.applied:
         # Users know uploads, not jobs: name the upload whose ingest is loaded.
         winner_job = applied.superseded_by_job or 0
@@ -414,13 +433,16 @@ def _ingest_outcome(
         winner = f"upload #{upload_id}" if upload_id else f"ingest job #{winner_job}"
         return Outcome(
             JobResult.SKIPPED,
-            f"{prefix}Not applied: superseded by {winner}, a later upload already loaded; this file had {counts}",
+            msg(gettext_noop("%(prefix)sNot applied: superseded by %(winner)s, a later upload already loaded; this "
+                             "file had %(counts)s"), prefix=prefix, winner=winner, counts=counts),
             {**meta, "superseded_by_job": applied.superseded_by_job},
             superseded_by=winner,
         )
     if meta.get("factors_stale"):
-        counts += f"; {meta['factors_stale']:,} factors missing from this file marked stale"
-    return Outcome(JobResult.WARNING if rejected else JobResult.SUCCESS, prefix + counts, meta)
+        counts = msg(gettext_noop("%(counts)s; %(stale)s factors missing from this file marked stale"), counts=counts,
+                     stale=meta["factors_stale"])
+    return Outcome(JobResult.WARNING if rejected else JobResult.SUCCESS,
+                   msg(gettext_noop("%(prefix)s%(counts)s"), prefix=prefix, counts=counts) if prefix else counts, meta)
 
 
 def recalc_run(*, ctx: JobContext) -> Outcome:
@@ -440,17 +462,21 @@ def recalc_run(*, ctx: JobContext) -> Outcome:
                 "emission_lines": r.lines, "kg_co2e": r.kg_co2e, "missing_factors": r.missing[:50],
                 "basis": r.basis}
         if r.rows_processed == 0:
-            eff.outcome = Outcome(JobResult.SKIPPED, f"{det}: no data entries, nothing to compute", meta)
+            eff.outcome = Outcome(JobResult.SKIPPED, msg(gettext_noop("%(det)s: no data entries, nothing to compute"),
+                                                         det=det), meta)
         elif r.rows_without_factor:
             eff.outcome = Outcome(
                 JobResult.WARNING,
-                f"{det}: {r.rows_processed:,} rows, {r.kg_co2e:,.1f} kg CO2e; {r.rows_without_factor:,} rows "
-                f"without factor: {', '.join(r.missing[:5])}{' …' if len(r.missing) > 5 else ''}",
+                msg(gettext_noop("%(det)s: %(rows)s rows, %(kg)s kg CO2e; %(missing_rows)s rows without factor: "
+                                 "%(missing)s"), det=det, rows=r.rows_processed, kg=float(r.kg_co2e),
+                    missing_rows=r.rows_without_factor,
+                    missing=", ".join(r.missing[:5]) + (" …" if len(r.missing) > 5 else "")),
                 meta,
             )
         else:
             eff.outcome = Outcome(
-                JobResult.SUCCESS, f"{det}: {r.rows_processed:,} rows, {r.kg_co2e:,.1f} kg CO2e", meta
+                JobResult.SUCCESS, msg(gettext_noop("%(det)s: %(rows)s rows, %(kg)s kg CO2e"), det=det,
+                                       rows=r.rows_processed, kg=float(r.kg_co2e)), meta
             )
     return eff.outcome
 
@@ -471,19 +497,24 @@ def aggregation_run(*, ctx: JobContext) -> Outcome:
         a = loading.aggregate(year=year, module=module, pipeline_id=ctx.pipeline_id, recalc_bases=bases)
         meta: dict[str, Any] = {"totals_written": a.totals_written, "kg_co2e": a.kg_co2e,
                                 "rows_without_factor": a.rows_without_factor}
+        text: Message
         if a.recomputed:
-            msg = f"Totals of {module} {year}: {a.kg_co2e:,.1f} kg CO2e ({a.totals_written - 1:,} units)"
+            text = msg(gettext_noop("Totals of %(module)s %(year)s: %(kg)s kg CO2e (%(units)s units)"),
+                       module=_module_label(module), year=str(year), kg=float(a.kg_co2e), units=a.totals_written - 1)
             if a.refreshed_dets:
                 meta["refreshed_dets"] = a.refreshed_dets
-                msg += (f"; {', '.join(a.refreshed_dets)} recomputed from the current data first (another upload "
-                        "was applied while this pipeline recalculated)")
+                text = msg(gettext_noop("%(message)s; %(dets)s recomputed from the current data first (another "
+                                        "upload was applied while this pipeline recalculated)"),
+                           message=text, dets=", ".join(a.refreshed_dets))
         else:
             meta["coalesced_with_pipeline"] = str(a.computed_by)
-            msg = (f"Totals already current (computed by pipeline {str(a.computed_by)[:8]} from the same data): "
-                   f"{a.kg_co2e:,.1f} kg CO2e; nothing recomputed")
+            text = msg(gettext_noop("Totals already current (computed by pipeline %(pipeline)s from the same data): "
+                                    "%(kg)s kg CO2e; nothing recomputed"),
+                       pipeline=str(a.computed_by)[:8], kg=float(a.kg_co2e))
         if a.rows_without_factor:
-            msg += f"; {a.rows_without_factor:,} rows without factor not counted"
-        eff.outcome = Outcome(JobResult.WARNING if a.rows_without_factor else JobResult.SUCCESS, msg, meta)
+            text = msg(gettext_noop("%(message)s; %(rows)s rows without factor not counted"), message=text,
+                       rows=a.rows_without_factor)
+        eff.outcome = Outcome(JobResult.WARNING if a.rows_without_factor else JobResult.SUCCESS, text, meta)
     return eff.outcome
 
 
@@ -616,8 +647,10 @@ def unit_sync_run(*, ctx: JobContext) -> Outcome:
         Year.objects.filter(pk=year).update(configured_at=timezone.now())
         eff.outcome = Outcome(
             JobResult.SUCCESS,
-            f"{synced:,} units synced from {Path(source).name if '://' not in source else redact_urls(source)}; "
-            f"{created:,} reports created ({reports:,} in {year}), {modules_created:,} report modules added",
+            msg(gettext_noop("%(units)s units synced from %(source)s; %(created)s reports created (%(reports)s in "
+                             "%(year)s), %(modules)s report modules added"),
+                units=synced, source=Path(source).name if "://" not in source else redact_urls(source),
+                created=created, reports=reports, year=str(year), modules=modules_created),
             {"units_synced": synced, "reports_created": created, "report_modules_created": modules_created},
         )
     return eff.outcome

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 
+from django.utils.translation import gettext_noop
+
 from pipelines.engine import JobContext
+from pipelines.messages import msg
 from pipelines.registry import Outcome, register
 
 
@@ -19,4 +22,4 @@ def noop(ctx: JobContext) -> Outcome:
         ctx.checkpoint()
         if steps > 1:
             ctx.progress(step + 1, steps, phase="sleeping")
-    return Outcome(message=f"No-op done after {seconds:g}s")
+    return Outcome(message=msg(gettext_noop("No-op done after %(seconds)ss"), seconds=f"{seconds:g}"))

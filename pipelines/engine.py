@@ -19,10 +19,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connections, transaction
+from django.utils.translation import gettext_noop
 
 from pipelines import registry
 from pipelines.errors import JobAborted
 from pipelines.logging import log_context
+from pipelines.messages import Message, msg, result_message
 from pipelines.models import Job, JobResult
 from pipelines.redaction import redact_urls
 from pipelines.registry import Outcome
@@ -96,7 +98,7 @@ class JobContext:
         total: int | None = None,
         *,
         phase: str | None = None,
-        message: str | None = None,
+        message: Message | str | None = None,
         meta: dict[str, Any] | None = None,
         force: bool = False,
     ) -> None:
@@ -216,9 +218,9 @@ def _run_handler(job: Job) -> str:
     try:
         spec = registry.get_handler(job.job_type)
         ctx.set_stage("run")
-        outcome = spec.func(ctx) or Outcome(JobResult.SUCCESS, "Done")
+        outcome = spec.func(ctx) or Outcome(JobResult.SUCCESS, msg(gettext_noop("Done")))
         if not outcome.message:
-            outcome = Outcome(outcome.result, str(outcome.result).capitalize(), outcome.meta, outcome.superseded_by)
+            outcome = Outcome(outcome.result, result_message(outcome.result), outcome.meta, outcome.superseded_by)
         worker_side.job_finish(job_id=job.pk, attempt=ctx.attempt, outcome=outcome)
         return str(outcome.result)
     except JobAborted as exc:
@@ -234,7 +236,8 @@ def _run_handler(job: Job) -> str:
             logger.warning("job attempt %s failed, retrying in %ss", ctx.attempt, countdown, exc_info=True)
             return "retrying"
         logger.error("job failed in stage %s", ctx.stage, exc_info=True)
-        message = f"Error in {ctx.stage}: {type(exc).__name__}: {error['message'][:500]}"
+        message = msg(gettext_noop("Error in %(stage)s: %(type)s: %(error)s"), stage=ctx.stage,
+                      type=type(exc).__name__, error=error["message"][:500])
         worker_side.job_finish(
             job_id=job.pk, attempt=ctx.attempt, outcome=Outcome(JobResult.ERROR, message), error=error
         )

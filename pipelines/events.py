@@ -52,6 +52,10 @@ class JobDict(TypedDict):
     state: str
     result: str | None
     status_message: str
+    # The message as a translation key and parameters (``pipelines.messages``): live
+    # feeds re-render ``status_message`` in each reader's language from these.
+    status_key: str
+    status_params: dict[str, Any]
     progress: ProgressDict
     counts: dict[str, Any]
     attempts: int
@@ -83,6 +87,8 @@ def job_dict(job: Job) -> JobDict:
         "state": job.state,
         "result": job.result,
         "status_message": job.status_message,
+        "status_key": job.status_key,
+        "status_params": job.status_params or {},
         "progress": {
             "processed": job.progress_processed,
             "total": job.progress_total,

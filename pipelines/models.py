@@ -11,6 +11,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class JobState(models.TextChoices):
@@ -62,34 +63,38 @@ DONE_STATUSES = (
 
 class Pipeline(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    kind = models.CharField(max_length=40)
-    year = models.IntegerField(null=True, blank=True)
-    module = models.CharField(max_length=40, blank=True, default="")
+    kind = models.CharField(verbose_name=_("kind"), max_length=40)
+    year = models.IntegerField(verbose_name=_("year"), null=True, blank=True)
+    module = models.CharField(verbose_name=_("module"), max_length=40, blank=True, default="")
     status = models.CharField(
+        verbose_name=_("status"),
         max_length=20, choices=PipelineStatus.choices, default=PipelineStatus.NOT_STARTED
     )
-    params = models.JSONField(default=dict, blank=True)
+    params = models.JSONField(verbose_name=_("parameters"), default=dict, blank=True)
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, verbose_name=_("created by"),
+        null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    started_at = models.DateTimeField(verbose_name=_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(verbose_name=_("finished at"), null=True, blank=True)
+    updated_at = models.DateTimeField(verbose_name=_("updated at"), auto_now=True)
     # Denormalised from the jobs on every transition (under this row's lock) so the
     # console's list needs no aggregate over a million jobs.
-    jobs_total = models.IntegerField(default=0)
-    jobs_finished = models.IntegerField(default=0)
-    error_count = models.IntegerField(default=0)
-    warning_count = models.IntegerField(default=0)
-    progress_percent = models.FloatField(default=0.0)
-    phase = models.CharField(max_length=200, blank=True, default="")
-    last_error = models.TextField(blank=True, default="")
+    jobs_total = models.IntegerField(verbose_name=_("jobs"), default=0)
+    jobs_finished = models.IntegerField(verbose_name=_("jobs finished"), default=0)
+    error_count = models.IntegerField(verbose_name=_("errors"), default=0)
+    warning_count = models.IntegerField(verbose_name=_("warnings"), default=0)
+    progress_percent = models.FloatField(verbose_name=_("progress (%)"), default=0.0)
+    phase = models.CharField(verbose_name=_("phase"), max_length=200, blank=True, default="")
+    last_error = models.TextField(verbose_name=_("last error"), blank=True, default="")
     # Per-pipeline event counter: allocated under this row's lock, so gapless and in
     # commit order within a pipeline (clients detect dropped messages by a jump).
-    event_count = models.BigIntegerField(default=0)
+    event_count = models.BigIntegerField(verbose_name=_("events"), default=0)
 
     class Meta:
+        verbose_name = _("pipeline")
+        verbose_name_plural = _("pipelines")
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["-created_at", "-id"], name="pipeline_newest"),
@@ -108,50 +113,61 @@ class Pipeline(models.Model):
 
 
 class Job(models.Model):
-    pipeline = models.ForeignKey(Pipeline, on_delete=models.CASCADE, related_name="jobs")
-    job_type = models.CharField(max_length=40)
-    queue = models.CharField(max_length=40)
-    det = models.CharField(max_length=60, blank=True, default="")
+    pipeline = models.ForeignKey(Pipeline, verbose_name=_("pipeline"), on_delete=models.CASCADE, related_name="jobs")
+    job_type = models.CharField(verbose_name=_("job type"), max_length=40)
+    queue = models.CharField(verbose_name=_("queue"), max_length=40)
+    det = models.CharField(verbose_name=_("det"), max_length=60, blank=True, default="")
     depends_on = models.ManyToManyField(
-        "self", symmetrical=False, related_name="dependents", blank=True
+        "self", verbose_name=_("depends on"), symmetrical=False, related_name="dependents", blank=True
     )
-    params = models.JSONField(default=dict, blank=True)
-    state = models.CharField(max_length=20, choices=JobState.choices, default=JobState.NOT_STARTED)
+    params = models.JSONField(verbose_name=_("parameters"), default=dict, blank=True)
+    state = models.CharField(
+        verbose_name=_("state"), max_length=20, choices=JobState.choices, default=JobState.NOT_STARTED,
+    )
     # NULL until finished: "no result yet" is not the same as any result.
-    result = models.CharField(max_length=20, choices=JobResult.choices, null=True, blank=True)  # noqa: DJ001
-    status_message = models.TextField(blank=True, default="")
-    phase = models.CharField(max_length=120, blank=True, default="")
-    progress_processed = models.BigIntegerField(default=0)
-    progress_total = models.BigIntegerField(null=True, blank=True)
-    meta = models.JSONField(default=dict, blank=True)
-    error = models.JSONField(null=True, blank=True)
-    attempts = models.IntegerField(default=0)
-    max_attempts = models.IntegerField(default=3)
-    celery_task_id = models.CharField(max_length=64, blank=True, default="")
-    worker = models.CharField(max_length=200, blank=True, default="")
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    cancel_requested = models.BooleanField(default=False)
+    result = models.CharField(  # noqa: DJ001
+        verbose_name=_("result"), max_length=20, choices=JobResult.choices, null=True, blank=True,
+    )
+    # The English text (API, logs); the same message as a gettext msgid and its
+    # parameters, rendered in the reader's language (``pipelines.messages``). An empty
+    # key (rows written before it existed, plain-text messages) shows the text as is.
+    status_message = models.TextField(verbose_name=_("status message"), blank=True, default="")
+    status_key = models.TextField(verbose_name=_("message key"), blank=True, default="")
+    status_params = models.JSONField(verbose_name=_("message parameters"), default=dict, blank=True)
+    phase = models.CharField(verbose_name=_("phase"), max_length=120, blank=True, default="")
+    progress_processed = models.BigIntegerField(verbose_name=_("processed"), default=0)
+    progress_total = models.BigIntegerField(verbose_name=_("total"), null=True, blank=True)
+    meta = models.JSONField(verbose_name=_("meta"), default=dict, blank=True)
+    error = models.JSONField(verbose_name=_("error"), null=True, blank=True)
+    attempts = models.IntegerField(verbose_name=_("attempts"), default=0)
+    max_attempts = models.IntegerField(verbose_name=_("max attempts"), default=3)
+    celery_task_id = models.CharField(verbose_name=_("Celery task id"), max_length=64, blank=True, default="")
+    worker = models.CharField(verbose_name=_("worker"), max_length=200, blank=True, default="")
+    heartbeat_at = models.DateTimeField(verbose_name=_("last heartbeat"), null=True, blank=True)
+    cancel_requested = models.BooleanField(verbose_name=_("cancel requested"), default=False)
     # Set in the same transaction as the job's durable effect (a data load), together
     # with the outcome: a redelivered message then finishes the job from it instead of
     # applying the effect a second time.
-    effect_committed = models.BooleanField(default=False)
-    effect_outcome = models.JSONField(null=True, blank=True)
+    effect_committed = models.BooleanField(verbose_name=_("effect committed"), default=False)
+    effect_outcome = models.JSONField(verbose_name=_("effect outcome"), null=True, blank=True)
     # A canvas message reached the job before its upstream finished (a duplicate, or
     # a chord fired by a member that was re-queued): it was dropped, so the engine
     # sends one itself when the job becomes ready instead of waiting for the reaper.
-    dispatch_when_ready = models.BooleanField(default=False)
+    dispatch_when_ready = models.BooleanField(verbose_name=_("dispatch when ready"), default=False)
     # The pipeline's year, copied by a database trigger (migration console_counters, never by Python):
     # the ``aggregation_amplified`` alert partitions a day of aggregations by year, and
     # joining 28,000 of them a day to their pipelines was most of the console's render.
     pipeline_year = models.IntegerField(null=True, blank=True, editable=False)
-    created_at = models.DateTimeField(auto_now_add=True)
-    queued_at = models.DateTimeField(null=True, blank=True)
-    dispatched_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    queued_at = models.DateTimeField(verbose_name=_("queued at"), null=True, blank=True)
+    dispatched_at = models.DateTimeField(verbose_name=_("dispatched at"), null=True, blank=True)
+    started_at = models.DateTimeField(verbose_name=_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(verbose_name=_("finished at"), null=True, blank=True)
+    updated_at = models.DateTimeField(verbose_name=_("updated at"), auto_now=True)
 
     class Meta:
+        verbose_name = _("job")
+        verbose_name_plural = _("jobs")
         ordering = ["id"]
         indexes = [
             models.Index(fields=["state", "queue"], name="job_state_queue"),
@@ -270,21 +286,25 @@ class OperatorActionKind(models.TextChoices):
 
 class OperatorAction(models.Model):
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, verbose_name=_("actor"),
+        null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     # Kept even if the user is deleted: the audit trail must still say who.
-    actor_name = models.CharField(max_length=150)
-    action = models.CharField(max_length=30, choices=OperatorActionKind.choices)
-    target_type = models.CharField(max_length=30)
-    target_id = models.CharField(max_length=64)
+    actor_name = models.CharField(verbose_name=_("who"), max_length=150)
+    action = models.CharField(verbose_name=_("action"), max_length=30, choices=OperatorActionKind.choices)
+    target_type = models.CharField(verbose_name=_("target type"), max_length=30)
+    target_id = models.CharField(verbose_name=_("target id"), max_length=64)
     pipeline = models.ForeignKey(
-        Pipeline, null=True, blank=True, on_delete=models.SET_NULL, related_name="operator_actions"
+        Pipeline, verbose_name=_("pipeline"),
+        null=True, blank=True, on_delete=models.SET_NULL, related_name="operator_actions"
     )
-    reason = models.TextField(blank=True, default="")
-    detail = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    reason = models.TextField(verbose_name=_("reason"), blank=True, default="")
+    detail = models.JSONField(verbose_name=_("detail"), default=dict, blank=True)
+    created_at = models.DateTimeField(verbose_name=_("when"), auto_now_add=True)
 
     class Meta:
+        verbose_name = _("operator action")
+        verbose_name_plural = _("operator actions")
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["target_type", "target_id"], name="action_target")]
 
@@ -295,10 +315,14 @@ class OperatorAction(models.Model):
 class QueueState(models.Model):
     """Persistent pause flag per queue: survives worker restarts (unlike cancel_consumer)."""
 
-    name = models.CharField(max_length=40, primary_key=True)
-    paused = models.BooleanField(default=False)
-    changed_at = models.DateTimeField(auto_now=True)
-    changed_by = models.CharField(max_length=150, blank=True, default="")
+    name = models.CharField(verbose_name=_("queue"), max_length=40, primary_key=True)
+    paused = models.BooleanField(verbose_name=_("paused"), default=False)
+    changed_at = models.DateTimeField(verbose_name=_("changed at"), auto_now=True)
+    changed_by = models.CharField(verbose_name=_("changed by"), max_length=150, blank=True, default="")
+
+    class Meta:
+        verbose_name = _("queue state")
+        verbose_name_plural = _("queue states")
 
     def __str__(self) -> str:
         return f"{self.name} ({'paused' if self.paused else 'running'})"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
+from pipelines.messages import Message
 from pipelines.models import JobResult
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Outcome:
     result: str = JobResult.SUCCESS
-    message: str = ""
+    # A ``Message`` (key + params, translated where shown) or plain text.
+    message: Message | str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     # Set (e.g. "upload #12") when the job's work was not applied because a later one
     # already was: its downstream jobs are skipped and the pipeline reads ``superseded``.
@@ -35,7 +37,9 @@ class Outcome:
     skip_downstream: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"result": str(self.result), "message": self.message, "meta": self.meta}
+        data: dict[str, Any] = {"result": str(self.result), "message": str(self.message), "meta": self.meta}
+        if isinstance(self.message, Message):
+            data["message_i18n"] = self.message.as_json()
         if self.superseded_by:
             data["superseded_by"] = self.superseded_by
         if self.skip_downstream:
@@ -44,7 +48,9 @@ class Outcome:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Outcome:
-        return cls(result=data["result"], message=data.get("message", ""), meta=data.get("meta", {}),
+        i18n = data.get("message_i18n")
+        message = Message.from_json(i18n) if i18n else data.get("message", "")
+        return cls(result=data["result"], message=message, meta=data.get("meta", {}),
                    superseded_by=data.get("superseded_by", ""), skip_downstream=data.get("skip_downstream", ""))
 
 

@@ -14,7 +14,8 @@ from pipelines.models import DONE_STATUSES, Job, JobEvent, Pipeline
 # What ``events.job_dict`` reads. ``meta`` is never loaded on list and live paths: it
 # may hold a thousand row errors, and only the allow-listed counts travel.
 SLIM_JOB_FIELDS = (
-    "id", "pipeline_id", "job_type", "det", "queue", "state", "result", "status_message", "phase",
+    "id", "pipeline_id", "job_type", "det", "queue", "state", "result", "status_message", "status_key",
+    "status_params", "phase",
     "progress_processed", "progress_total", "attempts",
 )
 

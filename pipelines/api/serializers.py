@@ -32,6 +32,11 @@ class JobSummarySerializer(serializers.Serializer):
     state = serializers.ChoiceField(choices=JobState.choices)
     result = serializers.ChoiceField(choices=JobResult.choices, allow_null=True)
     status_message = serializers.CharField(allow_blank=True)
+    status_key = serializers.CharField(
+        allow_blank=True, help_text="The message's English gettext msgid (empty: plain text); the admin pages "
+        "and WebSocket feeds render it with status_params in the reader's language.")
+    status_params = serializers.DictField(help_text="Parameters of status_key (a value may be a nested "
+                                          "{key, params} message).")
     progress = ProgressSerializer()
     counts = serializers.DictField(help_text="Allow-listed count keys of the job's meta.")
     attempts = serializers.IntegerField()

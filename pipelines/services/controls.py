@@ -14,9 +14,11 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from pipelines import dag, transitions
 from pipelines.errors import ConflictError
+from pipelines.messages import WAITING_UPSTREAM, WAITING_WORKER, Message, msg
 from pipelines.models import Job, JobResult, JobState, OperatorActionKind, Pipeline, QueueState
 from pipelines.services.audit import actor_name, operator_action_record
 from pipelines.services.locked_pipeline import LockedPipeline, dispatch_on_commit, unfinished_closure
@@ -68,6 +70,12 @@ def pipeline_cancel(*, pipeline_id: Any, actor: Any = None, reason: str = "") ->
     return work.pipeline
 
 
+def _by(actor: Any, reason: str, plain: str, with_reason: str) -> Message:
+    """"<done> by <who>", with ": <reason>" when the operator gave one."""
+    name = actor_name(actor)
+    return msg(with_reason, actor=name, reason=reason) if reason else msg(plain, actor=name)
+
+
 def _cancel_jobs(work: LockedPipeline, ids: list[int], *, actor: Any, reason: str) -> list[int]:
     # A committed effect is data already in, whether its attempt is still running or
     # was lost and the job re-queued to finish from it: "cancelled" would be a lie
@@ -77,7 +85,8 @@ def _cancel_jobs(work: LockedPipeline, ids: list[int], *, actor: Any, reason: st
         ids,
         result=JobResult.CANCELLED,
         cancel_requested=True,
-        status_message=f"Cancelled by {actor_name(actor)}" + (f": {reason}" if reason else ""),
+        status_message=_by(actor, reason, gettext_noop("Cancelled by %(actor)s"),
+                           gettext_noop("Cancelled by %(actor)s: %(reason)s")),
         finished_at=timezone.now(),
         heartbeat_at=None,
     )
@@ -139,7 +148,7 @@ def _reset_for_retry(work: LockedPipeline, job_ids: list[int], *, actor: Any) ->
     upstream job of it is about to run again.
     """
     now = timezone.now()
-    message = f"Retry requested by {actor_name(actor)}"
+    message = msg(gettext_noop("Retry requested by %(actor)s"), actor=actor_name(actor))
     for pk in job_ids:
         job = work.jobs[pk]
         work.apply(
@@ -164,10 +173,10 @@ def _reset_for_retry(work: LockedPipeline, job_ids: list[int], *, actor: Any) ->
         )
     waiting = [pk for pk in job_ids if work.jobs[pk].state == JobState.QUEUED and not work.ok_to_run(pk)]
     work.apply(
-        transitions.WAIT_FOR_UPSTREAM, waiting, queued_at=None, status_message="Waiting for upstream jobs",
+        transitions.WAIT_FOR_UPSTREAM, waiting, queued_at=None, status_message=WAITING_UPSTREAM,
     )
     roots = [pk for pk in job_ids if work.jobs[pk].state == JobState.NOT_STARTED and work.ok_to_run(pk)]
-    work.apply(transitions.PROMOTE, roots, queued_at=now, status_message="Waiting for a worker")
+    work.apply(transitions.PROMOTE, roots, queued_at=now, status_message=WAITING_WORKER)
 
 
 def pipeline_retry(*, pipeline_id: Any, actor: Any = None, reason: str = "") -> Pipeline:
@@ -246,7 +255,8 @@ def job_recover(*, job_id: int, actor: Any = None, reason: str = "", force: bool
                 "heartbeat_fresh",
             )
         worker, attempt = job.worker, job.attempts
-        requeue_lost_attempt(work, job, f"Recovered by {actor_name(actor)}" + (f": {reason}" if reason else ""))
+        requeue_lost_attempt(work, job, _by(actor, reason, gettext_noop("Recovered by %(actor)s"),
+                                            gettext_noop("Recovered by %(actor)s: %(reason)s")))
         operator_action_record(
             actor=actor, action=OperatorActionKind.RECOVER, target_type="job", target_id=str(job_id),
             pipeline=work.pipeline, reason=reason, detail={"worker": worker, "attempt": attempt},
@@ -254,7 +264,7 @@ def job_recover(*, job_id: int, actor: Any = None, reason: str = "", force: bool
     return job
 
 
-def requeue_lost_attempt(work: LockedPipeline, job: Job, message: str) -> None:
+def requeue_lost_attempt(work: LockedPipeline, job: Job, message: Message) -> None:
     """``transitions.RECOVER``: the running attempt is gone; back to the queue and re-sent.
 
     The lost attempt's writes require state=running AND attempts=its number: both stop
@@ -267,7 +277,8 @@ def requeue_lost_attempt(work: LockedPipeline, job: Job, message: str) -> None:
         queued_at=timezone.now(),
         heartbeat_at=None,
         worker="",
-        status_message=f"{message} (was on {job.worker or 'an unknown worker'}); back in the queue",
+        status_message=msg(gettext_noop("%(message)s (was on %(worker)s); back in the queue"), message=message,
+                           worker=job.worker or msg(gettext_noop("an unknown worker"))),
     )
     work.record_changes()
     dispatch_on_commit(unfinished_closure(work.pipeline.pk, [job.pk]))

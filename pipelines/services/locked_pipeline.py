@@ -27,9 +27,11 @@ from django.db import transaction
 from django.db.models import F, Func, JSONField, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 from psycopg import sql
 
-from pipelines import dag, dispatch, events, transitions
+from pipelines import dag, dispatch, events, messages, transitions
+from pipelines.messages import WAITING_WORKER, msg, result_message
 from pipelines.models import DONE_STATUSES, Job, JobResult, JobState, Pipeline, PipelineStatus
 from pipelines.transitions import IllegalTransition, Transition
 
@@ -162,6 +164,9 @@ class LockedPipeline:
         if not ids:
             return []
         values = transitions.prepare(transition, values, attempt=attempt)
+        if "status_message" in values:
+            # A ``Message`` is stored as English text plus its key and parameters.
+            values.update(messages.columns(values["status_message"]))
         if meta_merge and "meta" not in transition.writes:
             raise IllegalTransition(f"{transition.name} may not write meta")
         matched = [pk for pk in ids if transitions.holds(transition, self.jobs[pk], attempt=attempt)]
@@ -269,19 +274,28 @@ class LockedPipeline:
             early = [c for c in ready if self.jobs[c].dispatch_when_ready]
             self.apply(
                 transitions.PROMOTE, ready,
-                queued_at=now, status_message="Waiting for a worker", dispatch_when_ready=False,
+                queued_at=now, status_message=WAITING_WORKER, dispatch_when_ready=False,
             )
             if early:
                 dispatch_on_commit(unfinished_closure(self.pipeline.pk, early))
             return
-        origin = self.jobs[job_id]
-        verbs: dict[str, str] = {JobResult.CANCELLED: "was cancelled", JobResult.ERROR: "failed"}
-        verb = f"was superseded by {superseded_by}" if superseded_by else verbs.get(result, f"ended {result}")
+        upstream = job_label(self.jobs[job_id])
+        if skip_downstream:
+            skipped = msg(gettext_noop("Skipped: %(reason)s"), reason=skip_downstream)
+        elif superseded_by:
+            skipped = msg(gettext_noop("Skipped: upstream %(job)s was superseded by %(winner)s"), job=upstream,
+                          winner=superseded_by)
+        elif result == JobResult.CANCELLED:
+            skipped = msg(gettext_noop("Skipped: upstream %(job)s was cancelled"), job=upstream)
+        elif result == JobResult.ERROR:
+            skipped = msg(gettext_noop("Skipped: upstream %(job)s failed"), job=upstream)
+        else:
+            skipped = msg(gettext_noop("Skipped: upstream %(job)s ended %(result)s"), job=upstream,
+                          result=result_message(result))
         self.apply(
             transitions.SKIP, sorted(dag.downstream([job_id], dependents)),
             result=JobResult.SKIPPED,
-            status_message=(f"Skipped: {skip_downstream}" if skip_downstream
-                            else f"Skipped: upstream {job_label(origin)} {verb}"),
+            status_message=skipped,
             finished_at=now,
             cancel_requested=False,
         )

@@ -11,7 +11,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from pipelines import dag, registry, transitions
+from pipelines import dag, messages, registry, transitions
+from pipelines.messages import WAITING_UPSTREAM, WAITING_WORKER
 from pipelines.models import Job, JobState, OperatorActionKind, Pipeline
 from pipelines.services.audit import actor_user, operator_action_record
 from pipelines.services.locked_pipeline import Edge, LockedPipeline, dispatch_on_commit
@@ -90,7 +91,7 @@ def _planned_job(pipeline: Pipeline, spec: JobSpec, now: Any) -> Job:
         max_attempts=registry.max_attempts_for(spec.job_type),
         state=state,
         queued_at=now if ready else None,
-        status_message="Waiting for a worker" if ready else "Waiting for upstream jobs",
+        **messages.columns(WAITING_WORKER if ready else WAITING_UPSTREAM),
     )
 
 

@@ -16,8 +16,10 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from pipelines import dispatch
+from pipelines.messages import Message, msg
 from pipelines.models import DONE_STATUSES, Job, JobState, OperatorActionKind, Pipeline, QueueState
 from pipelines.services.audit import operator_action_record
 from pipelines.services.controls import requeue_lost_attempt
@@ -27,7 +29,7 @@ from pipelines.services.worker_side import exhaust
 logger = logging.getLogger(__name__)
 
 
-def _recover_lost(work: LockedPipeline, job: Job, why: str, message: str) -> bool:
+def _recover_lost(work: LockedPipeline, job: Job, why: Message, message: Message) -> bool:
     """Requeue a running job whose attempt is gone (True), or fail it once attempts ran out."""
     if job.attempts >= job.max_attempts:
         exhaust(work, job, why)
@@ -35,7 +37,7 @@ def _recover_lost(work: LockedPipeline, job: Job, why: str, message: str) -> boo
     requeue_lost_attempt(work, job, message)
     operator_action_record(
         actor=None, action=OperatorActionKind.RECOVER, target_type="job", target_id=str(job.pk),
-        pipeline=work.pipeline, reason=why,
+        pipeline=work.pipeline, reason=str(why),
     )
     return True
 
@@ -56,8 +58,9 @@ def job_process_lost(*, task_id: str, reason: str) -> int | None:
         job = work.jobs[job_id]
         if job.state != JobState.RUNNING or job.celery_task_id != task_id:
             return None  # finished, cancelled or taken over meanwhile
-        why = f"worker process died on {job.worker} ({reason})"
-        _recover_lost(work, job, why, f"Recovered at once: its worker process died ({reason})")
+        why = msg(gettext_noop("worker process died on %(worker)s (%(reason)s)"), worker=job.worker, reason=reason)
+        _recover_lost(work, job, why, msg(gettext_noop("Recovered at once: its worker process died (%(reason)s)"),
+                                          reason=reason))
     return job_id
 
 
@@ -92,8 +95,10 @@ def reap(*, queue_depths: dict[str, int] | None = None) -> ReapReport:
             if job.state != JobState.RUNNING or job.heartbeat_at is None or job.heartbeat_at >= stale_before:
                 continue  # it beat or finished while we were getting the lock
             age = (now - job.heartbeat_at).total_seconds()
-            why = f"worker {job.worker} stopped sending heartbeats ({age:.0f}s)"
-            if _recover_lost(work, job, why, f"Recovered automatically: no heartbeat for {age:.0f}s"):
+            why = msg(gettext_noop("worker %(worker)s stopped sending heartbeats (%(seconds)ss)"), worker=job.worker,
+                      seconds=round(age))
+            if _recover_lost(work, job, why, msg(gettext_noop("Recovered automatically: no heartbeat for %(seconds)ss"),
+                                                 seconds=round(age))):
                 report.recovered.append(job_id)
             else:
                 report.failed.append(job_id)

@@ -13,9 +13,11 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from pipelines import transitions
 from pipelines.errors import JobAborted
+from pipelines.messages import Message, msg, result_message
 from pipelines.models import Job, JobResult, JobState, Pipeline
 from pipelines.registry import Outcome
 from pipelines.services.locked_pipeline import (
@@ -59,12 +61,13 @@ def job_claim(*, job_id: int, task_id: str, worker: str) -> Claim:
         if job.state == JobState.FINISHED:
             return Claim(None, f"already finished ({job.result})")
         if job.queue_paused:  # type: ignore[attr-defined]
-            message = f"Waiting: queue {job.queue} is paused"
-            if job.status_message != message:
+            message = msg(gettext_noop("Waiting: queue %(queue)s is paused"), queue=job.queue)
+            if job.status_message != str(message):
                 work.apply(transitions.NOTE_PAUSED, [job_id], status_message=message)
                 work.record_changes()
             return Claim(None, "queue paused")
-        transition, attempt, takeover = transitions.CLAIM, None, ""
+        transition, attempt = transitions.CLAIM, None
+        running = msg(gettext_noop("Running on %(worker)s"), worker=worker)
         if job.state == JobState.RUNNING:
             if job.celery_task_id != task_id:
                 return Claim(None, f"already running on {job.worker}")
@@ -75,9 +78,10 @@ def job_claim(*, job_id: int, task_id: str, worker: str) -> Claim:
                     recheck_in=settings.SLUICE_STALE_AFTER_SECONDS - age + settings.SLUICE_HEARTBEAT_SECONDS,
                 )
             if job.attempts >= job.max_attempts:
-                return Claim(None, exhaust(work, job, "worker lost while running"))
+                return Claim(None, exhaust(work, job, msg(gettext_noop("worker lost while running"))))
             transition, attempt = transitions.TAKE_OVER, job.attempts
-            takeover = f" (took over from lost worker {job.worker})"
+            running = msg(gettext_noop("Running on %(worker)s (took over from lost worker %(lost)s)"),
+                          worker=worker, lost=job.worker)
         claimed = work.apply(
             transition,
             [job_id],
@@ -87,7 +91,7 @@ def job_claim(*, job_id: int, task_id: str, worker: str) -> Claim:
             heartbeat_at=now,
             worker=worker[:200],
             celery_task_id=task_id[:64],
-            status_message=f"Running on {worker}{takeover}",
+            status_message=running,
             phase="",
             # A new attempt starts from zero: a lost attempt's 60 % is not this one's.
             progress_processed=0,
@@ -100,7 +104,7 @@ def job_claim(*, job_id: int, task_id: str, worker: str) -> Claim:
     return Claim(job, "claimed")
 
 
-def exhaust(work: LockedPipeline, job: Job, why: str) -> str:
+def exhaust(work: LockedPipeline, job: Job, why: Message) -> str:
     """End a running job whose attempt is gone and whose attempts ran out; returns the message.
 
     If the lost attempt had committed its effect, the job's data is in: it ends with the
@@ -111,22 +115,24 @@ def exhaust(work: LockedPipeline, job: Job, why: str) -> str:
     if job.effect_committed:
         job.refresh_from_db(fields=["effect_outcome"])  # deferred by LockedPipeline's query
         outcome = Outcome.from_dict(job.effect_outcome or {"result": JobResult.SUCCESS})
-        message = f"{outcome.message or str(outcome.result).capitalize()} ({why} after committing its data)"
+        message = msg(gettext_noop("%(outcome)s (%(why)s after committing its data)"),
+                      outcome=outcome.message or result_message(outcome.result), why=why)
         work.apply(
             transitions.FINISH, [job.pk], attempt=job.attempts, meta_merge=outcome.meta,
             result=outcome.result, status_message=message, finished_at=now, heartbeat_at=None,
         )
         work.settle_downstream(job.pk, outcome.result)
     else:
-        message = f"Error: {why}; gave up after {job.attempts} attempt(s)"
+        message = msg(gettext_noop("Error: %(why)s; gave up after %(attempts)s attempt(s)"), why=why,
+                      attempts=job.attempts)
         work.apply(
             transitions.EXHAUST, [job.pk], attempt=job.attempts,
             result=JobResult.ERROR, status_message=message, finished_at=now, heartbeat_at=None,
-            error={"type": "WorkerLost", "message": message, "traceback": "", "stage": "worker"},
+            error={"type": "WorkerLost", "message": str(message), "traceback": "", "stage": "worker"},
         )
         work.settle_downstream(job.pk, JobResult.ERROR)
     work.record_changes()
-    return message
+    return str(message)
 
 
 def job_heartbeat(*, job_id: int, attempt: int) -> bool:
@@ -151,7 +157,7 @@ def job_progress(
     processed: int,
     total: int | None,
     phase: str | None = None,
-    message: str | None = None,
+    message: Message | str | None = None,
     meta: dict[str, Any] | None = None,
 ) -> bool:
     values: dict[str, Any] = {
@@ -221,8 +227,10 @@ def job_requeue_after_failure(
             heartbeat_at=None,
             worker="",
             error=error,
-            status_message=f"Attempt {attempt} failed ({error['type']}: {error['message'][:200]}); "
-            f"retrying in {countdown:.0f}s",
+            status_message=msg(gettext_noop("Attempt %(attempt)s failed (%(type)s: %(error)s); retrying in "
+                                            "%(seconds)ss"),
+                               attempt=attempt, type=error["type"], error=error["message"][:200],
+                               seconds=round(countdown)),
         ):
             return False
         work.record_changes()

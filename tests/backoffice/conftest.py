@@ -102,3 +102,49 @@ def upload_sample(year: int, module: str, target: str) -> Any:
         _, pipeline = services.upload_create(year=year, module=module, target=target, file=f,
                                              filename=path.name, actor=None)
     return wait_until(lambda: Pipeline.objects.get(pk=pipeline.pk).is_done and pipeline, timeout=90)
+
+
+# What people read on a page, minus what is data: raw JSON, ids and hashes (code),
+# file names, user names, the language selector (each language in its own name).
+DATA_SELECTORS = ("pre, code, .dm-upload-info strong, #user-tools strong, #sluice-language-select, script, style, "
+                  "noscript, [hidden]")
+
+
+def _english_of_catalogue() -> list[str]:
+    """Every English phrase of the French catalogue whose French differs (placeholders cut out)."""
+    import re
+
+    import polib
+    from django.conf import settings
+
+    po = polib.pofile(str(settings.BASE_DIR / "locale" / "fr" / "LC_MESSAGES" / "django.po"))
+    entries = po.translated_entries()
+    # Words French shares with English ("Type", "File", "worker", "kg CO2e") are French too.
+    french = "\n".join(t for e in entries for t in [e.msgstr, *e.msgstr_plural.values()] if t)
+    phrases = set()
+    for entry in entries:
+        for english in (entry.msgid, entry.msgid_plural):
+            for part in re.split(r"%\(\w+\)s", english or ""):
+                part = part.strip(" ")
+                if len(part.strip(" .:,;?()…—-")) >= 3 and not _has(french, part):
+                    phrases.add(part)
+    return sorted(phrases)
+
+
+def _has(text: str, phrase: str) -> bool:
+    import re
+
+    return re.search(r"(?<![\w-])" + re.escape(phrase) + r"(?![\w-])", text) is not None
+
+
+def english_left(page: Any, *, also_data: str = "") -> list[str]:
+    """English phrases of the catalogue still on the page (French page: should be none)."""
+    text = page.evaluate(
+        """(selectors) => {
+            const copy = document.body.cloneNode(true);
+            copy.querySelectorAll(selectors).forEach((e) => e.remove());
+            return copy.innerText;
+        }""",
+        DATA_SELECTORS + (", " + also_data if also_data else ""),
+    )
+    return [p for p in _english_of_catalogue() if _has(text, p)]

@@ -110,12 +110,18 @@ async def _close_sockets() -> Any:
 class Socket:
     """A ``WebsocketCommunicator`` on the real ASGI app, speaking JSON."""
 
-    def __init__(self, path: str, *, cookie: str | None = None, origin: bytes = ORIGIN) -> None:
+    def __init__(self, path: str, *, cookie: str | None = None, origin: bytes = ORIGIN,
+                 accept_language: str | None = None, language_cookie: str | None = None) -> None:
         from config.asgi import application
 
         headers = [(b"origin", origin), (b"host", b"localhost")]
+        if accept_language:
+            headers.append((b"accept-language", accept_language.encode()))
         if cookie:
-            headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode()))
+            value = f"{settings.SESSION_COOKIE_NAME}={cookie}"
+            if language_cookie:  # what the admin's language selector sets
+                value += f"; {settings.LANGUAGE_COOKIE_NAME}={language_cookie}"
+            headers.append((b"cookie", value.encode()))
         self.comm = WebsocketCommunicator(application, path, headers=headers)
         self.received: list[dict[str, Any]] = []
         self.closed = False

@@ -104,7 +104,7 @@ def test_live_console_follows_a_pipeline_through_a_drop_and_a_server_restart(ser
     page.wait_for_selector(f'{row} tr.pipeline-row [data-role=status]:has-text("success")', timeout=60000)
     wait_until(lambda: Pipeline.objects.get(pk=pid).is_done, timeout=30)
     states = page.eval_on_selector_all(f"{row} tr.job-row [data-role=state]", "els => els.map(e => e.textContent)")
-    assert states == ["finished · success"] * Job.objects.filter(pipeline_id=pid).count()
+    assert states == ["success"] * Job.objects.filter(pipeline_id=pid).count()
     pcts = page.eval_on_selector_all(f"{row} tr.job-row .live-pct", "els => els.map(e => e.textContent)")
     assert pcts == ["100%"] * len(states)
     held = page.evaluate(f"window.sluiceFeed.store.pipelines.get('{pid}')")

@@ -16,6 +16,10 @@ const statusEl = document.getElementById("live-status");
 const newerEl = document.getElementById("ops-newer");
 const initial = JSON.parse(document.getElementById("ops-initial").textContent);
 const T = JSON.parse(document.getElementById("ops-strings").textContent);
+// Codes (state, result, status, kind, job type, module) as words in the page's language;
+// phases and messages arrive already translated (the server renders them per socket).
+const word = (table, code) => (code && T.labels[table][code]) || code || "";
+const jobLook = (j) => (j.result ? word("result", j.result) : word("state", j.state));
 const filters = initial.filters || {};
 const firstPage = root.dataset.firstPage === "1";
 const COUNTERS_DELAY_MS = 1500;
@@ -56,14 +60,15 @@ function pipelineRow(p, old) {
   const name = el("td");
   const toggle = el("button", { type: "button", class: "ops-expand", "data-id": p.id,
                                 "aria-expanded": String(expanded.has(p.id)), title: T.details }, expanded.has(p.id) ? "▾" : "▸");
-  name.append(toggle, " ", [p.kind, p.year || "", p.module ? "/ " + p.module : ""].filter(Boolean).join(" ") + " ");
+  name.append(toggle, " ", [word("kind", p.kind), p.year || "", p.module ? "/ " + word("module", p.module) : ""]
+    .filter(Boolean).join(" ") + " ");
   const link = el("a", { href: detailBase + p.id + "/", class: "short-id-link" });
   link.append(el("code", { class: "short-id", title: p.id }, p.id.slice(0, 8)));
   name.append(link);
   const created = old && old.querySelector(".created");
   if (created) name.append(" ", created.cloneNode(true));
   const status = el("td");
-  status.append(el("span", { class: "chip " + p.status, "data-role": "status" }, p.status));
+  status.append(el("span", { class: "chip " + p.status, "data-role": "status" }, word("status", p.status)));
   const jobs = p.jobs_finished + "/" + p.jobs_total + " " + T.finished + (p.error_count ? ", " + p.error_count + " " + T.errors : "");
   tr.append(name, status, bar(p.progress.percent ?? 0), el("td", {}, p.progress.phase || ""), el("td", {}, jobs));
   if (canOperate) tr.append(actionsCell("pipeline", p.id, pipelineActions(p)));
@@ -73,9 +78,8 @@ function pipelineRow(p, old) {
 function jobRow(j) {
   const tr = el("tr", { class: "job-row", "data-job": String(j.id) });
   const state = el("td");
-  state.append(el("span", { class: "chip " + (j.result || j.state), "data-role": "state" },
-                  j.state + (j.result ? " · " + j.result : "")));
-  tr.append(el("td", {}, "#" + j.id + " " + j.job_type + (j.det ? " [" + j.det + "]" : "")), state,
+  state.append(el("span", { class: "chip " + (j.result || j.state), "data-role": "state" }, jobLook(j)));
+  tr.append(el("td", {}, "#" + j.id + " " + word("job_type", j.job_type) + (j.det ? " [" + j.det + "]" : "")), state,
             bar(j.progress.percent), el("td", {}, j.progress.phase || ""), el("td", {}, j.status_message || ""));
   if (canOperate) tr.append(actionsCell("job", j.id, jobActions(j)));
   return tr;

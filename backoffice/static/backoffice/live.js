@@ -63,6 +63,9 @@ export function connectFeed(path, callbacks = {}, options = {}) {
     } else if (store.seq > 0 && pending.size === 0) {
       query = "?after=" + Math.max(0, store.seq - REPLAY_OVERLAP);
     }
+    // Job messages come in the page's language (the server renders them per socket).
+    const lang = document.documentElement.lang;
+    if (lang) query += (query ? "&" : "?") + "lang=" + encodeURIComponent(lang);
     return scheme + "//" + location.host + path + query;
   }
 
