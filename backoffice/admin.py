@@ -12,7 +12,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
 from django.template.defaultfilters import filesizeformat
@@ -28,7 +28,7 @@ from django_celery_beat.models import (
     SolarSchedule,
 )
 
-from backoffice import access, console_views, labels, sources_page, views
+from backoffice import access, admin_controls, console_views, labels, retention_views, sources_page, views
 from backoffice.models import ModuleGrant
 from backoffice.pipeline_detail import META_LABELS
 from ingestion import selectors as ingestion_selectors
@@ -96,6 +96,14 @@ def _code_filter(field: str, title: Any, words: dict[str, str]) -> type[admin.Si
     return CodeFilter
 
 
+def _upload_link(upload_id: Any) -> str:
+    """An upload or re-run pipeline's file, linked to its Uploads page."""
+    if not isinstance(upload_id, int):
+        return "—"
+    url = reverse("admin:ingestion_upload_change", args=[upload_id])
+    return format_html('<a href="{}">#{}</a>', url, upload_id)
+
+
 def _search_short_id(queryset: QuerySet[Any], term: str, field: str) -> QuerySet[Any]:
     """The short id the console shows (a UUID's first characters) finds its pipeline."""
     term = term.strip()
@@ -106,13 +114,28 @@ def _search_short_id(queryset: QuerySet[Any], term: str, field: str) -> QuerySet
 class PipelineAdmin(ReadOnlyAdmin):
     # ``phase`` carries why a finished pipeline is not a success ("superseded by upload #12").
     list_display = ("short_id", "kind_label", "year", "module_label", "result", "phase_label", "progress_percent",
-                    "jobs", "error_count", "duration", "created_at")
+                    "jobs", "error_count", "duration", "upload",
+                    "created_at")
     list_filter = (_code_filter("status", _("status"), labels.STATUSES), _code_filter("kind", _("kind"), labels.KINDS),
                    "year", "module")
     search_fields = ("kind", "module", "phase", "last_error")
     date_hierarchy = "created_at"
     exclude = ("params",)
+    # On its (read-only) page too: where its jobs, upload and live view are.
+    readonly_fields = ("short_id", "jobs", "upload")
     show_full_result_count = False  # no COUNT(*) over the whole table on every page
+    actions = ["cancel_pipelines", "retry_pipelines"]
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return access.can_operate(request.user)
+
+    @admin.action(description=_("Cancel selected pipelines…"), permissions=["operate"])
+    def cancel_pipelines(self, request: HttpRequest, queryset: QuerySet[Pipeline]) -> HttpResponse | None:
+        return admin_controls.confirm_then_run(self, request, queryset, admin_controls.PIPELINE_CANCEL)
+
+    @admin.action(description=_("Retry selected pipelines…"), permissions=["operate"])
+    def retry_pipelines(self, request: HttpRequest, queryset: QuerySet[Pipeline]) -> HttpResponse | None:
+        return admin_controls.confirm_then_run(self, request, queryset, admin_controls.PIPELINE_RETRY)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Pipeline]:
         return access.filter_pipelines(super().get_queryset(request), request.user)
@@ -147,7 +170,13 @@ class PipelineAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("jobs finished"))
     def jobs(self, obj: Pipeline) -> str:
-        return f"{obj.jobs_finished}/{obj.jobs_total}"
+        """Links to its jobs in the Jobs list."""
+        url = reverse("admin:pipelines_job_changelist") + f"?pipeline__id__exact={obj.pk}"
+        return format_html('<a href="{}">{}/{}</a>', url, obj.jobs_finished, obj.jobs_total)
+
+    @admin.display(description=_("upload"))
+    def upload(self, obj: Pipeline) -> str:
+        return _upload_link((obj.params or {}).get("upload_id"))
 
     @admin.display(description=_("duration"))
     def duration(self, obj: Pipeline) -> str:
@@ -160,6 +189,9 @@ class PipelineAdmin(ReadOnlyAdmin):
             path("live/", wrap(self.console_view), name="pipelines_pipeline_live"),
             path("live/counters/", wrap(console_views.console_counters), name="pipelines_pipeline_live_counters"),
             path("live/queues/", wrap(console_views.queues_fragment), name="pipelines_pipeline_live_queues"),
+            path("retention/", wrap(self.retention_view), name="pipelines_pipeline_retention"),
+            path("retention/<uuid:pipeline_id>/", wrap(retention_views.run_fragment),
+                 name="pipelines_pipeline_retention_run"),
             path("live/<uuid:pipeline_id>/", wrap(self.pipeline_page_view), name="pipelines_pipeline_live_detail"),
             path("live/<uuid:pipeline_id>/fragment/", wrap(console_views.pipeline_fragment),
                  name="pipelines_pipeline_live_fragment"),
@@ -169,6 +201,9 @@ class PipelineAdmin(ReadOnlyAdmin):
     def console_view(self, request: HttpRequest) -> HttpResponse:
         return console_views.operations_console(request, admin_site=self.admin_site)
 
+    def retention_view(self, request: HttpRequest) -> HttpResponse:
+        return retention_views.retention_page(request, admin_site=self.admin_site)
+
     def pipeline_page_view(self, request: HttpRequest, pipeline_id: Any) -> HttpResponse:
         return console_views.pipeline_page(request, pipeline_id, admin_site=self.admin_site)
 
@@ -176,14 +211,44 @@ class PipelineAdmin(ReadOnlyAdmin):
 @admin.register(Job)
 class JobAdmin(ReadOnlyAdmin):
     list_display = ("id", "pipeline_link", "job_type_label", "det", "queue", "state_label", "result_label", "counts",
-                    "attempts", "duration", "updated_at")
+                    "attempts", "duration", "upload",
+                    "updated_at")
     list_filter = (_code_filter("state", _("state"), labels.STATES),
                    _code_filter("result", _("result"), labels.RESULTS),
                    _code_filter("job_type", _("job type"), labels.JOB_TYPES), "queue")
     search_fields = ("=id", "det", "status_message")
     raw_id_fields = ("pipeline", "depends_on")
     exclude = ("meta", "params", "effect_outcome")
+    readonly_fields = ("pipeline_link", "upload", "counts", "row_errors")
     show_full_result_count = False
+    list_select_related = ("pipeline",)
+    actions = ["cancel_jobs", "retry_jobs", "recover_jobs"]
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return access.can_operate(request.user)
+
+    @admin.action(description=_("Cancel selected jobs…"), permissions=["operate"])
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> HttpResponse | None:
+        return admin_controls.confirm_then_run(self, request, queryset, admin_controls.JOB_CANCEL)
+
+    @admin.action(description=_("Retry selected jobs…"), permissions=["operate"])
+    def retry_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> HttpResponse | None:
+        return admin_controls.confirm_then_run(self, request, queryset, admin_controls.JOB_RETRY)
+
+    @admin.action(description=_("Recover selected jobs (back to their queue)…"), permissions=["operate"])
+    def recover_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> HttpResponse | None:
+        return admin_controls.confirm_then_run(self, request, queryset, admin_controls.JOB_RECOVER)
+
+    @admin.display(description=_("upload"))
+    def upload(self, obj: Job) -> str:
+        return _upload_link((obj.params or {}).get("upload_id"))
+
+    @admin.display(description=_("row errors"))
+    def row_errors(self, obj: Job) -> str:
+        """Every row error of an ingest, as the console and Data management link it."""
+        if obj.job_type not in INGEST_JOB_TYPES.values():
+            return "—"
+        return format_html('<a href="/api/v1/jobs/{}/errors.csv" download>errors.csv</a>', obj.pk)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
         return access.filter_jobs(super().get_queryset(request), request.user)
@@ -192,7 +257,7 @@ class JobAdmin(ReadOnlyAdmin):
         if search_term.strip().isdigit():  # a job id: exactly that job, not every message with the digits
             return queryset.filter(pk=int(search_term)), False
         found, duplicates = super().get_search_results(request, queryset, search_term)
-        return found | _search_short_id(queryset, search_term, "pipeline_id"), duplicates
+        return found | _search_short_id(queryset, search_term, "pipeline__id"), duplicates
 
     @admin.display(description=_("pipeline"), ordering="pipeline_id")
     def pipeline_link(self, obj: Job) -> str:
@@ -224,7 +289,7 @@ class JobAdmin(ReadOnlyAdmin):
 class OperatorActionAdmin(ReadOnlyAdmin):
     """The operator action log: who did what to which target, when and why."""
 
-    list_display = ("created_at", "actor_name", "action_label", "target_link", "reason")
+    list_display = ("created_at", "actor_name", "action_label", "target_link", "reason", "details")
     list_filter = (_code_filter("action", _("action"), labels.ACTIONS),
                    _code_filter("target_type", _("target type"), labels.TARGET_TYPES), "actor_name")
     search_fields = ("actor_name", "target_id", "reason")
@@ -251,10 +316,53 @@ class OperatorActionAdmin(ReadOnlyAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[OperatorAction]:
         return access.filter_pipelines(super().get_queryset(request), request.user, field="pipeline__module")
 
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> Any:
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        return found | _search_short_id(queryset, search_term, "pipeline__id"), duplicates
+
+    @admin.display(description=_("details"))
+    def details(self, obj: OperatorAction) -> str:
+        """The counts or settings the action carried (a purge's cutoff and counts, an upload's file)."""
+        return "; ".join(f"{k}: {v}" for k, v in (obj.detail or {}).items()) or "—"
+
 
 @admin.register(QueueState)
 class QueueStateAdmin(ReadOnlyAdmin):
-    list_display = ("name", "paused", "changed_at", "changed_by")
+    """Every configured queue: paused or not (by whom, when), its work, pause/resume actions."""
+
+    list_display = ("name", "paused", "queued_jobs", "running_jobs", "changed_at", "changed_by")
+    actions = ["pause_queues", "resume_queues"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[QueueState]:
+        jobs = Job.objects.filter(queue=OuterRef("name")).order_by().values("queue")
+        return super().get_queryset(request).annotate(
+            queued=Subquery(jobs.filter(state="queued").annotate(n=Count("id")).values("n")),
+            running=Subquery(jobs.filter(state="running").annotate(n=Count("id")).values("n")),
+        )
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        admin_controls.ensure_queue_rows()
+        return super().changelist_view(request, extra_context)
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        # A queue serves every module: operators narrowed to modules may not pause it.
+        return access.can_operate(request.user) and access.granted_modules(request.user) is None
+
+    @admin.display(description=_("queued jobs"))
+    def queued_jobs(self, obj: QueueState) -> int:
+        return getattr(obj, "queued", None) or 0
+
+    @admin.display(description=_("running jobs"))
+    def running_jobs(self, obj: QueueState) -> int:
+        return getattr(obj, "running", None) or 0
+
+    @admin.action(description=_("Pause selected queues…"), permissions=["operate"])
+    def pause_queues(self, request: HttpRequest, queryset: QuerySet[QueueState]) -> HttpResponse | None:
+        return admin_controls.confirm_then_run(self, request, queryset, admin_controls.QUEUE_PAUSE)
+
+    @admin.action(description=_("Resume selected queues…"), permissions=["operate"])
+    def resume_queues(self, request: HttpRequest, queryset: QuerySet[QueueState]) -> HttpResponse | None:
+        return admin_controls.confirm_then_run(self, request, queryset, admin_controls.QUEUE_RESUME)
 
 
 @admin.register(ModuleGrant)

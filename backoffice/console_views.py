@@ -80,6 +80,18 @@ def _js_strings() -> dict[str, Any]:
     }
 
 
+def control_effects() -> dict[str, str]:
+    """What each control does, in words: the console's dialogs and the admin actions' confirmation."""
+    effects: dict[str, str] = _js_strings()["effects"]
+    return effects
+
+
+def refusal_hint(code: str) -> str:
+    """What to do about a 409, by its code: the console and the admin actions say the same."""
+    hints: dict[str, str] = _js_strings()["hints"]
+    return hints.get(code, "")
+
+
 def operations_console(request: HttpRequest, *, admin_site: AdminSite) -> HttpResponse:
     """The Operations console: alert strip, stat cards, pipelines grouped with their jobs.
 

@@ -224,7 +224,10 @@ SLUICE_REDISPATCH_AFTER_SECONDS = env_float("SLUICE_REDISPATCH_AFTER_SECONDS", 1
 SLUICE_REAPER_INTERVAL_SECONDS = env_float("SLUICE_REAPER_INTERVAL_SECONDS", 5.0, minimum=0.5)
 SLUICE_MAX_ATTEMPTS = env_int("SLUICE_MAX_ATTEMPTS", 3, minimum=1)
 SLUICE_PROGRESS_MIN_INTERVAL_SECONDS = env_float("SLUICE_PROGRESS_MIN_INTERVAL_SECONDS", 0.25)
+# Retention (docs/OPERATIONS.md "Retention"): finished history older than this many days
+# is purged, in batches of this many pipelines (or uploads), one short transaction each.
 SLUICE_RETENTION_DAYS = env_int("SLUICE_RETENTION_DAYS", 90, minimum=1)
+SLUICE_RETENTION_BATCH_SIZE = env_int("SLUICE_RETENTION_BATCH_SIZE", 200, minimum=1)
 SLUICE_PUBLISH_EVENTS = env_bool("SLUICE_PUBLISH_EVENTS", True)
 
 CELERY_BEAT_SCHEDULE = {
@@ -234,7 +237,7 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"queue": "default", "expires": SLUICE_REAPER_INTERVAL_SECONDS},
     },
     "sluice-purge": {
-        "task": "sluice.purge",
+        "task": "sluice.purge_history",  # pipelines/retention.py
         "schedule": 3600.0,
         "options": {"queue": "default"},
     },

@@ -282,6 +282,7 @@ class OperatorActionKind(models.TextChoices):
     DELETE_SOURCE = "delete_source"
     ISSUE_TOKEN = "issue_token"  # noqa: S105 - an action name, not a secret
     REVOKE_TOKEN = "revoke_token"  # noqa: S105
+    PURGE = "purge"
 
 
 class OperatorAction(models.Model):

@@ -1,0 +1,109 @@
+"""What ingestion hangs off the engine's history, told to ``pipelines.retention``.
+
+- Row errors are keyed by job id (no foreign key, for load speed): they go in the
+  same transaction as their job.
+- Uploads are swept on their own once no remaining pipeline refers to them: a file
+  may be ingested by several pipelines (its upload, each re-run), and an unfinished
+  one still reads it. The stored file goes after the row's deletion commits. (A re-run
+  of an upload older than the cutoff planned in the very second the sweep deletes it
+  ends with a clear "stored file is gone" error; locking the upload in ``upload_rerun``
+  would close that, left for after the ingestion split of issue 9.)
+- Provenance of live data is kept whatever its age: the upload whose rows are the
+  module-year's data (``ModuleState.data_upload_id``), the factors uploads that
+  factor rows still come from, and the pipelines that loaded the live data and
+  factors and computed the live totals (with their jobs, events and row errors:
+  what was rejected from the data in use). Everything older than these goes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db.models import CharField, Exists, OuterRef, Q, QuerySet
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast
+from django.utils.translation import gettext_lazy as _
+
+from ingestion.models import Factor, ModuleState, RowError, Upload
+from pipelines.models import Job, Pipeline
+from pipelines.retention import Section, SweepBatch, register_hook
+
+
+def _live_upload_ids() -> list[QuerySet[Any]]:
+    return [
+        ModuleState.objects.filter(data_upload_id__isnull=False).values("data_upload_id"),
+        ModuleState.objects.filter(factors_upload_id__isnull=False).values("factors_upload_id"),
+        Factor.objects.values("upload_id"),
+    ]
+
+
+def purgeable_uploads(cutoff: datetime, *, purging: QuerySet[Pipeline] | None = None) -> QuerySet[Upload]:
+    """Uploads older than the cutoff that carry no live provenance and that no pipeline
+    outside ``purging`` refers to (the upload's own pipeline or any re-run of it)."""
+    remaining = Pipeline.objects.annotate(upload_ref=KT("params__upload_id")).filter(
+        upload_ref=Cast(OuterRef("pk"), output_field=CharField())
+    )
+    qs = Upload.objects.filter(created_at__lt=cutoff)
+    if purging is not None:
+        remaining = remaining.exclude(id__in=purging.values("id"))
+        qs = qs.filter(Q(pipeline__isnull=True) | Q(pipeline__in=purging.values("id")))
+    else:
+        qs = qs.filter(pipeline__isnull=True)
+    for ids in _live_upload_ids():
+        qs = qs.exclude(id__in=ids)
+    return qs.exclude(Exists(remaining))
+
+
+def _path(stored_name: str) -> Path:
+    return Path(settings.MEDIA_ROOT) / stored_name
+
+
+class IngestionRetention:
+    def protected_pipelines(self) -> list[QuerySet[Any]]:
+        live_jobs = Q(id__in=ModuleState.objects.filter(data_job_id__isnull=False).values("data_job_id")) | Q(
+            id__in=ModuleState.objects.filter(factors_job_id__isnull=False).values("factors_job_id")
+        )
+        return [
+            Job.objects.filter(live_jobs).values("pipeline_id"),
+            ModuleState.objects.filter(totals_pipeline_id__isnull=False).values("totals_pipeline_id"),
+        ]
+
+    def plan(self, *, cutoff: datetime, purging: QuerySet[Pipeline], jobs: QuerySet[Job]) -> list[Section]:
+        row_errors = RowError.objects.filter(job_id__in=jobs.values("id")).count()
+        files = size = 0
+        names = list(purgeable_uploads(cutoff, purging=purging).values_list("stored_name", flat=True))
+        for name in names:
+            try:
+                size += _path(name).stat().st_size
+            except OSError:
+                continue
+            files += 1
+        return [
+            Section("row_errors", _("row errors"), row_errors),
+            Section("uploads", _("uploads"), len(names), swept=True),
+            Section("upload_files", _("stored upload files"), files, bytes=size,
+                    note=_("removed after the upload rows' deletion commits")),
+        ]
+
+    def delete_with_pipelines(self, *, pipeline_ids: list[Any], job_ids: list[int]) -> dict[str, int]:
+        deleted, _ = RowError.objects.filter(job_id__in=job_ids).delete()
+        return {"row_errors": deleted}
+
+    def sweep_batch(self, *, cutoff: datetime, batch_size: int) -> SweepBatch:
+        # After the pipeline batches: the uploads' pipelines are gone (their link was
+        # cleared), so what is left unreferenced and old is what to sweep.
+        rows = list(
+            purgeable_uploads(cutoff).order_by("id").select_for_update(skip_locked=True, of=("self",))
+            .values_list("id", "stored_name")[:batch_size]
+        )
+        if not rows:
+            return SweepBatch(deleted={})
+        _, by_model = Upload.objects.filter(id__in=[pk for pk, _ in rows]).only("id").delete()
+        count = by_model.get("ingestion.Upload", 0)
+        return SweepBatch(deleted={"uploads": count}, files=[_path(name) for _, name in rows], units=count)
+
+
+register_hook(IngestionRetention())
