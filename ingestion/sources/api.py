@@ -187,7 +187,8 @@ class SourceRunView(ApiView):
 class _SourceToggleView(ApiView):
     enabled = True
 
-    @extend_schema(request=ControlInputSerializer, responses={200: SourceSerializer, **error_responses(403, 404)})
+    @extend_schema(request=ControlInputSerializer,
+                   responses={200: SourceSerializer, **error_responses(400, 403, 404)})
     def post(self, request: Request, source_id: int) -> Response:
         data = ControlInputSerializer(data=request.data or {})
         data.is_valid(raise_exception=True)
