@@ -33,8 +33,8 @@ from backoffice.models import ModuleGrant
 from backoffice.pipeline_detail import META_LABELS
 from ingestion import selectors as ingestion_selectors
 from ingestion import services as ingestion_services
+from ingestion.job_types import INGEST_JOB_TYPES
 from ingestion.models import Source, Upload, Year
-from ingestion.selectors import INGEST_JOB_TYPES
 from ingestion.sources import schedule as source_schedule
 from ingestion.sources import services as source_services
 from pipelines import messages as status_messages

@@ -18,6 +18,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from backoffice import access
+from ingestion import job_types
 from ingestion import selectors as ingestion_selectors
 from ingestion.models import Factor, Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGET_FACTORS, TARGETS
@@ -26,10 +27,11 @@ from pipelines import selectors as pipeline_selectors
 from pipelines.models import DONE_STATUSES, Job, JobEvent, JobResult, Pipeline
 
 TARGET_LABELS = {TARGET_DATA: _("Data entries"), TARGET_FACTORS: _("Factors")}
-JOB_TARGETS = {v: k for k, v in ingestion_selectors.INGEST_JOB_TYPES.items()}
+JOB_TARGETS = {v: k for k, v in job_types.INGEST_JOB_TYPES.items()}
 JOB_TYPE_LABELS = {
-    "csv_ingest": _("Data entries"), "factor_ingest": _("Factors"), "emission_recalc": _("Recalculation"),
-    "aggregation": _("Totals"), "unit_sync": _("Unit sync"),
+    job_types.CSV_INGEST.name: _("Data entries"), job_types.FACTOR_INGEST.name: _("Factors"),
+    job_types.EMISSION_RECALC.name: _("Recalculation"), job_types.AGGREGATION.name: _("Totals"),
+    job_types.UNIT_SYNC.name: _("Unit sync"),
 }
 HISTORY_LIMIT = 50
 FIRST_ERRORS = 10

@@ -36,6 +36,7 @@ from pipelines.api.errors import PayloadTooLarge, error_responses
 from pipelines.api.schema import NUL_FREE, declare_links, job_links, link, pipeline_links
 from pipelines.api.serializers import JsonInputSerializer, StrictObjectSerializer, query_input
 from pipelines.api.views import require_operate
+from pipelines.years import YEAR_MAX, YEAR_MIN
 
 # --- modules ------------------------------------------------------------------------------
 
@@ -184,7 +185,7 @@ class YearListView(ApiView):
     permission_classes = [IsAuthenticated]
 
     class InputSerializer(JsonInputSerializer):
-        year = serializers.IntegerField(min_value=services.YEAR_MIN, max_value=services.YEAR_MAX)
+        year = serializers.IntegerField(min_value=YEAR_MIN, max_value=YEAR_MAX)
 
     class CreatedSerializer(serializers.Serializer):
         year = YearSerializer()

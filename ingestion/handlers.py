@@ -1,35 +1,43 @@
-"""Job handlers for ingestion kinds (csv_ingest, factor_ingest, unit_sync, emission_recalc, aggregation).
+"""Job handlers of the ingestion app, registered with the engine from the declarations
+in ``ingestion.job_types`` (name, queue, count keys).
 
-Thin on purpose: each handler calls one service in ``ingestion.services``.
+Thin on purpose: each handler calls one job body (``ingestion.jobs``, ``ingestion.unit_sync``).
 """
 
 from __future__ import annotations
 
-from ingestion import services
+from collections.abc import Callable
+
+from ingestion import jobs, unit_sync
+from ingestion.job_types import AGGREGATION, CSV_INGEST, EMISSION_RECALC, FACTOR_INGEST, UNIT_SYNC, JobTypeDecl
 from pipelines.engine import JobContext
-from pipelines.registry import Outcome, register
+from pipelines.registry import Handler, Outcome, register
 
 
-@register("csv_ingest", queue="ingest")
+def _register(decl: JobTypeDecl) -> Callable[[Handler], Handler]:
+    return register(decl.name, queue=decl.queue, counts=decl.counts)
+
+
+@_register(CSV_INGEST)
 def csv_ingest(ctx: JobContext) -> Outcome:
-    return services.ingest_run(ctx=ctx)
+    return jobs.ingest_run(ctx=ctx)
 
 
-@register("factor_ingest", queue="ingest")
+@_register(FACTOR_INGEST)
 def factor_ingest(ctx: JobContext) -> Outcome:
-    return services.ingest_run(ctx=ctx)
+    return jobs.ingest_run(ctx=ctx)
 
 
-@register("emission_recalc", queue="recalc")
+@_register(EMISSION_RECALC)
 def emission_recalc(ctx: JobContext) -> Outcome:
-    return services.recalc_run(ctx=ctx)
+    return jobs.recalc_run(ctx=ctx)
 
 
-@register("aggregation", queue="aggregate")
+@_register(AGGREGATION)
 def aggregation(ctx: JobContext) -> Outcome:
-    return services.aggregation_run(ctx=ctx)
+    return jobs.aggregation_run(ctx=ctx)
 
 
-@register("unit_sync", queue="default")
-def unit_sync(ctx: JobContext) -> Outcome:
-    return services.unit_sync_run(ctx=ctx)
+@_register(UNIT_SYNC)
+def unit_sync_job(ctx: JobContext) -> Outcome:
+    return unit_sync.unit_sync_run(ctx=ctx)

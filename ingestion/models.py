@@ -1,10 +1,11 @@
 """Reporting years, units, uploads and the loaded data.
 
 The big tables (``DataEntry``, ``RowError``, ``EmissionLine``) are written only with
-set-based SQL from ``ingestion.loading`` (COPY into a staging table, then
-``INSERT … SELECT``); the ORM models exist for reads, admin and migrations. They carry
-no foreign keys to ``Unit``/``Upload`` on purpose: a per-row FK check would cost more
-than the load itself, and validation already joins against the unit directory.
+set-based SQL (``ingestion.staging``, ``ingestion.apply``, ``ingestion.emissions``: COPY
+into a staging table, then ``INSERT … SELECT``); the ORM models exist for reads, admin
+and migrations. They carry no foreign keys to ``Unit``/``Upload`` on purpose: a per-row
+FK check would cost more than the load itself, and validation already joins against
+the unit directory.
 """
 
 from __future__ import annotations

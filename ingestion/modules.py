@@ -1,7 +1,7 @@
 """The module registry: each module's data-entry types (DETs), CSV schemas and formula.
 
 A module is described by data, not code: the loader generates its validation and
-typing SQL from these column definitions (``ingestion.loading``), the API publishes
+typing SQL from these column definitions (``ingestion.validation``), the API publishes
 them (``GET /modules/``), and the empty templates are derived from them. Adding a
 module means adding one ``ModuleDef`` below plus its sample files.
 

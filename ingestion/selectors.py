@@ -13,25 +13,21 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import QuerySet
 from django.utils.translation import gettext as _
 
+from ingestion.job_types import INGEST_JOB_TYPES
 from ingestion.models import ModuleState, RowError, Total, Upload, Year
-from ingestion.modules import MODULES, TARGET_DATA, TARGETS, get_module
+from ingestion.modules import MODULES, TARGETS, get_module
 from pipelines.models import DONE_STATUSES, Job, Pipeline
 
-INGEST_JOB_TYPES = {TARGET_DATA: "csv_ingest", "factors": "factor_ingest"}
 NAMED_MAX = 10
 
 
 def module_list() -> list[dict[str, Any]]:
     return [m.as_dict() for m in MODULES.values()]
-
-
-def module_get(key: str) -> dict[str, Any]:
-    """Raises ``ingestion.modules.UnknownModule`` (a LookupError) for an unknown key."""
-    return get_module(key).as_dict()
 
 
 def template_csv(*, module: str, target: str) -> str:
@@ -194,9 +190,8 @@ def upload_get(*, upload_id: int) -> Upload:
 
 
 def upload_file_path(upload: Upload) -> Path:
-    from ingestion.services import upload_path
-
-    return upload_path(upload)
+    """Where the upload's raw file is stored (under ``MEDIA_ROOT``)."""
+    return Path(settings.MEDIA_ROOT) / upload.stored_name
 
 
 def job_row_errors(*, job_id: int) -> Iterator[dict[str, Any]]:

@@ -32,6 +32,7 @@ from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from pipelines.models import Job, JobResult, JobState, QueueState
+from pipelines.registry import job_types_counting
 from pipelines.stats import duration_medians
 
 ALERT_KINDS = (
@@ -43,7 +44,6 @@ ALERT_KINDS = (
     "queue_stalled",
     "slow",
 )
-INGEST_TYPES = ("csv_ingest", "factor_ingest")
 SLOW_FACTOR = 5.0
 SLOW_MIN_SECONDS = 30.0
 SLOW_MIN_SAMPLES = 5
@@ -74,7 +74,9 @@ def alert_jobs(kind: str, jobs: QuerySet[Job] | None = None, *, workers: list[An
     base = jobs if jobs is not None else Job.objects.all()
     if kind == "rows_all_rejected":
         return _recent(base).filter(
-            job_type__in=INGEST_TYPES, state=JobState.FINISHED, meta__rows_rejected__gt=0, meta__rows_loaded=0
+            # The job types that load rows (they declare the count at registration).
+            job_type__in=job_types_counting("rows_loaded"), state=JobState.FINISHED,
+            meta__rows_rejected__gt=0, meta__rows_loaded=0,
         )
     if kind == "transaction_poisoned":
         # result=error first: the (result, created_at) index narrows to the rare failures

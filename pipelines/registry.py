@@ -63,6 +63,8 @@ class HandlerSpec:
     func: Handler
     queue: str
     max_attempts: int | None
+    # The ``meta`` keys of this job type that are counts (declared by the registering app).
+    counts: tuple[str, ...] = ()
 
 
 class UnknownJobType(LookupError):
@@ -74,9 +76,13 @@ class UnknownJobType(LookupError):
 _HANDLERS: dict[str, HandlerSpec] = {}
 
 
-def register(job_type: str, *, queue: str = "default", max_attempts: int | None = None) -> Callable[[Handler], Handler]:
+def register(
+    job_type: str, *, queue: str = "default", max_attempts: int | None = None, counts: tuple[str, ...] = ()
+) -> Callable[[Handler], Handler]:
     def decorator(func: Handler) -> Handler:
-        _HANDLERS[job_type] = HandlerSpec(job_type=job_type, func=func, queue=queue, max_attempts=max_attempts)
+        _HANDLERS[job_type] = HandlerSpec(
+            job_type=job_type, func=func, queue=queue, max_attempts=max_attempts, counts=tuple(counts)
+        )
         return func
 
     return decorator
@@ -97,6 +103,16 @@ def queue_for(job_type: str) -> str:
 def max_attempts_for(job_type: str) -> int:
     spec = get_handler(job_type)
     return spec.max_attempts or settings.SLUICE_MAX_ATTEMPTS
+
+
+def registered_count_keys() -> set[str]:
+    """Every count key some registered job type declared."""
+    return {key for spec in _HANDLERS.values() for key in spec.counts}
+
+
+def job_types_counting(key: str) -> list[str]:
+    """The registered job types that declared ``key`` among their counts, sorted."""
+    return sorted(spec.job_type for spec in _HANDLERS.values() if key in spec.counts)
 
 
 def known_job_types() -> list[str]:

@@ -81,16 +81,15 @@ class SluiceCollector(Collector):
             "Durations of finished jobs created within SLUICE_METRICS_WINDOW_SECONDS",
             labels=["job_type"],
         )
-        bounds = ", ".join(str(b) for b in DURATION_BUCKETS)
         with connection.cursor() as cursor:
             cursor.execute(
-                f"""SELECT job_type,
-                           width_bucket(extract(epoch FROM finished_at - started_at), ARRAY[{bounds}]::float[]),
-                           count(*), sum(extract(epoch FROM finished_at - started_at))
-                    FROM pipelines_job
-                    WHERE created_at >= %s AND state = %s AND started_at IS NOT NULL AND finished_at IS NOT NULL
-                    GROUP BY 1, 2""",
-                [since, JobState.FINISHED],
+                """SELECT job_type,
+                          width_bucket(extract(epoch FROM finished_at - started_at), %s::float8[]),
+                          count(*), sum(extract(epoch FROM finished_at - started_at))
+                   FROM pipelines_job
+                   WHERE created_at >= %s AND state = %s AND started_at IS NOT NULL AND finished_at IS NOT NULL
+                   GROUP BY 1, 2""",
+                [[float(b) for b in DURATION_BUCKETS], since, JobState.FINISHED],
             )
             rows = cursor.fetchall()
         per_type: dict[str, tuple[list[int], float]] = {}

@@ -75,11 +75,11 @@ def synced_year() -> Callable[[int], Any]:
     """A year created through the service, its units synced without a worker."""
 
     def make(year: int) -> Any:
-        from ingestion import services
+        from ingestion import services, unit_sync
         from pipelines.models import Pipeline
 
         obj, pipeline = services.year_create(year=year, actor=None)
-        services.units_sync_now(year=year)
+        unit_sync.units_sync_now(year=year)
         # The planned unit_sync pipeline also runs on the test's worker: let it end so
         # the page starts from a quiet year.
         wait_until(lambda: Pipeline.objects.get(pk=pipeline.pk).is_done, timeout=60)

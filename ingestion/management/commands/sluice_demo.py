@@ -6,7 +6,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
-from ingestion import services
+from ingestion import services, unit_sync
 from ingestion.models import Source, Upload, Year
 from ingestion.modules import MODULES, TARGETS
 from ingestion.sources import services as source_services
@@ -47,7 +47,7 @@ class Command(BaseCommand):
             # `make run` prepares data before the worker starts: sync the directory
             # here so the uploads below are accepted (the planned unit_sync pipeline
             # runs again once the worker is up; it is idempotent).
-            synced = services.units_sync_now(year=year)
+            synced = unit_sync.units_sync_now(year=year)
             self.stdout.write(f"synced {synced} units for {year}")
         # Factors first, so the data uploads' recalcs find them. Idempotent: a sample
         # already uploaded to this year is not uploaded again.

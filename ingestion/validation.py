@@ -1,0 +1,244 @@
+"""Validation of the staged rows, in SQL: a reason per bad value, then duplicate keys.
+
+The statements are built from the module's column schema with ``psycopg.sql`` (column
+names as identifiers, reasons and patterns as literals, all quoted by the library) and
+run over the TEMP tables of ``ingestion.staging``, in autocommit: nothing here touches
+the module's data (that is ``ingestion.apply``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection
+from psycopg import sql
+
+from ingestion.modules import ROLE_CATEGORY, ROLE_DET, ROLE_UNIT, Column
+from ingestion.staging import ERRS, STAGE, column_list
+
+META_ROW_ERRORS = 1000
+
+# Bounded digit counts keep every accepted value castable to float8: "1e400" or
+# 400 fractional digits would overflow/underflow the cast and abort the statement
+# (a rejected row must never become a failed job).
+DECIMAL_RE = r"^[+-]?([0-9]{1,30}([.][0-9]{0,30})?|[.][0-9]{1,30})([eE][+-]?[0-9]{1,2})?$"
+INT_RE = r"^[+-]?[0-9]{1,18}$"
+SIMPLE_DECIMAL_RE = r"^[0-9]{1,15}([.][0-9]{1,15})?$"
+SIMPLE_INT_RE = r"^[0-9]{1,15}$"
+
+
+def staged_value(col: Column) -> sql.Composable:
+    """A staged column of the row aliased ``s``.
+
+    Values are normalised in place first (``normalize_staged``), so every check, the
+    duplicate search and the final insert read the plain column.
+    """
+    return sql.Identifier("s", col.name)
+
+
+def _lowered(col: Column) -> bool:
+    return col.role in (ROLE_DET, ROLE_CATEGORY) or col.type in ("choice", "bool")
+
+
+def _normal_sql(col: Column, semicolon: bool) -> sql.Composable:
+    """How a staged value is normalised: trimmed; keys and choices lower-cased; a decimal
+    comma (the norm in ';' files, impossible in ',' files) turned into a point."""
+    v = sql.SQL("btrim({}, E' \\t')").format(sql.Identifier(col.name))
+    if _lowered(col):
+        return sql.SQL("lower({})").format(v)
+    if semicolon and col.type in ("decimal", "int"):
+        return sql.SQL("replace({}, ',', '.')").format(v)
+    return v
+
+
+def normalize_staged(*, schema: tuple[Column, ...], delimiter: str) -> None:
+    """Rewrite only the staged rows that need it (usually none): one scan."""
+    semicolon = delimiter == ";"
+    sets = sql.SQL(", ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(c.name), _normal_sql(c, semicolon)) for c in schema
+    )
+    # Which rows need it, by two regexes over concatenations: comparing every column
+    # with its normalised form costs three times as much, for rows that are nearly
+    # always already normal.
+    every = sql.SQL("concat_ws(chr(31), {})").format(column_list(c.name for c in schema))
+    differs = [sql.SQL(r"{} ~ '(^|\x1f)[ \t]|[ \t](\x1f|$)'").format(every)]
+    lowered = [c.name for c in schema if _lowered(c)]
+    if lowered:
+        differs.append(sql.SQL("concat({}) ~ '[[:upper:]]'").format(column_list(lowered)))
+    numeric = [c.name for c in schema if c.type in ("decimal", "int")]
+    if semicolon and numeric:
+        # No parameters go with this statement, so '%' is a plain character here.
+        differs.append(sql.SQL("concat({}) LIKE '%,%'").format(column_list(numeric)))
+    with connection.cursor() as cur:
+        cur.execute(
+            sql.SQL("UPDATE {} SET {} WHERE err IS NULL AND ({})").format(STAGE, sets, sql.SQL(" OR ").join(differs))
+        )
+        if cur.rowcount:
+            cur.execute(sql.SQL("ANALYZE {}").format(STAGE))
+
+
+def _check_sql(col: Column) -> sql.Composable:
+    """CASE giving the reason this column's value is invalid, or NULL."""
+    v = staged_value(col)
+    shown = sql.SQL("'\"' || left({}, 40) || '\"'").format(v)
+    whens = [
+        sql.SQL("WHEN {} = '' THEN {}").format(
+            v, sql.Literal("missing (required)") if col.required else sql.SQL("NULL")
+        )
+    ]
+    # The server-side CSV parser accepts line breaks inside quoted fields; no column
+    # does (numbers and choices are refused by their own format checks below).
+    if col.type == "str":
+        whens.append(
+            sql.SQL("WHEN strpos({v}, E'\\n') > 0 OR strpos({v}, E'\\r') > 0 THEN {reason}").format(
+                v=v, reason=sql.Literal("line break inside a quoted field (is a quote unbalanced?)")
+            )
+        )
+    if col.type in ("decimal", "int"):
+        regex = DECIMAL_RE if col.type == "decimal" else INT_RE
+        what = "not a number" if col.type == "decimal" else "not a whole number"
+        # The full pattern costs ~2 µs a value; plain digits (nearly every value) are
+        # recognised by a far cheaper one first.
+        simple = SIMPLE_DECIMAL_RE if col.type == "decimal" else SIMPLE_INT_RE
+        whens.append(
+            sql.SQL("WHEN NOT ({v} ~ {simple} OR {v} ~ {regex}) THEN {what} || {shown}").format(
+                v=v, simple=sql.Literal(simple), regex=sql.Literal(regex), what=sql.Literal(what + ": "), shown=shown
+            )
+        )
+        if col.min_value is not None:
+            op, word = ("<=", ">") if col.exclusive_min else ("<", "≥")
+            whens.append(
+                sql.SQL("WHEN {}::float8 {} {} THEN {} || {}").format(
+                    v, sql.SQL(op), sql.Literal(col.min_value),
+                    sql.Literal(f"must be {word} {col.min_value:g}, got "), shown,
+                )
+            )
+        if col.max_value is not None:
+            whens.append(
+                sql.SQL("WHEN {}::float8 > {} THEN {} || {}").format(
+                    v, sql.Literal(col.max_value), sql.Literal(f"must be ≤ {col.max_value:g}, got "), shown
+                )
+            )
+    elif col.allowed:
+        whens.append(
+            sql.SQL("WHEN {} NOT IN ({}) THEN {} || {} || {}").format(
+                v, sql.SQL(", ").join(sql.Literal(a) for a in col.allowed), sql.Literal("unknown value "), shown,
+                sql.Literal(" (allowed: " + ", ".join(col.allowed) + ")"),
+            )
+        )
+    if col.type == "str":
+        whens.append(
+            sql.SQL("WHEN length({}) > {} THEN {}").format(
+                v, sql.Literal(col.max_length), sql.Literal(f"longer than {col.max_length} characters")
+            )
+        )
+    if col.role == ROLE_UNIT:
+        whens.append(sql.SQL("WHEN u.unit_id IS NULL THEN {} || {}").format(sql.Literal("unknown unit "), shown))
+    return sql.SQL("CASE {} END").format(sql.SQL(" ").join(whens))
+
+
+@dataclass
+class Validation:
+    rows_rejected: int = 0
+    errors_total: int = 0
+    first_errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+_PER_COLUMN_ERRORS = sql.SQL(
+    """
+    CREATE TEMP TABLE {errs} AS
+    SELECT s.row, 0 AS ord, NULL::text AS col, s.err AS reason FROM {stage} s WHERE s.err IS NOT NULL
+    UNION ALL
+    SELECT b.row, e.ord, e.col, e.reason
+    FROM (
+        SELECT row, {nonnull} FROM (
+            SELECT s.row, {reasons} FROM {stage} s {join} WHERE s.err IS NULL
+        ) checked
+        WHERE num_nonnulls({nonnull}) > 0
+    ) b
+    CROSS JOIN LATERAL (VALUES {expand}) AS e(ord, col, reason)
+    WHERE e.reason IS NOT NULL
+    """
+)
+
+_DUPLICATE_ERRORS = sql.SQL(
+    """
+    INSERT INTO {errs} (row, ord, col, reason)
+    SELECT s.row, 99, {last_key}, 'duplicate of row ' || d.first_row || {same}
+    FROM (
+        SELECT {key_aliases}, min(s.row) AS first_row
+        FROM {stage} s
+        WHERE s.err IS NULL AND NOT EXISTS (SELECT 1 FROM {errs} e WHERE e.row = s.row)
+        GROUP BY {keys}
+        HAVING count(*) > 1
+    ) d
+    JOIN {stage} s ON {key_match}
+    WHERE s.row <> d.first_row AND s.err IS NULL
+      AND NOT EXISTS (SELECT 1 FROM {errs} e WHERE e.row = s.row)
+    """
+)
+
+
+def validate_staged(*, schema: tuple[Column, ...], delimiter: str) -> Validation:
+    """Fill the TEMP errors table from the staged rows; returns counts and the first errors.
+
+    0. Normalise the staged values in place (trim, lower-case keys, decimal commas).
+    1. Ragged rows and broken fields flagged while staging (``err``).
+    2. Per-column checks in one scan: every CASE is evaluated once per row, and only
+       the (few) bad rows are expanded into one error per column, in column order.
+    3. Duplicate keys among otherwise valid rows, naming the first occurrence (a hash
+       aggregate; ``work_mem`` raised for this session so a million keys stay in memory).
+    """
+    normalize_staged(schema=schema, delimiter=delimiter)
+    unit = next((c for c in schema if c.role == ROLE_UNIT), None)
+    join = (
+        sql.SQL("LEFT JOIN ingestion_unit u ON u.unit_id = {} AND u.active").format(staged_value(unit))
+        if unit is not None
+        else sql.SQL("")
+    )
+    reason_names = [sql.Identifier(f"r{i}") for i in range(1, len(schema) + 1)]
+    per_column = _PER_COLUMN_ERRORS.format(
+        errs=ERRS,
+        stage=STAGE,
+        nonnull=sql.SQL(", ").join(reason_names),
+        reasons=sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(_check_sql(c), name) for c, name in zip(schema, reason_names, strict=True)
+        ),
+        join=join,
+        expand=sql.SQL(", ").join(
+            sql.SQL("({}, {}, {})").format(sql.Literal(i), sql.Literal(c.name), sql.Identifier("b", f"r{i}"))
+            for i, c in enumerate(schema, start=1)
+        ),
+    )
+    keys = [staged_value(c) for c in schema if c.role in (ROLE_UNIT, ROLE_DET, ROLE_CATEGORY)]
+    key_names = [c.name for c in schema if c.role in (ROLE_UNIT, ROLE_DET, ROLE_CATEGORY)]
+    duplicates = _DUPLICATE_ERRORS.format(
+        errs=ERRS,
+        stage=STAGE,
+        last_key=sql.Literal(key_names[-1]),
+        same=sql.Literal(f" (same {', '.join(key_names)})"),
+        key_aliases=sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(k, sql.Identifier(f"k{i}")) for i, k in enumerate(keys)
+        ),
+        keys=sql.SQL(", ").join(keys),
+        key_match=sql.SQL(" AND ").join(
+            sql.SQL("{} = {}").format(k, sql.Identifier("d", f"k{i}")) for i, k in enumerate(keys)
+        ),
+    )
+    with connection.cursor() as cur:
+        cur.execute(per_column)
+        cur.execute(sql.SQL("CREATE INDEX ON {} (row)").format(ERRS))
+        cur.execute(sql.SQL("ANALYZE {}").format(ERRS))
+        cur.execute("SET work_mem = '256MB'")
+        try:
+            cur.execute(duplicates)
+        finally:
+            cur.execute("RESET work_mem")
+        cur.execute(sql.SQL("SELECT count(DISTINCT row), count(*) FROM {}").format(ERRS))
+        rejected, total = cur.fetchone()
+        cur.execute(
+            sql.SQL("SELECT row, col, reason FROM {} ORDER BY row, ord LIMIT %s").format(ERRS), [META_ROW_ERRORS]
+        )
+        first = [{"row": r, "column": c, "reason": reason} for r, c, reason in cur.fetchall()]
+    return Validation(rows_rejected=int(rejected), errors_total=int(total), first_errors=first)
