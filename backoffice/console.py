@@ -140,7 +140,7 @@ def pipeline_page(*, user: Any, filters: dict[str, Any], cursor: str = "", size:
 
 
 def alert_counts(*, user: Any) -> list[dict[str, Any]]:
-    """One counter per alert kind (SPEC "Alerts"), over the jobs the user may see."""
+    """One counter per alert kind (``pipelines.alerts.ALERT_KINDS``), over the jobs the user may see."""
     jobs = visible_jobs(user)
     return [
         {"kind": kind, "label": ALERT_LABELS[kind], "count": alerts.alert_jobs(kind, jobs).count()}

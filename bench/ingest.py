@@ -6,7 +6,7 @@ own database ``BENCH_DATABASE_NAME`` on that server, default ``sluice_bench_inge
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/sluice REDIS_URL=redis://127.0.0.1:6379/13 \\
         .venv/bin/python bench/ingest.py [--rows 1000000] [--skip-1gb]
 
-1. Generate a professional-travel data-entries CSV (6 columns, like the NOTES baseline)
+1. Generate a professional-travel data-entries CSV (6 columns, like a typical upload)
    of ``--rows`` rows for the sample units, in a temp directory.
 2. ``psql \\copy`` it into a plain typed table: the ceiling.
 3. Upload it through ``ingestion.services.upload_create`` and let a real Celery worker

@@ -1,6 +1,6 @@
 """Typed readers for environment variables.
 
-Only ``config/`` reads the environment (STYLE habit 7). Every helper refuses values it
+Only ``config/`` reads the environment (one home for settings). Every helper refuses values it
 cannot interpret instead of guessing: ``"flase"`` is an error, not ``True``.
 ``NAME_FILE`` variants let secrets come from mounted files (Docker/K8s secrets).
 """

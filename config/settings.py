@@ -117,7 +117,7 @@ MEDIA_ROOT = Path(env_str("SLUICE_MEDIA_ROOT", str(BASE_DIR / ".var" / "media"))
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 # Tasks may legitimately run for a long time (1 GB ingests); an unacked message is
 # redelivered after this, so it must exceed the longest job. The PostgreSQL heartbeat
-# reaper recovers dead workers long before it (see NOTES: visibility timeout).
+# reaper recovers dead workers long before it (``SLUICE_STALE_AFTER_SECONDS``).
 VISIBILITY_TIMEOUT = env_int("SLUICE_VISIBILITY_TIMEOUT", 3600, minimum=60)
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)

@@ -327,7 +327,7 @@ class UploadCreateView(ApiView):
         responses={202: OutputSerializer, **error_responses(400, 404, 409, 413, 415)},
     )
     def post(self, request: Request, year: int, module: str) -> Response:
-        # Refuse a declared oversize body before Django reads (and spools) it (NOTES).
+        # Refuse a declared oversize body before Django reads (and spools it to disk).
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
         if declared > settings.SLUICE_UPLOAD_MAX_BYTES + 64 * 1024:
             raise PayloadTooLarge(f"The file is larger than the limit of {settings.SLUICE_UPLOAD_MAX_BYTES:,} bytes.")

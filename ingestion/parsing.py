@@ -2,7 +2,7 @@
 stream that feeds the staging COPY at ingest time. Memory stays bounded whatever the
 file size: files are read in chunks, lines are capped, and nothing keeps rows.
 
-Encodings (SPEC point 5): UTF-8 with or without BOM, ``,`` or ``;`` delimiters;
+Encodings: UTF-8 with or without BOM, ``,`` or ``;`` delimiters;
 anything else is refused with a message naming the line.
 """
 

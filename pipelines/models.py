@@ -230,7 +230,8 @@ class EventCounter(models.Model):
 
     ``UPDATE … RETURNING`` on it is the last statement before an event-writing
     transaction commits, so the row lock orders commits: a client that has seen seq N
-    can never later be handed an event < N (a bigserial would allow that; NOTES).
+    can never later be handed an event < N (a bigserial would allow that: sequence values
+    are handed out at insert, not at commit).
     """
 
     id = models.SmallIntegerField(primary_key=True, default=1)

@@ -21,6 +21,7 @@ import pytest
 from django.conf import settings
 
 import tests.support.handlers  # noqa: F401 - the test process plans the test job kinds too
+from tests.support.fixtures import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUES = "ingest,recalc,aggregate,default"
@@ -136,14 +137,8 @@ def worker_factory(django_db_setup: Any) -> Iterator[Callable[..., WorkerProcess
         w.stop()
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 30, interval: float = 0.05, message: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+# The name tests written before ``tests.support.fixtures`` import (same helper).
+wait_until = wait_for
 
 
 @pytest.fixture
@@ -155,7 +150,7 @@ def wait_for_pipeline() -> Callable[..., Any]:
             p = Pipeline.objects.get(pk=pipeline_id)
             return p if p.is_done else None
 
-        return wait_until(done, timeout=timeout, message=f"pipeline {pipeline_id} to finish")
+        return wait_for(done, timeout=timeout, message=f"pipeline {pipeline_id} to finish")
 
     return wait
 

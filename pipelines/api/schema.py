@@ -15,7 +15,7 @@ NUL_FREE = "^[^\\u0000]*$"
 
 
 class AutoSchema(BaseAutoSchema):
-    """Names ``FooView.OutputSerializer`` ``FooOutput`` (STYLE: nested serializers per view).
+    """Names ``FooView.OutputSerializer`` ``FooOutput`` (each view nests its own serializers).
 
     Without this every view's ``OutputSerializer`` would collide as one ``Output`` component.
     """

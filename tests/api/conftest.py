@@ -11,17 +11,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, Permission, User
-from django.contrib.contenttypes.models import ContentType
+from django.contrib.auth.models import Group, User
 from django.core.cache import caches
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from backoffice.api_auth import TOKEN_THROTTLE_CACHE, LoginRateThrottle
-from backoffice.models import ModuleGrant
 from pipelines.models import Pipeline
-from pipelines.services import JobSpec, pipeline_plan
 from tests.support.browser import Server
+from tests.support.fixtures import UserFactory, small_dag, standard_roles
 
 GRANTED_MODULE = "headcount"
 OTHER_MODULE = "buildings"
@@ -29,44 +27,19 @@ OTHER_MODULE = "buildings"
 
 @pytest.fixture
 def roles(db: Any) -> dict[str, Group]:
-    ct = ContentType.objects.get_for_model(ModuleGrant)
-    view, _ = Permission.objects.get_or_create(
-        codename="view_console", content_type=ct, defaults={"name": "Can read the console and the API (viewer)"}
-    )
-    operate, _ = Permission.objects.get_or_create(
-        codename="operate", content_type=ct, defaults={"name": "Can operate (operator)"}
-    )
-    all_modules, _ = Permission.objects.get_or_create(
-        codename="all_modules", content_type=ct, defaults={"name": "Can see every module"}
-    )
-    viewer, _ = Group.objects.get_or_create(name="viewer")
-    viewer.permissions.add(view, all_modules)
-    operator, _ = Group.objects.get_or_create(name="operator")
-    operator.permissions.add(view, operate, all_modules)
-    module_viewer, _ = Group.objects.get_or_create(name="module viewer")
-    module_viewer.permissions.add(view)
-    module_operator, _ = Group.objects.get_or_create(name="module operator")
-    module_operator.permissions.add(view, operate)
-    return {"viewer": viewer, "operator": operator, "module viewer": module_viewer, "module operator": module_operator}
+    return standard_roles()
 
 
 @pytest.fixture
 def users(roles: dict[str, Group]) -> dict[str, User]:
-    def make(name: str, *groups: str, **extra: Any) -> User:
-        user = User.objects.create_user(name, **extra)  # no password: no slow hashing, force_login
-        for g in groups:
-            user.groups.add(roles[g])
-        return user
-
-    result = {
-        "norole": make("norole"),
-        "viewer": make("viewer", "viewer"),
-        "operator": make("operator", "operator"),
-        "granted": make("granted", "module operator"),
-        "admin": make("admin", is_superuser=True, is_staff=True),
+    # No passwords: no slow hashing (clients log in with force_login).
+    return {
+        "norole": UserFactory(username="norole"),
+        "viewer": UserFactory(username="viewer", roles=("viewer",)),
+        "operator": UserFactory(username="operator", roles=("operator",)),
+        "granted": UserFactory(username="granted", roles=("module operator",), modules=(GRANTED_MODULE,)),
+        "admin": UserFactory(username="admin", is_superuser=True, is_staff=True),
     }
-    ModuleGrant.objects.create(user=result["granted"], module=GRANTED_MODULE)
-    return result
 
 
 @pytest.fixture
@@ -98,13 +71,7 @@ def make_pipeline(db: Any) -> Callable[..., Pipeline]:
     """A planned 1 → 2 → 1 no-op DAG (not dispatched: on_commit never fires in a test transaction)."""
 
     def make(*, module: str = GRANTED_MODULE, year: int | None = 2025, kind: str = "noop") -> Pipeline:
-        specs = [
-            JobSpec(key="a", job_type="noop"),
-            JobSpec(key="b", job_type="noop", det="b", depends_on=("a",)),
-            JobSpec(key="c", job_type="noop", det="c", depends_on=("a",)),
-            JobSpec(key="d", job_type="noop", depends_on=("b", "c")),
-        ]
-        return pipeline_plan(kind=kind, specs=specs, year=year, module=module)
+        return small_dag(kind=kind, year=year, module=module)
 
     return make
 
@@ -120,7 +87,7 @@ def live_api(celery_worker: Any, transactional_db: Any) -> Any:
     Throttles are lifted: generated traffic (schemathesis) is hundreds of requests a
     minute, and the login throttle's counters (Redis) outlive one server.
     """
-    User.objects.create_superuser("live", password=LIVE_PASSWORD)
+    UserFactory(username="live", password=LIVE_PASSWORD, is_staff=True, is_superuser=True)
     server = Server(
         "live-api", DJANGO_DEBUG="false", SLUICE_TOKEN_THROTTLE="1000000/min", SLUICE_LOGIN_THROTTLE="1000000/min"
     )

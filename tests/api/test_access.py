@@ -17,6 +17,7 @@ from backoffice.models import ModuleGrant
 from ingestion.models import Year
 from pipelines.models import Job
 from tests.api.conftest import GRANTED_MODULE, OTHER_MODULE
+from tests.support.fixtures import RoleFactory, UserFactory
 
 # transaction=True: the live console page reads its snapshot in its own REPEATABLE READ transaction.
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,10 +60,8 @@ def test_losing_the_last_grant_shows_nothing_rather_than_everything(
     mine, other, bare = make_pipeline(module=GRANTED_MODULE), make_pipeline(module=OTHER_MODULE), make_pipeline(
         module=""
     )
-    user = User.objects.create_user("mo", is_staff=True)
-    user.groups.add(roles["module operator"])
-    team = Group.objects.create(name="buildings team")
-    user.groups.add(team)
+    team = RoleFactory(name="buildings team")
+    user = UserFactory(username="mo", is_staff=True, roles=("module operator", team.name))
     direct = ModuleGrant.objects.create(user=user, module=GRANTED_MODULE)
     ModuleGrant.objects.create(group=team, module=OTHER_MODULE)
     everywhere = {str(mine.pk), str(other.pk)}
@@ -86,15 +85,13 @@ def test_losing_the_last_grant_shows_nothing_rather_than_everything(
     assert upload.status_code == 403
 
     # While an operator (the group carries all_modules) sees every pipeline, module-less included
-    operator = User.objects.create_user("op", is_staff=True)
-    operator.groups.add(roles["operator"])
+    operator = UserFactory(username="op", is_staff=True, roles=("operator",))
     assert _surfaces(operator)["api"] == {str(mine.pk), str(other.pk), str(bare.pk)}
 
 
 def test_a_role_without_grants_or_all_modules_sees_nothing(roles: dict[str, Group], make_pipeline: Any) -> None:
     make_pipeline(module=GRANTED_MODULE)
-    user = User.objects.create_user("mv", is_staff=True)
-    user.groups.add(roles["module viewer"])
+    user = UserFactory(username="mv", is_staff=True, roles=("module viewer",))
     assert _surfaces(user) == _everywhere(set())
 
 

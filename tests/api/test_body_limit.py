@@ -19,7 +19,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import ROOT, _test_database_url, wait_until
+from tests.conftest import ROOT, _test_database_url
+from tests.support.fixtures import wait_for
 
 UPLOAD_PATH = "/api/v1/years/2030/modules/headcount/uploads/"
 
@@ -128,7 +129,7 @@ def server(transactional_db: Any) -> Iterator[tuple[str, int]]:
             except OSError:
                 return proc.poll() is not None
 
-        wait_until(up, timeout=30, interval=0.1, message="uvicorn to listen")
+        wait_for(up, timeout=30, interval=0.1, message="uvicorn to listen")
         assert proc.poll() is None, log_path.read_text()
         yield "127.0.0.1", port
         proc.terminate()

@@ -23,9 +23,9 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from pipelines.models import JobEvent, Pipeline
-from pipelines.services import JobSpec, pipeline_plan
 from tests.api.conftest import GRANTED_MODULE, OTHER_MODULE
 from tests.conftest import ROOT, worker_env
+from tests.support.fixtures import small_dag, wait_for
 from tests.support.openapi import assert_matches
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -87,13 +87,7 @@ def read_events(response: httpx.Response, *, stop_after: int | None = None) -> t
 
 
 def slow_pipeline(module: str = GRANTED_MODULE) -> Pipeline:
-    step = {"sleep": 0.8, "steps": 4}  # four progress events per job
-    specs = [
-        JobSpec(key="a", job_type="noop", params=step),
-        *[JobSpec(key=f"m{i}", job_type="noop", det=f"m{i}", params=step, depends_on=("a",)) for i in range(2)],
-        JobSpec(key="z", job_type="noop", params=step, depends_on=("m0", "m1")),
-    ]
-    return pipeline_plan(kind="noop", specs=specs, module=module)
+    return small_dag(params={"sleep": 0.8, "steps": 4}, module=module)  # four progress events per job
 
 
 def test_reconnect_with_last_event_id_loses_and_repeats_nothing(
@@ -109,7 +103,9 @@ def test_reconnect_with_last_event_id_loses_and_repeats_nothing(
         assert first.headers["content-type"].startswith("text/event-stream")
         part1, _ = read_events(first, stop_after=6)
     assert not Pipeline.objects.get(pk=pipeline.pk).is_done, "disconnect must happen mid-pipeline"
-    time.sleep(0.5)  # events keep coming while the client is away
+    # events keep coming while the client is away
+    wait_for(lambda: JobEvent.objects.filter(pipeline_id=pipeline.pk, seq__gt=part1[-1]["seq"]).exists(), timeout=10,
+             message="an event while the client is away")
 
     resume = {**headers, "Last-Event-ID": str(part1[-1]["seq"])}
     with httpx.stream("GET", url, headers=resume, timeout=30) as second:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_until
 from tests.support.browser import Server, chromium, login
+from tests.support.fixtures import UserFactory, wait_for
 
 SAMPLES = Path(__file__).resolve().parents[2] / "ingestion" / "samples"
 PASSWORD = "pw-for-tests"
@@ -37,17 +37,11 @@ def browser(monkeypatch: Any) -> Iterator[Any]:
 
 def make_staff(username: str, *, perms: tuple[str, ...] = (), modules: tuple[str, ...] = (),
                superuser: bool = False) -> Any:
-    from django.contrib.auth.models import User
-
-    from tests.live.conftest import make_user
-
+    """A staff user who can log in with ``PASSWORD``."""
     if superuser:
-        return User.objects.create_superuser(username, f"{username}@example.org", PASSWORD)
-    user = make_user(username, perms=perms, modules=modules)
-    user.is_staff = True
-    user.set_password(PASSWORD)
-    user.save()
-    return user
+        return UserFactory(username=username, email=f"{username}@example.org", password=PASSWORD, is_staff=True,
+                           is_superuser=True)
+    return UserFactory(username=username, perms=perms, modules=modules, password=PASSWORD, is_staff=True)
 
 
 @pytest.fixture
@@ -82,7 +76,7 @@ def synced_year() -> Callable[[int], Any]:
         unit_sync.units_sync_now(year=year)
         # The planned unit_sync pipeline also runs on the test's worker: let it end so
         # the page starts from a quiet year.
-        wait_until(lambda: Pipeline.objects.get(pk=pipeline.pk).is_done, timeout=60)
+        wait_for(lambda: Pipeline.objects.get(pk=pipeline.pk).is_done, timeout=60)
         return obj
 
     return make
@@ -101,7 +95,7 @@ def upload_sample(year: int, module: str, target: str) -> Any:
     with open(path, "rb") as f:
         _, pipeline = services.upload_create(year=year, module=module, target=target, file=f,
                                              filename=path.name, actor=None)
-    return wait_until(lambda: Pipeline.objects.get(pk=pipeline.pk).is_done and pipeline, timeout=90)
+    return wait_for(lambda: Pipeline.objects.get(pk=pipeline.pk).is_done and pipeline, timeout=90)
 
 
 # What people read on a page, minus what is data: raw JSON, ids and hashes (code),

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from tests.backoffice.conftest import english_left, make_staff
-from tests.conftest import wait_until
 from tests.support.browser import HAVE_CHROMIUM, NO_CHROMIUM, SCREENSHOTS, Server
+from tests.support.fixtures import small_dag, wait_for
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -32,12 +32,7 @@ OPERATOR = ("view_console", "operate")
 
 
 def _slow_pipeline(module: str = "energy", seconds: float = 1.0) -> Any:
-    from pipelines.services import JobSpec, pipeline_plan
-
-    slow = {"sleep": seconds, "steps": 10}
-    specs = [JobSpec(key="start", job_type="noop", params=slow)]
-    specs += [JobSpec(key="end", job_type="noop", params=slow, depends_on=("start",))]
-    return pipeline_plan(kind="noop", specs=specs, year=2031, module=module)
+    return small_dag(0, params={"sleep": seconds, "steps": 10}, year=2031, module=module)
 
 
 def _shown(page: Any) -> list[str]:
@@ -76,7 +71,7 @@ def test_console_shows_new_pipelines_live_and_an_alert_counter_filters_the_table
         year=2025, module="headcount", target="data_entries", file=io.BytesIO(ALL_REJECTED),
         filename="all-bad.csv", actor=None,
     )
-    wait_until(lambda: Pipeline.objects.get(pk=rejected.pk).is_done, timeout=90, message="rejected upload")
+    wait_for(lambda: Pipeline.objects.get(pk=rejected.pk).is_done, timeout=90, message="rejected upload")
     page.wait_for_selector(".ops-alert[data-alert=rows_all_rejected].hot .count:text-is('1')", timeout=WAIT)
 
     # ...and clicking it shows only the pipelines with that alert
@@ -102,7 +97,7 @@ def test_console_shows_new_pipelines_live_and_an_alert_counter_filters_the_table
     page.click("#ops-filters button[type=submit]")
     page.wait_for_url(f"**q={pid[:8]}*", timeout=WAIT)
     assert _shown(page) == [pid]
-    wait_until(lambda: Pipeline.objects.get(pk=pid).is_done, timeout=60)
+    wait_for(lambda: Pipeline.objects.get(pk=pid).is_done, timeout=60)
     page.wait_for_selector(f'{row} tr.pipeline-row [data-role=status]:has-text("success")', timeout=WAIT)
 
 
@@ -145,7 +140,7 @@ def test_operator_cancels_recovers_and_retries_viewer_and_granted_operator_see_w
     page.check("#ops-force")
     page.click("#ops-confirm")
     page.wait_for_selector("#ops-dialog", state="hidden", timeout=WAIT)
-    wait_until(lambda: Job.objects.get(pk=running.pk).attempts == running.attempts + 1, timeout=60,
+    wait_for(lambda: Job.objects.get(pk=running.pk).attempts == running.attempts + 1, timeout=60,
                message="recovered job claimed again")
     page.wait_for_selector(f"{job_row} [data-role=state]:has-text('running')", timeout=WAIT)
     assert OperatorAction.objects.filter(action="recover", target_id=str(running.pk), actor_name="op").exists()
@@ -166,7 +161,7 @@ def test_operator_cancels_recovers_and_retries_viewer_and_granted_operator_see_w
     assert page.locator(f"{row} button.ops-act").count() == 0  # nothing left to do on it
 
     # A viewer sees the same rows and no button at all
-    wait_until(lambda: Pipeline.objects.get(pk=water.pk).is_done, timeout=60)
+    wait_for(lambda: Pipeline.objects.get(pk=water.pk).is_done, timeout=60)
     viewer = open_page("viewer", CONSOLE)
     viewer.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
     assert set(_shown(viewer)) == {pid, str(water.pk)}

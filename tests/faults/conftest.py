@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, wait_until, worker_env
+from tests.conftest import ROOT, worker_env
+from tests.support.fixtures import wait_for
 from tests.support.redis_server import RedisServer, free_port
 
 WEB_APP_NAME = "sluice-web-under-test"  # application_name of the server's PostgreSQL sessions
@@ -35,7 +36,7 @@ class WebServer:
              "--port", str(self.port), "--log-level", "warning"],
             cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        wait_until(self._up, timeout=30, interval=0.2, message="uvicorn to answer /healthz")
+        wait_for(self._up, timeout=30, interval=0.2, message="uvicorn to answer /healthz")
 
     def _up(self) -> bool:
         assert self.proc.poll() is None, self.log_text()

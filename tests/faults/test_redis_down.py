@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from django.contrib.auth.models import User
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
@@ -20,6 +19,7 @@ from pipelines import publish
 from pipelines.dispatch import queue_depths
 from pipelines.models import Job
 from pipelines.services import reap
+from tests.support.fixtures import UserFactory, wait_for
 from tests.support.redis_server import RedisServer, celery_broker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -30,7 +30,7 @@ CSV = b"unit_id,det,category,fte,comment\nENG-0001,staff,researcher,1.5,x\n"
 @pytest.fixture
 def api(web_server: Any, private_redis: RedisServer) -> httpx.Client:
     server = web_server(REDIS_URL=private_redis.url)
-    admin = User.objects.create_user("ops", is_superuser=True, is_staff=True)
+    admin = UserFactory(username="ops", is_superuser=True, is_staff=True)
     token = Token.objects.create(user=admin).key
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Token {token}"}, timeout=60) as client:
         assert client.get("/api/v1/pipelines/").status_code == 200  # Redis up: the throttle counted it
@@ -100,7 +100,8 @@ def test_a_live_batch_published_while_redis_is_down_is_delivered_when_it_returns
         channel = asyncio.run(subscribe())
         redis_server.kill9()
         publish.publish([{"pipeline_id": "p-1", "seq": 1, "type": "pipeline.state", "pipeline": {}}])
-        time.sleep(0.5)  # the publisher tried, failed, and retries
+        # the publisher tried, failed, and retries
+        wait_for(lambda: publish._get().failing_since is not None, timeout=10, message="a failed publish")
         redis_server.start()
         assert publish.flush(timeout=20), "the batch was neither delivered nor given up"
 

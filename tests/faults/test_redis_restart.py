@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from pipelines import services
 from pipelines.models import Job
 from pipelines.services import JobSpec
-from tests.conftest import wait_until
+from tests.support.fixtures import wait_for
 from tests.support.redis_server import RedisServer, celery_broker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.slow]
@@ -29,10 +28,11 @@ def test_worker_rides_out_a_redis_restart_and_the_pipeline_finishes(
             specs=[JobSpec("a", "test_effect_iso", params={"sleep": 5}), JobSpec("b", "noop_iso", depends_on=("a",))],
         )
         a = pipeline.jobs.order_by("id").first()
-        wait_until(lambda: Job.objects.get(pk=a.pk).progress_processed >= 2, message="job a to run")
-        # when Redis dies (kill -9) for 3 s and comes back empty on the same port
+        wait_for(lambda: Job.objects.get(pk=a.pk).progress_processed >= 2, message="job a to run")
+        # when Redis dies (kill -9), the worker notices, and Redis comes back empty on the same port
         private_redis.kill9()
-        time.sleep(3)
+        wait_for(lambda: "Connection to broker lost" in worker.log_text(), timeout=30,
+                 message="the worker to notice the broker is gone")
         private_redis.start()
 
         # then the worker's main process is still alive and the pipeline completes
@@ -43,7 +43,7 @@ def test_worker_rides_out_a_redis_restart_and_the_pipeline_finishes(
             pipeline.refresh_from_db()
             return pipeline.is_done
 
-        wait_until(finished, timeout=60, interval=0.5, message="pipeline to finish after the Redis restart")
+        wait_for(finished, timeout=60, interval=0.5, message="pipeline to finish after the Redis restart")
     assert "Unrecoverable error" not in worker.log_text()
     assert pipeline.status == "success", [(j.pk, j.state, j.result, j.status_message) for j in pipeline.jobs.all()]
     # and the running job was not interrupted (one attempt) and applied its effect once

@@ -9,13 +9,13 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from django.contrib.auth.models import User
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from ingestion.models import Upload, Year
 from tests.conftest import _test_database_url
 from tests.faults.conftest import WEB_APP_NAME
+from tests.support.fixtures import UserFactory
 from tests.support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -86,7 +86,7 @@ def test_a_burst_of_requests_and_uploads_keeps_connections_bounded_and_answers(
     server = web_server(
         SLUICE_DB_POOL_MAX_SIZE=str(POOL_SIZE), SLUICE_DB_POOL_MIN_SIZE="1", REDIS_URL=private_redis.url
     )
-    admin = User.objects.create_user("ops", is_superuser=True, is_staff=True)
+    admin = UserFactory(username="ops", is_superuser=True, is_staff=True)
     token = Token.objects.create(user=admin).key
     Year.objects.create(year=2035, configured_at=timezone.now())
     sampler = BackendSampler()

@@ -20,7 +20,7 @@ from ingestion import services
 from ingestion.models import Year
 from ingestion.modules import MODULES
 from pipelines.models import Job, Pipeline
-from tests.conftest import wait_until
+from tests.support.fixtures import wait_for
 
 SAMPLES = Path(__file__).resolve().parents[2] / "ingestion" / "samples"
 YEAR = 2025
@@ -61,7 +61,7 @@ def _workers_idle_before_flush(request: pytest.FixtureRequest) -> Iterator[None]
         quiet_since.append(time.monotonic())
         return quiet_since[-1] - quiet_since[0] >= 1.0
 
-    wait_until(settled, timeout=120, interval=0.1)
+    wait_for(settled, timeout=120, interval=0.1)
 
 
 def sample(module: str, target: str) -> Path:

@@ -14,8 +14,8 @@ from ingestion import selectors, services
 from ingestion.models import DataEntry, Upload
 from pipelines.models import Job, JobEvent
 from pipelines.services import pipeline_cancel
-from tests.conftest import wait_until
 from tests.ingestion.conftest import YEAR, jobs_of, read_csv, sample, upload_bytes, worker_busy
+from tests.support.fixtures import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
@@ -150,7 +150,7 @@ def test_the_same_file_uploaded_again_is_recognised_and_loaded_once(configured_y
 
     # When the stored file is re-run
     rerun = services.upload_rerun(upload_id=upload_1.pk, actor=None)
-    wait_until(lambda: Job.objects.filter(pipeline=rerun).exclude(state="finished").count() == 0, timeout=60)
+    wait_for(lambda: Job.objects.filter(pipeline=rerun).exclude(state="finished").count() == 0, timeout=60)
     # Then it loads again into one copy, from the stored raw file
     assert jobs_of(rerun)["ingest"].result == "success"
     assert DataEntry.objects.filter(year=YEAR, module="headcount").count() == rows
@@ -176,8 +176,8 @@ def test_a_big_file_reports_real_progress_in_a_few_dozen_events(configured_year:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        wait_until(lambda: Job.objects.get(pipeline=pipeline, job_type="csv_ingest").state == "finished", timeout=90)
-        wait_until(lambda: not Job.objects.filter(pipeline=pipeline).exclude(state="finished").exists(), timeout=90)
+        wait_for(lambda: Job.objects.get(pipeline=pipeline, job_type="csv_ingest").state == "finished", timeout=90)
+        wait_for(lambda: not Job.objects.filter(pipeline=pipeline).exclude(state="finished").exists(), timeout=90)
     finally:
         stop.set()
         watcher.join()
@@ -199,17 +199,17 @@ def test_cancelling_a_running_ingest_leaves_the_previous_data(configured_year: A
     assert load("headcount", "data_entries").status == "success"
     before = snapshot()
     _, pipeline = upload_bytes(headcount_file(9, extra_rows=600_000), module="headcount")
-    wait_until(lambda: Job.objects.get(pipeline=pipeline, job_type="csv_ingest").state == "running", timeout=60)
+    wait_for(lambda: Job.objects.get(pipeline=pipeline, job_type="csv_ingest").state == "running", timeout=60)
 
     # When an operator cancels the pipeline mid-run
     pipeline_cancel(pipeline_id=pipeline.pk, actor=None, reason="wrong file")
-    wait_until(lambda: Job.objects.filter(pipeline=pipeline).exclude(state="finished").count() == 0, timeout=60)
+    wait_for(lambda: Job.objects.filter(pipeline=pipeline).exclude(state="finished").count() == 0, timeout=60)
 
     # Then every job ended cancelled and the previous data is exactly as it was
     assert set(Job.objects.filter(pipeline=pipeline).values_list("result", flat=True)) == {"cancelled"}
     # (once the worker has noticed and stopped: it must not still be mid-statement when
     # the test database is truncated after this test)
-    wait_until(lambda: not worker_busy(), timeout=60)
+    wait_for(lambda: not worker_busy(), timeout=60)
     assert snapshot() == before
 
 

@@ -15,8 +15,8 @@ from django.test import Client
 from ingestion.models import DataEntry
 from pipelines import counters
 from pipelines.models import Pipeline
-from tests.conftest import wait_until
 from tests.ingestion.conftest import YEAR, jobs_of, read_csv, sample, upload_bytes, upload_file
+from tests.support.fixtures import wait_for
 from tests.support.handlers import ISOLATED_QUEUE
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
@@ -84,7 +84,7 @@ def test_an_upload_superseded_by_a_later_one_reads_superseded_everywhere(
     page = admin_client.get("/admin/pipelines/pipeline/", {"status__exact": "superseded"}).content.decode()
     assert str(done.pk) in page and f"superseded by {winner}" in page
     assert Pipeline.objects.filter(status="superseded").count() == 1
-    wait_until(lambda: not Pipeline.objects.exclude(status__in=["success", "superseded"]).exists())
+    wait_for(lambda: not Pipeline.objects.exclude(status__in=["success", "superseded"]).exists())
     # And the trigger-kept counters behind /jobs/stats/ and the console's cards count the
     # superseded ingest and its skipped downstream as the jobs table does
     assert counters.check() == {"pipelines_job_tally": [], "pipelines_job_finish_tally": []}

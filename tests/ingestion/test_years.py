@@ -18,6 +18,7 @@ from ingestion.modules import MODULES
 from pipelines.models import OperatorAction
 from pipelines.services import ConflictError
 from tests.ingestion.conftest import SAMPLES, YEAR, jobs_of, read_csv
+from tests.support.fixtures import UserFactory
 
 SAMPLE_UNITS = read_csv(SAMPLES / "units.csv")
 
@@ -152,9 +153,7 @@ def test_directory_credentials_never_show_in_the_job(
     assert "units synced from http://***@127.0.0.1:" in job.status_message
     assert "token=***" in job.status_message
     # And the API's job and pipeline details show the source masked too
-    from django.contrib.auth.models import User
-
-    client.force_login(User.objects.create_superuser("ops"))
+    client.force_login(UserFactory(username="ops", is_superuser=True, is_staff=True))
     for url in (f"/api/v1/jobs/{job.pk}/", f"/api/v1/pipelines/{done.pk}/"):
         body = client.get(url).content.decode()
         assert PRIVATE_PASSWORD not in body and "tok-9d1e" not in body, url

@@ -18,6 +18,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
 from pipelines import publish
+from tests.support.fixtures import UserFactory, small_dag
 from tests.support.openapi import assert_matches
 
 ORIGIN = b"http://localhost"
@@ -56,28 +57,8 @@ def no_dispatch(monkeypatch: Any) -> None:
 
 
 def make_user(username: str, *, perms: tuple[str, ...] = ("view_console",), modules: tuple[str, ...] = ()) -> Any:
-    """A user with backoffice permissions and optional module grants.
-
-    Transactional tests truncate tables, so groups made by migrations may be gone:
-    permissions are attached to the user directly. A role without grants comes with
-    the "every module" scope (``all_modules``), as the viewer/operator groups give it.
-    """
-    if perms and not modules:
-        perms = (*perms, "all_modules")
-    from django.contrib.auth.models import Permission, User
-    from django.contrib.contenttypes.models import ContentType
-
-    from backoffice.models import ModuleGrant
-
-    ContentType.objects.clear_cache()
-    ct = ContentType.objects.get_for_model(ModuleGrant)
-    user = User.objects.create_user(username=username, password="x")
-    for codename in perms:
-        perm, _ = Permission.objects.get_or_create(content_type=ct, codename=codename, defaults={"name": codename})
-        user.user_permissions.add(perm)
-    for module in modules:
-        ModuleGrant.objects.create(user=user, module=module)
-    return User.objects.get(pk=user.pk)
+    """A user with backoffice permissions (a viewer by default) and optional module grants."""
+    return UserFactory(username=username, perms=perms, modules=modules)
 
 
 def session_cookie(user: Any) -> str:
@@ -227,11 +208,8 @@ def layer() -> Any:
 
 
 def plan(*, width: int = 2, year: int | None = None, module: str = "", kind: str = "noop") -> Any:
-    from pipelines.services import JobSpec, pipeline_plan
-
-    specs = [JobSpec(key="start", job_type="noop")]
-    specs += [JobSpec(key=f"mid{i}", job_type="noop", det=f"part{i}", depends_on=("start",)) for i in range(width)]
-    return pipeline_plan(kind=kind, specs=specs, year=year, module=module)
+    """The small DAG without its join: ``start`` → ``width`` parallel jobs."""
+    return small_dag(width, end=False, year=year, module=module, kind=kind)
 
 
 def run_job(job_id: int, *, steps: int = 0) -> None:

@@ -6,14 +6,13 @@ server restarted, and the page still ends with the final state (reconnect, repla
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import wait_until
 from tests.support.browser import HAVE_CHROMIUM, NO_CHROMIUM, SCREENSHOTS, Server, chromium
+from tests.support.fixtures import UserFactory, small_dag, wait_for
 
 SCREENSHOT = SCREENSHOTS / "live-console.png"
 SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -47,22 +46,13 @@ def browser(monkeypatch: Any) -> Iterator[Any]:
 
 
 def _slow_pipeline() -> Any:
-    from pipelines.services import JobSpec, pipeline_plan
-
-    slow = {"sleep": 1.2, "steps": 12}
-    specs = [JobSpec(key="start", job_type="noop", params=slow)]
-    specs += [JobSpec(key=f"mid{i}", job_type="noop", det=f"part{i}", params=slow, depends_on=("start",))
-              for i in range(3)]
-    specs.append(JobSpec(key="end", job_type="noop", params=slow, depends_on=("mid0", "mid1", "mid2")))
-    return pipeline_plan(kind="noop", specs=specs, year=2031, module="energy")
+    return small_dag(3, params={"sleep": 1.2, "steps": 12}, year=2031, module="energy")
 
 
 def test_live_console_follows_a_pipeline_through_a_drop_and_a_server_restart(server: Server, browser: Any) -> None:
-    from django.contrib.auth.models import User
+    from pipelines.models import Job, JobEvent, Pipeline
 
-    from pipelines.models import Job, Pipeline
-
-    User.objects.create_superuser("admin", "admin@example.com", "pw-for-tests")
+    UserFactory(username="admin", email="admin@example.com", password="pw-for-tests", is_staff=True, is_superuser=True)
     base = f"http://127.0.0.1:{server.port}"
     page = browser.new_page(viewport={"width": 1280, "height": 760})
     errors: list[str] = []
@@ -96,13 +86,16 @@ def test_live_console_follows_a_pipeline_through_a_drop_and_a_server_restart(ser
     # ...and through a server restart while the pipeline keeps running
     server.stop()
     page.wait_for_selector("#live-status[data-status=reconnecting]", timeout=10000)
-    time.sleep(1.0)
+    # the pipeline moves on while the server is down: the page must replay what it missed
+    down_at = JobEvent.objects.filter(pipeline_id=pid).order_by("-seq").values_list("seq", flat=True).first() or 0
+    wait_for(lambda: JobEvent.objects.filter(pipeline_id=pid, seq__gt=down_at).exists(), timeout=20,
+             message="an event while the server is down")
     server.start()
     page.wait_for_selector("#live-status[data-status=live]", timeout=30000)
 
     # Then it ends with the final state, the same as the database
     page.wait_for_selector(f'{row} tr.pipeline-row [data-role=status]:has-text("success")', timeout=60000)
-    wait_until(lambda: Pipeline.objects.get(pk=pid).is_done, timeout=30)
+    wait_for(lambda: Pipeline.objects.get(pk=pid).is_done, timeout=30)
     states = page.eval_on_selector_all(f"{row} tr.job-row [data-role=state]", "els => els.map(e => e.textContent)")
     assert states == ["success"] * Job.objects.filter(pipeline_id=pid).count()
     pcts = page.eval_on_selector_all(f"{row} tr.job-row .live-pct", "els => els.map(e => e.textContent)")

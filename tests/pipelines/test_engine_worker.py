@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from typing import Any
 
 import pytest
 from django.db import transaction
 
-from pipelines import services
+from pipelines import dispatch, services
 from pipelines.dispatch import queue_depths
 from pipelines.models import Job, JobEvent, Pipeline
 from pipelines.services import JobSpec
-from tests.conftest import wait_until
+from tests.support.fixtures import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
@@ -83,12 +82,13 @@ def test_cancel_while_running_is_terminal_and_rolls_back_the_effect(
         kind="test", specs=[JobSpec("a", "test_effect", params={"sleep": 3}), JobSpec("b", "noop", depends_on=("a",))]
     )
     a = pipeline.jobs.order_by("id").first()
-    wait_until(lambda: Job.objects.get(pk=a.pk).progress_processed >= 2, message="job to make progress")
+    wait_for(lambda: Job.objects.get(pk=a.pk).progress_processed >= 2, message="job to make progress")
     services.pipeline_cancel(pipeline_id=pipeline.pk, actor="op", reason="stop")
     pipeline = wait_for_pipeline(pipeline.pk)
-    # the worker notices at its next checkpoint and stops; give it the time it would
-    # have needed to finish and write its effect anyway
-    time.sleep(3.5)
+    # the worker notices at its next checkpoint and stops: once it says so, its handler
+    # is over and can no longer write the effect
+    wait_for(lambda: f"job stopped: job {a.pk} attempt 1 was cancelled" in celery_worker.log_text(), timeout=15,
+             message="the worker to stop the cancelled job")
     a.refresh_from_db()
     assert (a.state, a.result) == ("finished", "cancelled")
     assert effect_table(a.pk) == [], "a cancelled job must not commit its effect"
@@ -103,9 +103,9 @@ def test_cancel_while_queued_never_runs(
     a = pipeline.jobs.get()
     services.job_cancel(job_id=a.pk, actor="op")
     # when a worker comes up and receives the message
-    worker_factory("late", queues=isolated_queue)
-    wait_until(lambda: queue_depths()[isolated_queue] == 0, timeout=10, message="the message to be consumed")
-    time.sleep(1)
+    late = worker_factory("late", queues=isolated_queue)
+    wait_for(lambda: queue_depths()[isolated_queue] == 0, timeout=10, message="the message to be consumed")
+    wait_for(lambda: f"job {a.pk} not run:" in late.log_text(), timeout=10, message="the worker to refuse the job")
     a.refresh_from_db()
     assert a.result == "cancelled" and a.attempts == 0
     assert effect_table(a.pk) == []
@@ -122,12 +122,12 @@ def test_kill_9_of_the_whole_worker_is_recovered_and_the_effect_applied_once(
         specs=[JobSpec("a", "test_effect_iso", params={"sleep": 2}), JobSpec("b", "noop_iso", depends_on=("a",))],
     )
     a = pipeline.jobs.order_by("id").first()
-    wait_until(lambda: Job.objects.get(pk=a.pk).progress_processed >= 2, message="job to run")
+    wait_for(lambda: Job.objects.get(pk=a.pk).progress_processed >= 2, message="job to run")
     doomed.kill9()
     assert Job.objects.get(pk=a.pk).state == "running"
     # when its heartbeat goes stale, the reaper (beat) recovers it onto a new worker
     worker_factory("rescuer", queues=isolated_queue)
-    wait_until(lambda: services.reap(queue_depths={}).recovered, timeout=15, interval=0.5, message="reaper")
+    wait_for(lambda: services.reap(queue_depths={}).recovered, timeout=15, interval=0.5, message="reaper")
     pipeline = wait_for_pipeline(pipeline.pk, timeout=30)
     # then the pipeline completes and the effect was applied exactly once
     a.refresh_from_db()
@@ -143,7 +143,7 @@ def test_kill_9_of_a_pool_process_is_requeued_at_once_by_the_worker(
     worker_factory("survivor", queues=isolated_queue)
     pipeline = services.pipeline_plan(kind="test", specs=[JobSpec("a", "test_effect_iso", params={"sleep": 2})])
     a = pipeline.jobs.get()
-    pid = wait_until(lambda: Job.objects.get(pk=a.pk).meta.get("pid"), message="job to report its pid")
+    pid = wait_for(lambda: Job.objects.get(pk=a.pk).meta.get("pid"), message="job to report its pid")
     os.kill(pid, signal.SIGKILL)
     # then the worker's main process re-queues the job at once (no reaper runs here, and
     # the heartbeat is still fresh), another delivery runs it, and the effect is applied once
@@ -163,10 +163,14 @@ def test_a_paused_queue_stays_paused_across_a_worker_restart(
     first = worker_factory("before-restart", queues=isolated_queue)
     pipeline = services.pipeline_plan(kind="test", specs=[JobSpec("a", "noop_iso")])
     a = pipeline.jobs.get()
-    wait_until(lambda: "paused" in Job.objects.get(pk=a.pk).status_message, message="worker to see the pause")
+    wait_for(lambda: "paused" in Job.objects.get(pk=a.pk).status_message, message="worker to see the pause")
     first.stop()
-    worker_factory("after-restart", queues=isolated_queue)
-    time.sleep(1.5)
+    after = worker_factory("after-restart", queues=isolated_queue)
+    # the first worker took the message; send it again (as the reaper would) so the new
+    # worker receives it and must find the pause in the database
+    dispatch.send([a.pk])
+    wait_for(lambda: f"job {a.pk} not run: queue paused" in after.log_text(), timeout=10,
+             message="the new worker to see the pause")
     a.refresh_from_db()
     assert a.state == "queued" and a.status_message == f"Waiting: queue {isolated_queue} is paused"
     services.queue_resume(queue=isolated_queue, actor="ops")

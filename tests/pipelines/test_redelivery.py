@@ -11,7 +11,7 @@ from pipelines import services
 from pipelines.models import Job, JobEvent
 from pipelines.services import JobSpec
 from pipelines.tasks import run_job
-from tests.conftest import wait_until
+from tests.support.fixtures import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
@@ -21,7 +21,7 @@ def _running_job(isolated_queue: str, seconds: float) -> Job:
         kind="test", specs=[JobSpec("a", "test_effect_iso", params={"sleep": seconds})]
     )
     job = pipeline.jobs.get()
-    return wait_until(
+    return wait_for(
         lambda: (j := Job.objects.get(pk=job.pk)).progress_processed >= 2 and j, message="the job to run"
     )
 
@@ -46,10 +46,10 @@ def test_the_same_message_redelivered_while_the_owner_is_alive_does_not_restart_
     # When its message is delivered again (twice) while it runs
     _redeliver(job, isolated_queue)
     _redeliver(job, isolated_queue)
-    wait_until(lambda: "not taken over" in owner.log_text(), message="a duplicate to reach the job while it runs")
+    wait_for(lambda: "not taken over" in owner.log_text(), message="a duplicate to reach the job while it runs")
     pipeline = wait_for_pipeline(job.pipeline_id, timeout=30)
     # (the duplicates came back until the job was over, then were dropped)
-    wait_until(lambda: owner.log_text().count(f"job {job.pk} not run: already finished") >= 2,
+    wait_for(lambda: owner.log_text().count(f"job {job.pk} not run: already finished") >= 2,
                message="the duplicates to be dropped")
     # Then the first attempt ran to the end: no takeover, no restart, one effect
     job.refresh_from_db()

@@ -16,22 +16,13 @@ from pipelines.engine import JobAborted
 from pipelines.models import Job, JobEvent, OperatorAction, Pipeline
 from pipelines.registry import Outcome, UnknownJobType
 from pipelines.services import ConflictError, JobSpec
+from tests.support.fixtures import small_dag
 
 pytestmark = pytest.mark.django_db
 
 
 def plan_chain() -> Pipeline:
-    return services.pipeline_plan(
-        kind="test",
-        specs=[
-            JobSpec("a", "noop"),
-            JobSpec("b1", "noop", det="b1", depends_on=("a",)),
-            JobSpec("b2", "noop", det="b2", depends_on=("a",)),
-            JobSpec("c", "noop", depends_on=("b1", "b2")),
-        ],
-        year=2025,
-        module="buildings",
-    )
+    return small_dag(kind="test", year=2025, module="buildings")
 
 
 def jobs_of(pipeline: Pipeline) -> list[Job]:
@@ -129,9 +120,9 @@ def test_failure_skips_downstream_and_names_the_failing_job() -> None:
     services.job_finish(job_id=b2.pk, attempt=run(b2).attempts, outcome=Outcome(message="ok"))
     c.refresh_from_db()
     pipeline.refresh_from_db()
-    assert (c.result, c.status_message) == ("skipped", f"Skipped: upstream noop b1 #{b1.pk} failed")
+    assert (c.result, c.status_message) == ("skipped", f"Skipped: upstream noop part0 #{b1.pk} failed")
     assert pipeline.status == "partial"
-    assert pipeline.last_error == f"noop b1 #{b1.pk}: Error in compute: boom"
+    assert pipeline.last_error == f"noop part0 #{b1.pk}: Error in compute: boom"
 
 
 def test_retry_requeues_failed_jobs_and_their_downstream() -> None:

@@ -12,7 +12,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import ROOT, wait_until, worker_env
+from tests.conftest import ROOT, worker_env
+from tests.support.fixtures import wait_for
 from tests.support.redis_server import free_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.slow]
@@ -47,7 +48,7 @@ def test_run_restarts_a_crashed_worker_and_a_second_sigterm_still_stops_everythi
     )
     log = tmp_path / "run.log"
     try:
-        wait_until(lambda: b"Sluice is running" in log.read_bytes() or proc.poll() is not None, timeout=90,
+        wait_for(lambda: b"Sluice is running" in log.read_bytes() or proc.poll() is not None, timeout=90,
                    interval=0.2, message="make run to come up")
         assert proc.poll() is None, log.read_text()
         supervisor = psutil.Process(proc.pid)
@@ -57,7 +58,7 @@ def test_run_restarts_a_crashed_worker_and_a_second_sigterm_still_stops_everythi
         # when the worker dies
         os.kill(worker.pid, signal.SIGKILL)
         # then the supervisor starts a new one, and keeps running
-        restarted = wait_until(
+        restarted = wait_for(
             lambda: [w for w in _celery_worker_children(supervisor) if w.pid != worker.pid], timeout=30,
             interval=0.2, message="a new worker",
         )
@@ -68,7 +69,7 @@ def test_run_restarts_a_crashed_worker_and_a_second_sigterm_still_stops_everythi
         descendants = [*supervisor.children(recursive=True), *restarted]
         assert _redis_answers(redis_port)
         proc.send_signal(signal.SIGTERM)
-        wait_until(lambda: b"stopping" in log.read_bytes(), timeout=10, message="cleanup to begin")
+        wait_for(lambda: b"stopping" in log.read_bytes(), timeout=10, message="cleanup to begin")
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
             proc.send_signal(signal.SIGTERM)

@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -15,6 +14,7 @@ from django.utils import timezone
 
 from pipelines import services
 from pipelines.models import Job
+from tests.support.fixtures import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -53,8 +53,8 @@ def test_metrics_need_the_token_or_a_staff_login(settings: Any) -> None:
     assert Client(HTTP_AUTHORIZATION="Bearer wrong-token").get("/metrics").status_code == 401
     assert Client(HTTP_AUTHORIZATION=f"Bearer {TOKEN}").get("/metrics").status_code == 200
     plain, staff = Client(), Client()
-    plain.force_login(User.objects.create_user("someone"))
-    staff.force_login(User.objects.create_user("ops", is_staff=True))
+    plain.force_login(UserFactory(username="someone"))
+    staff.force_login(UserFactory(username="ops", is_staff=True))
     assert plain.get("/metrics").status_code == 401
     assert staff.get("/metrics").status_code == 200
     # No token configured: the bearer header opens nothing (an empty token is no secret).
