@@ -14,6 +14,8 @@ from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from ingestion.modules import MODULES
+
 
 class Year(models.Model):
     year = models.IntegerField(verbose_name=_("year"), primary_key=True)
@@ -34,8 +36,6 @@ class Year(models.Model):
 
     @property
     def enabled_modules(self) -> list[str]:
-        from ingestion.modules import MODULES
-
         enabled = (self.config or {}).get("modules")
         return [m for m in MODULES if enabled is None or m in enabled]
 
