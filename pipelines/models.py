@@ -41,17 +41,6 @@ class PipelineStatus(models.TextChoices):
     SUPERSEDED = "superseded"
 
 
-class JobType(models.TextChoices):
-    """Known job types. The column is not constrained to these: handlers plug in."""
-
-    CSV_INGEST = "csv_ingest"
-    FACTOR_INGEST = "factor_ingest"
-    UNIT_SYNC = "unit_sync"
-    EMISSION_RECALC = "emission_recalc"
-    AGGREGATION = "aggregation"
-    NOOP = "noop"
-
-
 DONE_STATUSES = (
     PipelineStatus.SUCCESS,
     PipelineStatus.PARTIAL,

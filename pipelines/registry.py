@@ -115,10 +115,6 @@ def job_types_counting(key: str) -> list[str]:
     return sorted(spec.job_type for spec in _HANDLERS.values() if key in spec.counts)
 
 
-def known_job_types() -> list[str]:
-    return sorted(_HANDLERS)
-
-
 def load_handler_modules() -> None:
     for module in settings.SLUICE_HANDLER_MODULES:
         importlib.import_module(module)
