@@ -204,7 +204,7 @@ class LockedPipeline:
         """Recompute the pipeline's denormalised status and append the events.
 
         Called last in every transition, under the pipeline lock, so the status can
-        never drift from the jobs (SPEC: recomputed on every terminal transition). A
+        never drift from the jobs (it is recomputed on every terminal transition). A
         ``pipeline.update`` event is appended when the status changed, or with the
         kind ``pipeline_event`` when given (planning: ``created``).
         """
