@@ -30,6 +30,7 @@ from typing import Any
 from django.db import OperationalError, connection, transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
+from psycopg import sql
 
 from pipelines.models import Job
 
@@ -50,16 +51,21 @@ class JobCount:
     n: int
 
 
-def _where(conditions: Iterable[tuple[str, Any]], modules: Collection[str] | None) -> tuple[str, list[Any]]:
-    clauses, params = ["TRUE"], []
+def _where(conditions: Iterable[tuple[str, Any]], modules: Collection[str] | None) -> tuple[sql.Composable, list[Any]]:
+    clauses: list[sql.Composable] = [sql.SQL("TRUE")]
+    params: list[Any] = []
     for column, value in conditions:
         if value not in (None, ""):  # as django-filter: an empty value is no filter
-            clauses.append(f"{column} = %s")
+            clauses.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
             params.append(value)
     if modules is not None:  # backoffice.access scope: None = every module
-        clauses.append("module = ANY(%s)")
+        clauses.append(sql.SQL("module = ANY(%s)"))
         params.append(sorted(modules))
-    return " AND ".join(clauses), params
+    return sql.SQL(" AND ").join(clauses), params
+
+
+def _columns(key: Iterable[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(c) for c in key)
 
 
 def job_counts(
@@ -76,8 +82,10 @@ def job_counts(
     )
     with connection.cursor() as cursor:
         cursor.execute(
-            f"""SELECT state, result, job_type, queue, sum(n), count(*) FROM pipelines_job_tally
-                WHERE {where} GROUP BY 1, 2, 3, 4""",  # columns are ours; values are parameters
+            sql.SQL(
+                """SELECT state, result, job_type, queue, sum(n), count(*) FROM pipelines_job_tally
+                   WHERE {} GROUP BY 1, 2, 3, 4"""
+            ).format(where),
             params,
         )
         rows = cursor.fetchall()
@@ -106,8 +114,10 @@ def finished_counts(*, jobs: QuerySet[Job], since: datetime, modules: Collection
         where, params = _where([], modules)
         with connection.cursor() as cursor:
             cursor.execute(
-                f"""SELECT result, sum(n), count(*) FROM pipelines_job_finish_tally
-                    WHERE hour >= %s AND hour < %s AND {where} GROUP BY 1""",
+                sql.SQL(
+                    """SELECT result, sum(n), count(*) FROM pipelines_job_finish_tally
+                       WHERE hour >= %s AND hour < %s AND {} GROUP BY 1"""
+                ).format(where),
                 [first_full, current_hour, *params],
             )
             rows = cursor.fetchall()
@@ -138,26 +148,27 @@ def compact() -> int:
         if not cursor.fetchone()[0]:
             return 0  # another process is compacting
         for table, key in TABLES.items():
-            columns = ", ".join(key)
             cursor.execute(
-                f"""WITH gone AS (DELETE FROM {table} RETURNING {columns}, n),
-                         summed AS (INSERT INTO {table} ({columns}, n)
-                                    SELECT {columns}, sum(n) FROM gone GROUP BY {columns} HAVING sum(n) <> 0
-                                    RETURNING 1)
-                    SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FROM summed)"""
+                sql.SQL(
+                    """WITH gone AS (DELETE FROM {table} RETURNING {columns}, n),
+                            summed AS (INSERT INTO {table} ({columns}, n)
+                                       SELECT {columns}, sum(n) FROM gone GROUP BY {columns} HAVING sum(n) <> 0
+                                       RETURNING 1)
+                       SELECT (SELECT count(*) FROM gone) - (SELECT count(*) FROM summed)"""
+                ).format(table=sql.Identifier(table), columns=_columns(key))
             )
             removed += int(cursor.fetchone()[0])
     return removed
 
 
 _DIRECT = {
-    "pipelines_job_tally": """
+    "pipelines_job_tally": sql.SQL("""
         SELECT p.year, p.module, j.job_type, j.queue, j.state, j.result, count(*)
-        FROM pipelines_job j JOIN pipelines_pipeline p ON p.id = j.pipeline_id GROUP BY 1, 2, 3, 4, 5, 6""",
-    "pipelines_job_finish_tally": """
+        FROM pipelines_job j JOIN pipelines_pipeline p ON p.id = j.pipeline_id GROUP BY 1, 2, 3, 4, 5, 6"""),
+    "pipelines_job_finish_tally": sql.SQL("""
         SELECT date_trunc('hour', j.finished_at, 'UTC'), p.module, j.result, count(*)
         FROM pipelines_job j JOIN pipelines_pipeline p ON p.id = j.pipeline_id
-        WHERE j.finished_at IS NOT NULL GROUP BY 1, 2, 3""",
+        WHERE j.finished_at IS NOT NULL GROUP BY 1, 2, 3"""),
 }
 
 
@@ -173,15 +184,16 @@ def check() -> dict[str, list[tuple[Any, ...]]]:
         if outermost:  # else the caller's transaction decides (a test's, say)
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         for table, key in TABLES.items():
-            columns = ", ".join(key)
             cursor.execute(
                 # UNION ALL + GROUP BY, not a FULL JOIN: keys hold NULLs (a result not yet
                 # known, a module-less year), which a join would never match.
-                f"""WITH direct ({columns}, n) AS ({_DIRECT[table]})
-                    SELECT {columns}, sum(kept)::bigint, sum(counted)::bigint
-                    FROM (SELECT {columns}, n AS kept, 0 AS counted FROM {table}
-                          UNION ALL SELECT {columns}, 0, n FROM direct) AS both_sides
-                    GROUP BY {columns} HAVING sum(kept) <> sum(counted)"""
+                sql.SQL(
+                    """WITH direct ({columns}, n) AS ({direct})
+                       SELECT {columns}, sum(kept)::bigint, sum(counted)::bigint
+                       FROM (SELECT {columns}, n AS kept, 0 AS counted FROM {table}
+                             UNION ALL SELECT {columns}, 0, n FROM direct) AS both_sides
+                       GROUP BY {columns} HAVING sum(kept) <> sum(counted)"""
+                ).format(columns=_columns(key), direct=_DIRECT[table], table=sql.Identifier(table))
             )
             out[table] = [tuple(row) for row in cursor.fetchall()]
     return out
@@ -202,8 +214,9 @@ def rebuild(*, attempts: int = 5) -> None:
                     cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_COMPACT_LOCK])
                 for table, key in TABLES.items():
-                    cursor.execute(f"DELETE FROM {table}")
-                    cursor.execute(f"INSERT INTO {table} ({', '.join(key)}, n) {_DIRECT[table]}")
+                    cursor.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
+                    insert = sql.SQL("INSERT INTO {} ({}, n) {}")
+                    cursor.execute(insert.format(sql.Identifier(table), _columns(key), _DIRECT[table]))
             return
         except OperationalError:  # a serialization failure: a compaction committed meanwhile
             if attempt == attempts - 1:

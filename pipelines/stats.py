@@ -10,6 +10,7 @@ from django.core.exceptions import EmptyResultSet
 from django.db import connection
 from django.db.models import Count, F, FloatField, Func, Q, QuerySet
 from django.utils import timezone
+from psycopg import sql
 
 from pipelines.counters import JobCount
 from pipelines.models import Job, JobResult, JobState
@@ -53,16 +54,18 @@ def _sample(jobs: QuerySet[Job]) -> tuple[dict[str, Sample], Sample]:
         .values_list("job_type", Seconds(F("finished_at"), F("started_at")))[:DURATION_SAMPLE]
     )
     try:
-        sql, params = newest.query.sql_with_params()
+        subquery, params = newest.query.sql_with_params()
     except EmptyResultSet:  # narrowed to nothing (a user whose last module grant went)
         return {}, (0, None, None)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"""SELECT GROUPING(job_type), job_type, count(*),
-                       percentile_cont(0.5) WITHIN GROUP (ORDER BY s::float8),
-                       percentile_cont(0.95) WITHIN GROUP (ORDER BY s::float8)
-                FROM ({sql}) AS sample (job_type, s)
-                GROUP BY ROLLUP (job_type)""",  # the ORM's own SQL; values are parameters
+            sql.SQL(
+                """SELECT GROUPING(job_type), job_type, count(*),
+                          percentile_cont(0.5) WITHIN GROUP (ORDER BY s::float8),
+                          percentile_cont(0.95) WITHIN GROUP (ORDER BY s::float8)
+                   FROM ({}) AS sample (job_type, s)
+                   GROUP BY ROLLUP (job_type)"""
+            ).format(sql.SQL(subquery)),  # the ORM's own SQL; values are parameters
             params,
         )
         rows = cursor.fetchall()

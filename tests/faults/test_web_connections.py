@@ -110,7 +110,7 @@ def test_uploads_answer_again_after_postgresql_dropped_the_web_connections(
 ) -> None:
     # given a web process that has authenticated an upload (before Django: the body limit)
     server = web_server(REDIS_URL=private_redis.url)
-    admin = User.objects.create_user("ops", is_superuser=True, is_staff=True)
+    admin = UserFactory(username="ops", is_superuser=True, is_staff=True)
     headers = {"Authorization": f"Token {Token.objects.create(user=admin).key}"}
     Year.objects.create(year=2035, configured_at=timezone.now())
 
