@@ -34,3 +34,5 @@ JOB_TYPES = (CSV_INGEST, FACTOR_INGEST, EMISSION_RECALC, AGGREGATION, UNIT_SYNC)
 
 # The ingest job type of each upload target.
 INGEST_JOB_TYPES = {TARGET_DATA: CSV_INGEST.name, TARGET_FACTORS: FACTOR_INGEST.name}
+# The job types that load a fetched file (what a scheduled source's fetch feeds).
+LOADING_JOB_TYPES = (CSV_INGEST.name, FACTOR_INGEST.name, UNIT_SYNC.name)

@@ -19,12 +19,12 @@ from rest_framework.response import Response
 
 from backoffice import access
 from ingestion.models import Source, SourceKind, YearRule
-from ingestion.services import YEAR_MAX, YEAR_MIN
 from ingestion.sources import selectors, services
 from pipelines.api.base import ApiView, NewestFirstCursor
 from pipelines.api.errors import error_responses
 from pipelines.api.serializers import ControlInputSerializer, StrictObjectSerializer
 from pipelines.api.views import require_operate
+from pipelines.years import YEAR_MAX, YEAR_MIN
 
 
 class LastRunSerializer(serializers.Serializer):

@@ -7,6 +7,7 @@ from typing import Any, TypedDict
 
 from django.db.models import QuerySet
 
+from ingestion.job_types import LOADING_JOB_TYPES
 from ingestion.models import Source, SourceRun
 from ingestion.sources import schedule
 from pipelines.models import DONE_STATUSES, Job, PipelineStatus
@@ -47,7 +48,7 @@ def _fetch_message(pipeline_id: Any) -> tuple[str, bool]:
     failed = next((j for j in jobs if j[1] == "error"), None)
     if failed is not None:
         return failed[2], unchanged
-    ingest = next((j for j in jobs if j[0] in ("csv_ingest", "factor_ingest", "unit_sync") and j[1] != "skipped"), None)
+    ingest = next((j for j in jobs if j[0] in LOADING_JOB_TYPES and j[1] != "skipped"), None)
     fetch_job = next((j for j in jobs if j[0] == "source_fetch"), None)
     chosen = ingest or fetch_job
     return (chosen[2] if chosen else ""), unchanged

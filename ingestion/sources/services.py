@@ -21,14 +21,16 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from ingestion import parsing
+from ingestion.job_types import CSV_INGEST, FACTOR_INGEST, LOADING_JOB_TYPES, UNIT_SYNC
 from ingestion.models import Source, SourceKind, SourceRun, Upload, Year, YearRule
 from ingestion.modules import MODULES, get_module
-from ingestion.services import YEAR_MAX, YEAR_MIN, _recalc_and_aggregate, upload_storage_dir
+from ingestion.services import _recalc_and_aggregate, upload_storage_dir
 from ingestion.sources import fetch, schedule
 from pipelines.models import DONE_STATUSES, Job, JobResult, JobState, OperatorActionKind, Pipeline
 from pipelines.redaction import redact_urls
 from pipelines.registry import Outcome
 from pipelines.services import ConflictError, JobSpec, operator_action_record, pipeline_plan
+from pipelines.years import YEAR_MAX, YEAR_MIN
 
 if TYPE_CHECKING:
     from pipelines.engine import JobContext
@@ -229,9 +231,9 @@ def source_run_start(*, source_id: int, actor: Any, trigger: str = "manual") -> 
         year = resolve_year(source)
         specs = [JobSpec(key="fetch", job_type=FETCH_JOB, params={"source_id": source.pk})]
         if source.kind == SourceKind.UNIT_DIRECTORY:
-            specs.append(JobSpec(key="unit_sync", job_type="unit_sync", depends_on=("fetch",)))
+            specs.append(JobSpec(key="unit_sync", job_type=UNIT_SYNC.name, depends_on=("fetch",)))
         else:
-            ingest = "csv_ingest" if source.kind == SourceKind.MODULE_DATA else "factor_ingest"
+            ingest = CSV_INGEST.name if source.kind == SourceKind.MODULE_DATA else FACTOR_INGEST.name
             specs.append(JobSpec(key="ingest", job_type=ingest, depends_on=("fetch",)))
             specs += _recalc_and_aggregate(source.module, after=("ingest",))
         pipeline = pipeline_plan(
@@ -381,9 +383,9 @@ def source_fetch_run(*, ctx: JobContext) -> Outcome:
             # is ``not_started`` until this job finishes (in this same transaction's
             # commit), so nobody reads its params yet; a retry of it reads them again.
             following = Job.objects.filter(pipeline_id=ctx.pipeline_id, state=JobState.NOT_STARTED,
-                                           job_type__in=("csv_ingest", "factor_ingest", "unit_sync"))
+                                           job_type__in=LOADING_JOB_TYPES)
             for job in following:
-                extra = ({"source": str(stored.path)} if job.job_type == "unit_sync"
+                extra = ({"source": str(stored.path)} if job.job_type == UNIT_SYNC.name
                          else {"upload_id": upload.pk})
                 Job.objects.filter(pk=job.pk).update(params={**(job.params or {}), **extra})
             Source.objects.filter(pk=source.pk).update(
