@@ -293,7 +293,7 @@ def test_the_french_console_has_no_english_left(open_page: Any, synced_year: Any
         year=2026, module="headcount", target="data_entries", file=io.BytesIO(ALL_REJECTED),
         filename="all-bad.csv", actor=None,
     )
-    wait_until(lambda: Pipeline.objects.get(pk=rejected.pk).is_done, timeout=90, message="rejected upload")
+    wait_for(lambda: Pipeline.objects.get(pk=rejected.pk).is_done, timeout=90, message="rejected upload")
     make_staff("admin", superuser=True)
     page = open_page("admin", CONSOLE, locale="fr-FR")
     page.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
