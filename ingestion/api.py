@@ -10,6 +10,10 @@ Thin views over ``ingestion.services`` / ``ingestion.selectors``. Access:
   active pipelines too), totals and uploads;
 - creating, configuring and opening years: operators without module restrictions
   (a year spans every module); uploading: operators granted that module.
+
+Over ~400 lines on purpose: it is mostly declarations (each view's input and output
+serializers, which the published schema is built from) of one resource family, read
+together with the access rules above; split it by resource if it grows further.
 """
 
 from __future__ import annotations
