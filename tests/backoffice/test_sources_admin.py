@@ -80,7 +80,7 @@ def test_the_cards_page_speaks_french() -> None:
 
     page = client.get("/admin/ingestion/source/cards/", HTTP_ACCEPT_LANGUAGE="fr").content.decode()
 
-    for words in ("Exécuter maintenant", "Suspendre", "Prochaine exécution", "Toutes les 2 heures",
+    for words in ("Exécuter maintenant", "Mettre en pause", "Prochaine exécution", "Toutes les 2 heures",
                   "jamais exécutée", "facteurs d&#x27;émission du module", "aucune exécution terminée"):
         assert words in page, words
     for english in ("Run now", "Next run", "Every 2 hours", "never run"):
