@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 from django.conf import settings
+from django.utils import translation
 
 import tests.support.handlers  # noqa: F401 - the test process plans the test job kinds too
 from tests.support.fixtures import wait_for
@@ -135,6 +136,15 @@ def worker_factory(django_db_setup: Any) -> Iterator[Callable[..., WorkerProcess
     yield start
     for w in started:
         w.stop()
+
+
+@pytest.fixture(autouse=True)
+def _default_language() -> Iterator[None]:
+    """Every test ends in the default language: a test that renders a page in French
+    leaves its thread's translation active, and a later test's English output (a
+    management command, a status message) would read French."""
+    yield
+    translation.deactivate()
 
 
 # The name tests written before ``tests.support.fixtures`` import (same helper).
