@@ -60,11 +60,6 @@ def reap() -> dict[str, list[int]]:
     return {"recovered": report.recovered, "failed": report.failed, "redispatched": report.redispatched}
 
 
-@shared_task(name="sluice.purge", ignore_result=True)
-def purge() -> int:
-    return reaper.purge_old()
-
-
 @shared_task(name="sluice.compact_counters", ignore_result=True)
 def compact_counters() -> int:
     return counters.compact()

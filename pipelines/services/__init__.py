@@ -29,7 +29,7 @@ from pipelines.services.controls import (
     queue_resume,
 )
 from pipelines.services.planning import JobSpec, pipeline_plan, pipeline_start_noop
-from pipelines.services.reaper import ReapReport, job_process_lost, purge_old, reap
+from pipelines.services.reaper import ReapReport, job_process_lost, reap
 from pipelines.services.worker_side import (
     Claim,
     job_claim,
@@ -66,7 +66,6 @@ __all__ = [
     "pipeline_plan",
     "pipeline_retry",
     "pipeline_start_noop",
-    "purge_old",
     "queue_pause",
     "queue_resume",
     "reap",

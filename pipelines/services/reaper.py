@@ -20,7 +20,7 @@ from django.utils.translation import gettext_noop
 
 from pipelines import dispatch
 from pipelines.messages import Message, msg
-from pipelines.models import DONE_STATUSES, Job, JobState, OperatorActionKind, Pipeline, QueueState
+from pipelines.models import Job, JobState, OperatorActionKind, QueueState
 from pipelines.services.audit import operator_action_record
 from pipelines.services.controls import requeue_lost_attempt
 from pipelines.services.locked_pipeline import LockedPipeline, unfinished_closure
@@ -152,10 +152,3 @@ def _queue_depths() -> dict[str, int]:
     except Exception:
         logger.warning("could not read queue depths", exc_info=True)
         return {q: 1 for q in settings.SLUICE_QUEUES}
-
-
-def purge_old(*, days: int | None = None) -> int:
-    """Delete finished pipelines (with their jobs and events) older than the retention."""
-    cutoff = timezone.now() - timedelta(days=days or settings.SLUICE_RETENTION_DAYS)
-    deleted, _ = Pipeline.objects.filter(status__in=DONE_STATUSES, finished_at__lt=cutoff).delete()
-    return deleted
