@@ -36,6 +36,8 @@ prop-long: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	# The layer and no-loop contracts of docs/ARCHITECTURE.md ([tool.importlinter] in pyproject.toml).
+	$(BIN)/lint-imports --no-logo
 	# mypy's Django plugin loads the settings, which refuse to start without a key when
 	# DEBUG is off: a throwaway one (nothing is served).
 	DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-mypy-only-not-a-secret} $(BIN)/mypy

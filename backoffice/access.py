@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar, overload
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
 from django.db.models import Q, QuerySet
 
 from backoffice.models import ModuleGrant
@@ -60,9 +62,6 @@ def reload(user: Any) -> Any:
     A user object caches its permissions on first use, and ``is_active`` is as of the
     login; a fresh read sees a deactivation, a lost role or a changed grant.
     """
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.models import AnonymousUser
-
     if not user or not user.is_authenticated:
         return user
     return get_user_model().objects.filter(pk=user.pk).first() or AnonymousUser()

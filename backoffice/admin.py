@@ -29,6 +29,7 @@ from django_celery_beat.models import (
 )
 
 from backoffice import access, admin_controls, console_views, labels, retention_views, sources_page, views
+from backoffice.api.filters import SHORT_ID
 from backoffice.models import ModuleGrant
 from backoffice.pipeline_detail import META_LABELS
 from ingestion import selectors as ingestion_selectors
@@ -38,7 +39,6 @@ from ingestion.models import Source, Upload, Year
 from ingestion.sources import schedule as source_schedule
 from ingestion.sources import services as source_services
 from pipelines import messages as status_messages
-from pipelines.api.filters import SHORT_ID
 from pipelines.events import counts_of
 from pipelines.models import Job, OperatorAction, Pipeline, QueueState
 from pipelines.services import ConflictError

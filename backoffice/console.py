@@ -22,10 +22,11 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from backoffice import access, labels, live
+from backoffice.api.filters import PipelineFilter
 from pipelines import alerts, events, stats
 from pipelines import counters as kept_counters
-from pipelines.api.filters import PipelineFilter
 from pipelines.models import Job, JobResult, JobState, OperatorAction, Pipeline, QueueState
+from workers.selectors import queue_list, worker_list
 
 PAGE_SIZE = 20
 
@@ -191,8 +192,6 @@ def queues_and_workers(*, inspect_timeout: float) -> dict[str, Any]:
     """Per queue: depth, waiting jobs and the oldest one's age, running, consumers, pause
     (who, when, why); per worker: what Celery's inspect answered, and the newest heartbeat
     its running jobs sent (the worker's own liveness, from the database)."""
-    from workers.selectors import queue_list, worker_list
-
     try:
         workers = list(worker_list(timeout=inspect_timeout))
     except Exception:  # noqa: BLE001 - broker down: no live worker rather than a 500

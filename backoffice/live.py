@@ -29,6 +29,7 @@ from types import SimpleNamespace
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs
 
+from channels.layers import get_channel_layer
 from django.db import connection, transaction
 from django.utils import translation
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -431,8 +432,6 @@ _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakK
 
 def hub() -> Hub:
     """The hub of the running event loop (one per server process; one per test loop)."""
-    from channels.layers import get_channel_layer
-
     loop = asyncio.get_running_loop()
     layer = get_channel_layer()
     current = _hubs.get(loop)

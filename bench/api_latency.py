@@ -139,7 +139,7 @@ def cursor_at(offset: int) -> str:
     """A cursor positioned ``offset`` pipelines into the newest-first order."""
     from rest_framework.pagination import Cursor
 
-    from pipelines.api.base import NewestFirstCursor
+    from backoffice.api.base import NewestFirstCursor
     from pipelines.models import Pipeline
 
     created = Pipeline.objects.order_by("-created_at", "-id").values_list("created_at", flat=True)[offset]
@@ -184,8 +184,8 @@ def parts(user: Any, rounds: int = 5) -> dict[str, float]:
     from django.http import QueryDict
 
     from backoffice import console
+    from backoffice.api import selectors
     from pipelines import alerts, stats
-    from pipelines.api import selectors
     from pipelines.models import Job
 
     reads: dict[str, Any] = {f"alert_{kind}": (lambda kind=kind: alerts.alert_jobs(kind, Job.objects.all()).count())

@@ -7,7 +7,7 @@ from django.urls import include, path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from backoffice.api_auth import TokenObtainView
+from backoffice.api.auth import TokenObtainView
 
 
 @csrf_exempt
@@ -19,9 +19,9 @@ def not_found(request: HttpRequest, *args: object, **kwargs: object) -> JsonResp
 urlpatterns = [
     # username + password → the user's token (curl-friendly; also `manage.py sluice_token issue`).
     path("v1/auth/token/", TokenObtainView.as_view(), name="api-token"),
-    path("v1/", include("pipelines.api.urls")),
-    path("v1/", include("ingestion.api")),
-    path("v1/", include("ingestion.sources.api")),
+    path("v1/", include("backoffice.api.urls")),
+    path("v1/", include("backoffice.api.ingestion")),
+    path("v1/", include("backoffice.api.sources")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"^[\s\S]*$", not_found),  # any rest, newlines (%0A) too: never Django's HTML 404

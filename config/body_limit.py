@@ -25,7 +25,8 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.urls import Resolver404, resolve
 
-from config.middleware import RETRY_AFTER_SECONDS, service_unavailable
+from backoffice.api.auth import user_from_credentials
+from backoffice.api.errors import RETRY_AFTER_SECONDS, service_unavailable
 
 # URL names that take a file upload (multipart): the large limit, and authentication first.
 UPLOAD_URL_NAMES = frozenset({"upload-create"})
@@ -61,8 +62,6 @@ def _too_large(limit: int) -> tuple[int, str, str]:
 
 
 def _user_outside_a_request(authorization: str, session_key: str | None) -> Any:
-    from backoffice.api_auth import user_from_credentials
-
     # No Django request wraps this query, so nothing else recycles the connection: without
     # these, one broken by a PostgreSQL restart failed every later upload (found by
     # schemathesis, issue 18), and a healthy one stayed checked out of the pool.

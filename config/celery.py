@@ -1,4 +1,9 @@
-"""The Celery application. Settings live in Django settings under ``CELERY_``."""
+"""The Celery application. Settings live in Django settings under ``CELERY_``.
+
+This module is imported while the settings load (``config/__init__.py``), before any
+Django app is ready: the signal handlers import the app code they start when they run.
+Other code reaches this app as ``celery.current_app``, so nothing imports ``config``.
+"""
 
 from __future__ import annotations
 

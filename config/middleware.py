@@ -2,7 +2,8 @@
 
 Reached only by errors nothing closer handled: views that can degrade (throttles, the
 upload dispatch) do so themselves (docs/RELIABILITY.md). DRF views answer through the
-API's exception handler (``pipelines.api.errors``), which uses ``service_unavailable``.
+API's exception handler (``backoffice.api.errors``), where ``service_unavailable`` (which
+exceptions mean PostgreSQL or Redis is unreachable) lives.
 """
 
 from __future__ import annotations
@@ -10,24 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from backoffice.api.errors import RETRY_AFTER_SECONDS, service_unavailable
+
 logger = logging.getLogger(__name__)
-
-RETRY_AFTER_SECONDS = 5
-
-
-def service_unavailable(exc: Exception) -> tuple[str, str] | None:
-    if isinstance(exc, OperationalError | InterfaceError):
-        return "database_unavailable", "The database is unreachable or busy; try again in a few seconds."
-    import kombu.exceptions
-    import redis.exceptions
-
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
-                  | kombu.exceptions.OperationalError):
-        return "redis_unavailable", "The message broker (Redis) is unreachable; try again in a few seconds."
-    return None
 
 
 class ServiceUnavailableMiddleware:

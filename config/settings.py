@@ -66,8 +66,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "pipelines.api.errors.ApiErrorMiddleware",  # JSON 500 with a request id under /api/
-    "pipelines.api.errors.SingleValuedQueryMiddleware",  # ?year=1&year=2 is a 400 under /api/
+    "backoffice.api.errors.ApiErrorMiddleware",  # JSON 500 with a request id under /api/
+    "backoffice.api.errors.SingleValuedQueryMiddleware",  # ?year=1&year=2 is a 400 under /api/
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -324,7 +324,7 @@ LOGGING = {
 }
 
 # --- API (extra) ---------------------------------------------------------------------------
-REST_FRAMEWORK["EXCEPTION_HANDLER"] = "pipelines.api.errors.exception_handler"
+REST_FRAMEWORK["EXCEPTION_HANDLER"] = "backoffice.api.errors.exception_handler"
 # JSON bodies only (uploads declare multipart themselves): the OpenAPI document lists
 # exactly the content types a view accepts, and a form-encoded PATCH cannot smuggle
 # a string where the document says an object (issue 18).
@@ -351,7 +351,7 @@ SLUICE_SSE_PING_SECONDS = env_float("SLUICE_SSE_PING_SECONDS", 15.0, minimum=0.1
 SLUICE_LIVE_ACCESS_RECHECK_SECONDS = env_float("SLUICE_LIVE_ACCESS_RECHECK_SECONDS", 3.0, minimum=0.1)
 SLUICE_INSPECT_TIMEOUT = env_float("SLUICE_INSPECT_TIMEOUT", 0.5, minimum=0.05)
 SLUICE_ALERT_WINDOW_HOURS = env_float("SLUICE_ALERT_WINDOW_HOURS", 168.0, minimum=1.0)
-REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "pipelines.api.schema.AutoSchema"
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "backoffice.api.schema.AutoSchema"
 # The event ``type`` enum keeps its published name next to the live messages' own.
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "TypeEnum": ["job.update", "pipeline.update"],
@@ -359,11 +359,11 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "SourceKindEnum": "ingestion.models.SourceKind",
 }
 SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
-    "pipelines.api.schema.add_live_components",  # SSE/WebSocket messages (before enums are named)
+    "backoffice.api.schema.add_live_components",  # SSE/WebSocket messages (before enums are named)
     "drf_spectacular.hooks.postprocess_schema_enums",
-    "pipelines.api.schema.add_stream_path",
-    "pipelines.api.schema.add_links",  # OpenAPI links each app declares beside its views
-    "pipelines.api.schema.add_nul_free_query_strings",
+    "backoffice.api.schema.add_stream_path",
+    "backoffice.api.schema.add_links",  # OpenAPI links each app declares beside its views
+    "backoffice.api.schema.add_nul_free_query_strings",
 ]
 
 # --- Security: login throttling, offline API docs (issue 8) -------------------------------
@@ -376,7 +376,7 @@ SPECTACULAR_SETTINGS["REDOC_DIST"] = "SIDECAR"
 SPECTACULAR_SETTINGS["SWAGGER_UI_SETTINGS"] = {"deepLinking": True, "validatorUrl": None}
 # django-axes locks the admin login of a client IP after repeated failures (429 + Retry-After).
 AUTHENTICATION_BACKENDS = [
-    "backoffice.api_auth.AdminLoginLockoutBackend",
+    "backoffice.api.auth.AdminLoginLockoutBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last, as axes requires
@@ -384,7 +384,7 @@ AXES_ONLY_ADMIN_SITE = True
 AXES_FAILURE_LIMIT = env_int("SLUICE_ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = env_float("SLUICE_ADMIN_LOGIN_COOLOFF_MINUTES", 15.0, minimum=0.1) / 60  # hours
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "backoffice.api_auth.admin_lockout_response"
+AXES_LOCKOUT_CALLABLE = "backoffice.api.auth.admin_lockout_response"
 # Behind a reverse proxy, REMOTE_ADDR is the proxy: list the header it sets, e.g. HTTP_X_FORWARDED_FOR.
 AXES_IPWARE_META_PRECEDENCE_ORDER = env_list("SLUICE_CLIENT_IP_HEADERS", ["REMOTE_ADDR"])
 

@@ -215,7 +215,7 @@ MODULES: dict[str, ModuleDef] = {
 
 
 class UnknownModule(LookupError):
-    # How the API answers it (pipelines.api.errors matches ``status`` and ``code``).
+    # How the API answers it (backoffice.api.errors matches ``status`` and ``code``).
     status = 404
     code = "unknown_module"
 

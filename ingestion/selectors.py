@@ -152,7 +152,7 @@ def year_detail(*, year: int) -> dict[str, Any]:
         "modules": modules,
         "incomplete_reasons": all_reasons,
         "can_open": not all_reasons,
-        # With their modules so callers narrow them (``ingestion.api``) before showing ids.
+        # With their modules so callers narrow them (``backoffice.api.ingestion``) before showing ids.
         "active_pipelines": [{"id": str(pk), "module": m} for pk, m in active.values_list("id", "module")],
     }
 

@@ -141,10 +141,8 @@ def _held_by_live_workers(task_ids: list[str]) -> set[str]:
     """The ones of ``task_ids`` that a worker answering now runs, has reserved or scheduled."""
     if not task_ids:
         return set()
-    from config.celery import app
-
     try:
-        replies = app.control.inspect(timeout=INSPECT_TIMEOUT).query_task(*task_ids) or {}
+        replies = current_app.control.inspect(timeout=INSPECT_TIMEOUT).query_task(*task_ids) or {}
     except Exception:  # no answer: treated as held by nobody (a re-send is safe)
         logger.warning("could not ask the workers which tasks they hold", exc_info=True)
         return set()

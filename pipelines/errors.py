@@ -2,7 +2,7 @@
 
 ``DomainError`` is the one base every app's refusals subclass (the engine's and
 ingestion's alike): it carries the HTTP ``status`` and the machine ``code`` the API
-answers with (``pipelines.api.errors``), so the API layer recognises a domain refusal
+answers with (``backoffice.api.errors``), so the API layer recognises a domain refusal
 by its class, not by its name or its shape.
 """
 

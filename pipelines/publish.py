@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,6 @@ def _own_layer() -> Any:
     server's loop, so sharing it from this thread fails ("bound to a different event
     loop"). The instance is built from the same settings.
     """
-    from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
-
     if DEFAULT_CHANNEL_LAYER not in getattr(channel_layers, "configs", {}):
         return None
     return channel_layers.make_backend(DEFAULT_CHANNEL_LAYER)

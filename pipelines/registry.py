@@ -68,7 +68,7 @@ class HandlerSpec:
 
 
 class UnknownJobType(LookupError):
-    # How the API answers it (pipelines.api.errors matches ``status`` and ``code``).
+    # How the API answers it (backoffice.api.errors matches ``status`` and ``code``).
     status = 400
     code = "unknown_job_type"
 

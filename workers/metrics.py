@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
@@ -25,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from pipelines.dispatch import queue_depths
 from pipelines.models import Job, JobEvent, JobState, QueueState
 
 logger = logging.getLogger(__name__)
@@ -35,8 +37,6 @@ ACTIVE_STATES = [JobState.NOT_STARTED, JobState.QUEUED, JobState.RUNNING]
 
 class SluiceCollector(Collector):
     def collect(self) -> Iterator[Any]:
-        from pipelines.dispatch import queue_depths
-
         depth = GaugeMetricFamily("sluice_queue_depth", "Messages waiting in the Redis queue", labels=["queue"])
         try:
             for queue, n in queue_depths().items():
@@ -74,8 +74,6 @@ class SluiceCollector(Collector):
         yield events
 
     def _durations(self, since: datetime) -> Iterator[Any]:
-        from django.db import connection
-
         hist = HistogramMetricFamily(
             "sluice_job_duration_seconds",
             "Durations of finished jobs created within SLUICE_METRICS_WINDOW_SECONDS",

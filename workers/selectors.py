@@ -5,10 +5,12 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypedDict
 
+from celery import current_app
 from django.conf import settings
 from django.db.models import Count, Min
 from django.utils import timezone
 
+from pipelines.dispatch import queue_depths
 from pipelines.models import Job, JobState, QueueState
 from workers.heartbeat import heartbeats
 
@@ -34,9 +36,7 @@ class WorkerInfo(TypedDict):
 
 def worker_list(*, timeout: float = 1.0) -> list[WorkerInfo]:
     """Live workers from Celery's broadcast inspect (answers within ``timeout``)."""
-    from config.celery import app
-
-    inspect = app.control.inspect(timeout=timeout)
+    inspect = current_app.control.inspect(timeout=timeout)
     # Each broadcast waits its whole timeout for replies: ask the three at once.
     with ThreadPoolExecutor(max_workers=3) as pool:
         futures = [pool.submit(fn) for fn in (inspect.stats, inspect.active, inspect.active_queues)]
@@ -66,8 +66,6 @@ def worker_list(*, timeout: float = 1.0) -> list[WorkerInfo]:
 
 
 def queue_list(*, workers: list[WorkerInfo] | None = None) -> list[QueueInfo]:
-    from pipelines.dispatch import queue_depths
-
     try:
         depths: dict[str, int | None] = dict(queue_depths())
     except Exception:  # noqa: BLE001 - show the rest even if Redis is unreachable

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import psycopg
+import redis
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from psycopg.conninfo import make_conninfo
 
 # A readiness probe answers within a few seconds even when a server is blackholed.
 PROBE_TIMEOUT_SECONDS = 2
@@ -11,9 +14,6 @@ PROBE_TIMEOUT_SECONDS = 2
 def _postgres() -> str:
     """A fresh connection, not one from the web process's pool: the pool would wait its
     whole timeout for a server that is gone, and a pooled connection may be stale."""
-    import psycopg
-    from psycopg.conninfo import make_conninfo
-
     db = settings.DATABASES["default"]
     params = {
         "dbname": db["NAME"], "user": db.get("USER") or None, "password": db.get("PASSWORD") or None,
@@ -29,8 +29,6 @@ def _postgres() -> str:
 
 
 def _redis() -> str:
-    import redis
-
     client = redis.Redis.from_url(
         settings.CELERY_BROKER_URL,
         socket_connect_timeout=PROBE_TIMEOUT_SECONDS,

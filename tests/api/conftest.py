@@ -16,7 +16,7 @@ from django.core.cache import caches
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from backoffice.api_auth import TOKEN_THROTTLE_CACHE, LoginRateThrottle
+from backoffice.api.auth import TOKEN_THROTTLE_CACHE, LoginRateThrottle
 from pipelines.models import Pipeline
 from tests.support.browser import Server
 from tests.support.fixtures import UserFactory, small_dag, standard_roles

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError as DjangoValidationError
 
+from backoffice.api import stream
 from ingestion.modules import UnknownModule
 from ingestion.parsing import FileRejected
 from ingestion.services import UploadRejected
 from pipelines import services
-from pipelines.api import stream
 from pipelines.models import Job
 from pipelines.registry import UnknownJobType
 

@@ -9,7 +9,7 @@ from django.core.cache import caches
 from django.test import Client
 from rest_framework.test import APIClient
 
-from backoffice.api_auth import LoginRateThrottle
+from backoffice.api.auth import LoginRateThrottle
 
 pytestmark = pytest.mark.django_db
 

@@ -12,7 +12,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from backoffice.api_auth import TokenRateThrottle
+from backoffice.api.auth import TokenRateThrottle
 from pipelines.models import Job, JobResult, JobState, OperatorAction, QueueState
 from tests.api.conftest import OTHER_MODULE
 

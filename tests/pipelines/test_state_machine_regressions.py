@@ -85,7 +85,7 @@ def test_a_retry_that_would_reset_a_running_job_is_a_conflict_naming_it() -> Non
 
 
 def test_an_illegal_transition_that_escapes_answers_409_not_500() -> None:
-    from pipelines.api.errors import exception_handler
+    from backoffice.api.errors import exception_handler
     from pipelines.services import IllegalTransition
 
     response = exception_handler(IllegalTransition("job 1: finished → running is not allowed"), {})

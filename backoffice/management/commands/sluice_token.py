@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from backoffice.api_auth import token_issue, token_revoke
+from backoffice.api.auth import token_issue, token_revoke
 
 
 class Command(BaseCommand):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from celery import current_app as app
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
@@ -15,8 +16,6 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=3.0)
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        from config.celery import app
-
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         with app.connection_for_read() as conn:

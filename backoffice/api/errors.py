@@ -22,9 +22,12 @@ import re
 import uuid
 from typing import Any
 
+import kombu.exceptions
+import redis.exceptions
 from django.core.exceptions import ObjectDoesNotExist
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
 from drf_spectacular.utils import OpenApiResponse
@@ -33,7 +36,6 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
-from config.middleware import RETRY_AFTER_SECONDS, service_unavailable
 from pipelines.errors import ConflictError
 
 logger = logging.getLogger("sluice.api")
@@ -42,6 +44,22 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's own id is reused (so a proxy's id links its log to ours) only if it is short
 # and plain: it goes into a header and a log line.
 _CALLER_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+RETRY_AFTER_SECONDS = 5
+
+
+def service_unavailable(exc: Exception) -> tuple[str, str] | None:
+    """PostgreSQL or Redis unreachable: the (code, detail) of a 503, else None.
+
+    Used here, by the 503 middleware (``config.middleware``) and by the body limit
+    (``config.body_limit``), so every surface names the same codes.
+    """
+    if isinstance(exc, OperationalError | InterfaceError):
+        return "database_unavailable", "The database is unreachable or busy; try again in a few seconds."
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+                  | kombu.exceptions.OperationalError):
+        return "redis_unavailable", "The message broker (Redis) is unreachable; try again in a few seconds."
+    return None
 
 
 class ErrorSerializer(serializers.Serializer):

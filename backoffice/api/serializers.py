@@ -91,7 +91,7 @@ class EventSerializer(serializers.Serializer):
 
 
 # --- live messages (SSE frames and WebSocket messages) -------------------------------------
-# Not returned by a DRF view: ``pipelines.api.schema.add_live_components`` registers them
+# Not returned by a DRF view: ``backoffice.api.schema.add_live_components`` registers them
 # as components, the SSE operation and docs/LIVE.md point at them, and the tests validate
 # every event they receive against them.
 
@@ -215,7 +215,7 @@ class JsonInputSerializer(serializers.Serializer):
     """A JSON request body, validated exactly as the OpenAPI document describes it.
 
     Every value has the JSON type its field documents (no coercion). Object rules are
-    class attributes read by both the validation and the schema (``pipelines.api.schema``):
+    class attributes read by both the validation and this OpenAPI document:
     ``reject_unknown_keys`` — a key the serializer does not declare is a 400 naming it
     (``additionalProperties: false``), so a typo is never silently dropped;
     ``min_properties`` — at least that many keys (``minProperties``).

@@ -12,14 +12,14 @@ from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from backoffice.api import selectors
+from backoffice.api.base import ApiView
+from backoffice.api.errors import error_responses
+from backoffice.api.filters import StatsFilter
+from backoffice.api.permissions import CanOperateAllModules, CanView
+from backoffice.api.schema import declare_links, link
+from backoffice.api.serializers import ControlInputSerializer, query_input
 from pipelines import alerts, services
-from pipelines.api import selectors
-from pipelines.api.base import ApiView
-from pipelines.api.errors import error_responses
-from pipelines.api.filters import StatsFilter
-from pipelines.api.permissions import CanOperateAllModules, CanView
-from pipelines.api.schema import declare_links, link
-from pipelines.api.serializers import ControlInputSerializer, query_input
 from pipelines.models import Job
 from workers.selectors import queue_list, worker_list
 

@@ -13,8 +13,8 @@ from rest_framework.request import Request
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
-from backoffice.api_auth import TokenRateThrottle
-from pipelines.api.permissions import CanView
+from backoffice.api.auth import TokenRateThrottle
+from backoffice.api.permissions import CanView
 
 
 class ApiView(APIView):

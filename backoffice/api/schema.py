@@ -9,6 +9,8 @@ from drf_spectacular.openapi import AutoSchema as BaseAutoSchema
 from drf_spectacular.utils import PolymorphicProxySerializer
 from rest_framework.views import APIView
 
+from backoffice.api.serializers import LIVE_EVENTS, WEBSOCKET_MESSAGES
+
 # A string the API stores or filters on cannot hold U+0000 (PostgreSQL refuses it; DRF and
 # Django forms answer 400): request strings and query parameters say so.
 NUL_FREE = "^[^\\u0000]*$"
@@ -65,8 +67,6 @@ class AutoSchema(BaseAutoSchema):
 
 def add_stream_path(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
     """Document the SSE endpoint (a plain async Django view, invisible to DRF)."""
-    from pipelines.api.serializers import LIVE_EVENTS
-
     result.setdefault("paths", {})["/api/v1/pipelines/{pipeline_id}/stream/"] = {
         "get": {
             "operationId": "v1_pipelines_stream_retrieve",
@@ -122,10 +122,8 @@ def add_live_components(result: dict[str, Any], generator: Any, request: Any, pu
     """Register the SSE and WebSocket message shapes as components (no DRF view returns them).
 
     Resolved by the same AutoSchema as every response, from the serializers in
-    ``pipelines.api.serializers``; runs before the enum hook so their enums are named alike.
+    ``backoffice.api.serializers``; runs before the enum hook so their enums are named alike.
     """
-    from pipelines.api.serializers import LIVE_EVENTS, WEBSOCKET_MESSAGES
-
     auto = AutoSchema()
     auto.registry = generator.registry
     auto.method, auto.path, auto.view = "GET", "/", APIView()

@@ -31,7 +31,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.http.response import HttpResponseBase
 
 from backoffice import access
-from backoffice.api_auth import aauthenticate
+from backoffice.api.auth import aauthenticate
 from pipelines import selectors
 from pipelines.models import DONE_STATUSES, Pipeline
 

@@ -20,15 +20,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from backoffice import access
-from pipelines import selectors as pipeline_selectors
-from pipelines import services
-from pipelines.api import selectors
-from pipelines.api.base import ApiView, NewestFirstCursor
-from pipelines.api.errors import error_responses
-from pipelines.api.filters import YEAR_MAX, YEAR_MIN, JobFilter, PipelineFilter
-from pipelines.api.permissions import CanView
-from pipelines.api.schema import declare_links, job_links, pipeline_links
-from pipelines.api.serializers import (
+from backoffice.api import selectors
+from backoffice.api.base import ApiView, NewestFirstCursor
+from backoffice.api.errors import error_responses
+from backoffice.api.filters import YEAR_MAX, YEAR_MIN, JobFilter, PipelineFilter
+from backoffice.api.permissions import CanView
+from backoffice.api.schema import declare_links, job_links, pipeline_links
+from backoffice.api.serializers import (
     AcceptedSerializer,
     ControlInputSerializer,
     EventSerializer,
@@ -39,6 +37,9 @@ from pipelines.api.serializers import (
     PipelineItemSerializer,
     query_input,
 )
+from ingestion import services as ingestion_services
+from pipelines import selectors as pipeline_selectors
+from pipelines import services
 from pipelines.events import job_dict, pipeline_dict
 from pipelines.models import DONE_STATUSES, Job, Pipeline
 
@@ -138,8 +139,6 @@ class PipelineListView(ListAPIView):
         year, module = data.validated_data.get("year"), data.validated_data.get("module")
         if kind == "recalculate":
             require_operate(request.user, module)
-            from ingestion import services as ingestion_services
-
             try:
                 pipeline = ingestion_services.pipeline_start_recalculate(year=year, module=module, actor=request.user)
             except LookupError as exc:  # unknown module
@@ -148,9 +147,7 @@ class PipelineListView(ListAPIView):
             # Year-wide and engine-wide kinds: only operators not narrowed to modules.
             require_operate(request.user, None)
             if kind == "unit_sync":
-                from ingestion import services as ingestion_services
-
-                pipeline = ingestion_services.pipeline_start_unit_sync(year=year, actor=request.user)
+                    pipeline = ingestion_services.pipeline_start_unit_sync(year=year, actor=request.user)
             else:
                 pipeline = services.pipeline_start_noop(actor=request.user, year=year)
         pipeline = Pipeline.objects.prefetch_related("jobs").get(pk=pipeline.pk)

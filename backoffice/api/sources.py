@@ -18,12 +18,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from backoffice import access
+from backoffice.api.base import ApiView, NewestFirstCursor
+from backoffice.api.errors import error_responses
+from backoffice.api.serializers import ControlInputSerializer, StrictObjectSerializer
+from backoffice.api.views import require_operate
 from ingestion.models import Source, SourceKind, YearRule
 from ingestion.sources import selectors, services
-from pipelines.api.base import ApiView, NewestFirstCursor
-from pipelines.api.errors import error_responses
-from pipelines.api.serializers import ControlInputSerializer, StrictObjectSerializer
-from pipelines.api.views import require_operate
 from pipelines.years import YEAR_MAX, YEAR_MIN
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from pipelines.api import ops, stream, views
+from backoffice.api import ops, stream, views
 
 urlpatterns = [
     path("pipelines/", views.PipelineListView.as_view(), name="pipeline-list"),

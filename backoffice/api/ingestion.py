@@ -32,14 +32,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from backoffice import access
+from backoffice.api.base import ApiView
+from backoffice.api.errors import PayloadTooLarge, error_responses
+from backoffice.api.schema import NUL_FREE, declare_links, job_links, link, pipeline_links
+from backoffice.api.serializers import JsonInputSerializer, StrictObjectSerializer, query_input
+from backoffice.api.views import require_operate
 from ingestion import selectors, services
 from ingestion.models import Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGETS
-from pipelines.api.base import ApiView
-from pipelines.api.errors import PayloadTooLarge, error_responses
-from pipelines.api.schema import NUL_FREE, declare_links, job_links, link, pipeline_links
-from pipelines.api.serializers import JsonInputSerializer, StrictObjectSerializer, query_input
-from pipelines.api.views import require_operate
 from pipelines.years import YEAR_MAX, YEAR_MIN
 
 # --- modules ------------------------------------------------------------------------------

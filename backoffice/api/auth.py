@@ -30,7 +30,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
-from pipelines.api.errors import ErrorSerializer, error_responses
+from backoffice.api.errors import ErrorSerializer, error_responses
 from pipelines.models import OperatorActionKind
 from pipelines.services import operator_action_record
 

@@ -12,8 +12,9 @@ from typing import Any
 from django.db.models import Prefetch, QuerySet
 
 from backoffice import access
+from backoffice.api.filters import StatsFilter, validated
+from ingestion import selectors as ingestion_selectors
 from pipelines import counters, events, selectors, stats
-from pipelines.api.filters import StatsFilter, validated
 from pipelines.models import Job, Pipeline
 from pipelines.redaction import redact_values
 
@@ -128,8 +129,6 @@ def job_detail(*, job: Job) -> dict[str, Any]:
 
 def job_row_errors(*, job: Job) -> Iterator[dict[str, Any]]:
     """Every row error of a job: from ingestion's full store when it has one, else meta."""
-    from ingestion import selectors as ingestion_selectors
-
     found = False
     for error in ingestion_selectors.job_row_errors(job_id=job.pk):
         found = True

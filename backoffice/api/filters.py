@@ -18,8 +18,8 @@ from django.db.models import Q, QuerySet
 from drf_spectacular.utils import extend_schema_field
 from rest_framework.exceptions import ValidationError
 
+from backoffice.api.serializers import INTEGER
 from pipelines import alerts
-from pipelines.api.serializers import INTEGER
 from pipelines.models import Job, JobResult, JobState, Pipeline, PipelineStatus
 
 SHORT_ID = re.compile(r"[0-9a-fA-F]{4,8}(-[0-9a-fA-F-]{0,27})?")
