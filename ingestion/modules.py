@@ -22,6 +22,8 @@ from typing import Any
 # catalogue so pages can show them translated (``gettext(mod.label)``).
 from django.utils.translation import gettext_noop
 
+from pipelines.errors import DomainError
+
 TARGET_DATA = "data_entries"
 TARGET_FACTORS = "factors"
 TARGETS = (TARGET_DATA, TARGET_FACTORS)
@@ -214,8 +216,8 @@ MODULES: dict[str, ModuleDef] = {
 }
 
 
-class UnknownModule(LookupError):
-    # How the API answers it (backoffice.api.errors matches ``status`` and ``code``).
+class UnknownModule(DomainError, LookupError):
+    # A LookupError too: callers that look a module up may catch it as "not found".
     status = 404
     code = "unknown_module"
 

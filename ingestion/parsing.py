@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from ingestion.modules import Column
+from pipelines.errors import DomainError
 
 CHUNK_BYTES = 1024 * 1024
 # A physical line longer than this is refused instead of being buffered whole (a 1 GB
@@ -36,14 +37,11 @@ CSV_EXTENSIONS = (".csv", ".txt")
 UTF8_BOM = codecs.BOM_UTF8
 
 
-class FileRejected(Exception):
+class FileRejected(DomainError):
     """The file as a whole is unusable; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, message: str, code: str, status: int = 400, line: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.status = status
+        super().__init__(message, code, status)
         self.line = line
 
 

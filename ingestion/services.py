@@ -22,19 +22,17 @@ from ingestion.locks import lock_upload_fingerprint
 from ingestion.models import Upload, Year
 from ingestion.modules import MODULES, TARGETS, UnknownModule, get_module
 from ingestion.selectors import upload_file_path, year_incomplete_reasons
+from pipelines.errors import DomainError
 from pipelines.models import OperatorActionKind, Pipeline
 from pipelines.services import ConflictError, JobSpec, actor_user, operator_action_record, pipeline_plan
 from pipelines.years import validate_year
 
 
-class UploadRejected(Exception):
+class UploadRejected(DomainError):
     """An upload refused before any job exists; ``status`` is the HTTP status."""
 
     def __init__(self, message: str, code: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.status = status
+        super().__init__(message, code, status)
 
 
 class YearIncomplete(ConflictError):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
+from pipelines.errors import DomainError
 from pipelines.messages import Message
 from pipelines.models import JobResult
 
@@ -67,8 +68,8 @@ class HandlerSpec:
     counts: tuple[str, ...] = ()
 
 
-class UnknownJobType(LookupError):
-    # How the API answers it (backoffice.api.errors matches ``status`` and ``code``).
+class UnknownJobType(DomainError, LookupError):
+    # A LookupError too: callers that look a job type up may catch it as "not found".
     status = 400
     code = "unknown_job_type"
 

@@ -5,8 +5,8 @@ so views raise and never build error bodies:
 
 - ``ConflictError`` (and its ``YearIncomplete``, ``IllegalTransition``) → 409 with its
   code (``illegal_transition``: a move the transition table forbids);
-- any exception carrying an HTTP ``status`` and a ``code`` (``UploadRejected``,
-  ``FileRejected``, ``UnknownModule``, ``UnknownJobType``) → that status and code;
+- any other ``DomainError`` (``pipelines.errors``: ``UploadRejected``, ``FileRejected``,
+  ``UnknownModule``, ``UnknownJobType``) → its ``status`` and ``code``;
 - Django's ``ValidationError`` → 400 ``invalid``; ``DoesNotExist`` / ``Http404`` → 404;
 - anything else → a JSON 500 ``server_error`` whose ``request_id`` (also the
   ``X-Request-ID`` header) is logged with the traceback, so a user's report finds the log line.
@@ -36,7 +36,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
-from pipelines.errors import ConflictError
+from pipelines.errors import ConflictError, DomainError
 
 logger = logging.getLogger("sluice.api")
 
@@ -140,17 +140,6 @@ def server_error(request: HttpRequest | None, exc: BaseException) -> tuple[dict[
     return body, {REQUEST_ID_HEADER: rid}
 
 
-def _status_and_code(exc: Exception) -> tuple[int, str] | None:
-    """A domain exception that says how to answer: an int HTTP ``status`` and a str ``code``.
-
-    Matched by shape because the domain apps (ingestion) import this module, not the reverse.
-    """
-    code, status_ = getattr(exc, "code", None), getattr(exc, "status", None)
-    if isinstance(code, str) and isinstance(status_, int) and 400 <= status_ < 600:
-        return status_, code
-    return None
-
-
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ConflictError):
         conflict = Conflict(exc.message, exc.code)
@@ -161,9 +150,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         if reasons:
             response.data["reasons"] = reasons
         return response
-    elif (answer := _status_and_code(exc)) is not None:
+    elif isinstance(exc, DomainError):
         set_rollback()
-        return Response({"detail": str(getattr(exc, "message", exc)), "code": answer[1]}, status=answer[0])
+        return Response({"detail": exc.message, "code": exc.code}, status=exc.status)
     elif isinstance(exc, DjangoValidationError):
         # e.g. a model field refusing a value a filter let through: the caller's input.
         exc = exceptions.ValidationError({"non_field_errors": exc.messages}, "invalid")
