@@ -136,9 +136,10 @@ def chaos_case(request: pytest.FixtureRequest) -> CaseResult:
 
 @pytest.fixture(scope="session")
 def chaos_redis() -> Iterator[RedisServer]:
-    """A private redis-server the cases may kill (on the port `make chaos` exported as REDIS_URL)."""
-    port = os.environ.get("SLUICE_CHAOS_REDIS_PORT")
-    server = RedisServer(int(port) if port else None)
+    """A private redis-server the cases may kill (on the port and in the directory `make chaos`
+    exported: its cleanup finds it by both)."""
+    port, directory = os.environ.get("SLUICE_CHAOS_REDIS_PORT"), os.environ.get("SLUICE_CHAOS_REDIS_DIR")
+    server = RedisServer(int(port) if port else None, directory=Path(directory) if directory else None)
     yield server
     server.stop()
 

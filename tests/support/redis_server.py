@@ -28,10 +28,12 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
+    def __init__(self, port: int | None = None, *, persistent: bool = False, directory: Path | None = None) -> None:
         self.port = port or free_port()
         self.persistent = persistent
-        self.dir = Path(tempfile.mkdtemp(prefix="sluice-redis-"))
+        # (redis-server runs in this directory: `make chaos` finds its Redis by port and directory)
+        self.dir = directory or Path(tempfile.mkdtemp(prefix="sluice-redis-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
