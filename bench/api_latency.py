@@ -65,7 +65,8 @@ SEED_SQL = [
     """,
     # Jobs: k = 1 ingest, 2..4 recalcs, 5 aggregation; ids dense so edges are arithmetic.
     f"""
-    INSERT INTO pipelines_job (id, pipeline_id, job_type, queue, det, params, state, result, status_message, phase,
+    INSERT INTO pipelines_job (id, pipeline_id, job_type, queue, det, params, state, result, status_message,
+        status_key, status_params, phase,
         progress_processed, progress_total, meta, error, attempts, max_attempts, celery_task_id, worker,
         heartbeat_at, cancel_requested, effect_committed, effect_outcome, dispatch_when_ready, created_at,
         queued_at, dispatched_at, started_at, finished_at, updated_at)
@@ -79,6 +80,7 @@ SEED_SQL = [
            CASE WHEN i <= 20 AND k > 2 THEN NULL WHEN i % 50 = 0 AND k = 1 THEN 'error'
                 WHEN i % 50 = 0 THEN 'skipped' ELSE 'success' END,
            CASE WHEN k = 1 THEN '48,210 rows loaded, 17 rejected' ELSE 'done' END,
+           '', '{{}}'::jsonb,
            '',
            1000, 1000,
            CASE WHEN k = 1 AND i % 100 = 0 THEN

@@ -4,10 +4,10 @@
   same transaction as their job.
 - Uploads are swept on their own once no remaining pipeline refers to them: a file
   may be ingested by several pipelines (its upload, each re-run), and an unfinished
-  one still reads it. The stored file goes after the row's deletion commits. (A re-run
-  of an upload older than the cutoff planned in the very second the sweep deletes it
-  ends with a clear "stored file is gone" error; locking the upload in ``upload_rerun``
-  would close that, left for after the ingestion split of issue 9.)
+  one still reads it. The stored file goes after the row's deletion commits. A re-run
+  planned while the sweep runs holds the upload's row lock (``upload_rerun``): the
+  sweep skips locked rows and re-checks the ones it locked, so either the upload
+  stays (the re-run's pipeline refers to it) or the re-run is refused naming it.
 - Provenance of live data is kept whatever its age: the upload whose rows are the
   module-year's data (``ModuleState.data_upload_id``), the factors uploads that
   factor rows still come from, and the pipelines that loaded the live data and
@@ -100,6 +100,13 @@ class IngestionRetention:
             .values_list("id", "stored_name")[:batch_size]
         )
         if not rows:
+            return SweepBatch(deleted={})
+        # Checked again in a new statement (a new snapshot) now that the rows are locked:
+        # a re-run that committed between the first statement's snapshot and its lock
+        # attempt (``upload_rerun`` locks the upload) refers to its upload by now.
+        still = set(purgeable_uploads(cutoff).filter(id__in=[pk for pk, _ in rows]).values_list("id", flat=True))
+        rows = [(pk, name) for pk, name in rows if pk in still]
+        if not rows:  # all of them re-run meanwhile: stop here, a later purge looks again
             return SweepBatch(deleted={})
         _, by_model = Upload.objects.filter(id__in=[pk for pk, _ in rows]).only("id").delete()
         count = by_model.get("ingestion.Upload", 0)

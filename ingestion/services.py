@@ -253,11 +253,22 @@ def upload_create(
 
 
 def upload_rerun(*, upload_id: int, actor: Any) -> Pipeline:
-    """Ingest the stored file again (a new pipeline; the raw file is unchanged)."""
-    upload = Upload.objects.get(pk=upload_id)
-    if not upload_file_path(upload).exists():
-        raise ConflictError(f"The stored file of upload {upload_id} is gone (retention?).", "file_missing")
+    """Ingest the stored file again (a new pipeline; the raw file is unchanged).
+
+    The upload's row is locked while the re-run is planned: the retention sweep skips
+    locked uploads and re-checks, under its own lock, that no pipeline refers to one
+    before deleting it (``ingestion.retention``). So either the sweep deleted the upload
+    first (then this refuses, naming it) or the re-run's pipeline exists and keeps the
+    upload and its file; never a pipeline whose file is gone. Which ingest wins against
+    a concurrent upload of the same module-year is the planning order (job ids), as for
+    any upload (docs/INGESTION.md).
+    """
     with transaction.atomic():
+        upload = Upload.objects.select_for_update(of=("self",)).filter(pk=upload_id).first()
+        if upload is None:
+            raise ConflictError(f"Upload {upload_id} no longer exists (purged by retention?).", "upload_gone")
+        if not upload_file_path(upload).exists():
+            raise ConflictError(f"The stored file of upload {upload_id} is gone (retention?).", "file_missing")
         pipeline = _plan_upload(upload, actor=actor, rerun=True)
         operator_action_record(
             actor=actor, action=OperatorActionKind.START_PIPELINE, target_type="upload", target_id=str(upload_id),

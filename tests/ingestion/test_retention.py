@@ -18,9 +18,12 @@ from django.utils import timezone
 from ingestion import services
 from ingestion.models import ModuleState, RowError, Upload, Year
 from ingestion.modules import get_module
+from ingestion.retention import IngestionRetention
 from pipelines import retention
+from pipelines.errors import ConflictError
 from pipelines.models import Job, JobEvent, OperatorAction, Pipeline
 from tests.live.conftest import no_dispatch, plan  # noqa: F401 - no_dispatch is a fixture
+from tests.support.fixtures import wait_for
 
 pytestmark = pytest.mark.usefixtures("no_dispatch")
 
@@ -213,3 +216,75 @@ def test_beats_periodic_purge_uses_the_setting_and_is_audited_only_when_it_delet
     assert OperatorAction.objects.get(action="purge").actor_name == "beat"
     assert retention.purge_task() == {}
     assert OperatorAction.objects.filter(action="purge").count() == 1
+
+
+def _orphaned_old_upload() -> Upload:
+    """An upload past the cutoff whose pipeline is gone: the sweep's to delete, unless re-run."""
+    Year.objects.get_or_create(year=YEAR, defaults={"configured_at": timezone.now()})
+    upload, pipeline = _upload(200)
+    Pipeline.objects.filter(pk=pipeline.pk).delete()
+    return Upload.objects.get(pk=upload.pk)
+
+
+def _in_thread(fn: Any) -> Any:
+    """``fn()`` on another thread (its own database connection); returns its result or raises its error."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except Exception as exc:  # handed to the caller, raised there
+            out["error"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rerun_being_planned_keeps_its_upload_from_the_sweep(media: Any) -> None:
+    """The purge runs while a re-run of an old upload is planned (not yet committed): the
+    upload and its file stay, so the re-run's ingest finds its file."""
+    old = _orphaned_old_upload()
+    with transaction.atomic():
+        rerun = services.upload_rerun(upload_id=old.pk, actor=None)
+        thread, out = _in_thread(lambda: retention.purge(cutoff=retention.cutoff_for(90)))
+        thread.join(30)
+        assert not thread.is_alive(), "the purge waited for the re-run instead of skipping its upload"
+    assert "error" not in out, out.get("error")
+    assert out["value"].deleted.get("uploads", 0) == 0
+    assert Upload.objects.filter(pk=old.pk).exists() and _file(old, media).exists()
+    assert Pipeline.objects.get(pk=rerun.pk).params["upload_id"] == old.pk
+    # Once the re-run's pipeline is gone too, the upload is the sweep's again.
+    Pipeline.objects.filter(pk=rerun.pk).delete()
+    assert retention.purge(cutoff=retention.cutoff_for(90)).deleted["uploads"] == 1
+    assert not _file(old, media).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rerun_of_an_upload_the_sweep_is_deleting_is_refused_naming_it(media: Any) -> None:
+    """The sweep holds the old upload (deleting it, not yet committed) when a re-run is
+    asked: the re-run waits, then is refused in words — no pipeline on a vanished file."""
+    old = _orphaned_old_upload()
+    pipelines_before = Pipeline.objects.count()
+    hook = IngestionRetention()
+    with transaction.atomic():
+        batch = hook.sweep_batch(cutoff=retention.cutoff_for(90), batch_size=10)
+        assert batch.deleted == {"uploads": 1}
+        thread, out = _in_thread(lambda: services.upload_rerun(upload_id=old.pk, actor=None))
+        # The re-run is blocked on the upload's row lock until the sweep commits.
+        wait_for(_waiting_on_a_lock, timeout=10, message="the re-run waiting for the sweep's lock")
+    thread.join(30)
+    assert isinstance(out.get("error"), ConflictError), out
+    assert out["error"].code == "upload_gone" and str(old.pk) in out["error"].message
+    assert Pipeline.objects.count() == pipelines_before
+
+
+def _waiting_on_a_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # else read once per transaction
+        cursor.execute("""SELECT count(*) FROM pg_stat_activity
+                          WHERE datname = current_database() AND wait_event_type = 'Lock'""")
+        return cursor.fetchone()[0] > 0
