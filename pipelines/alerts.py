@@ -17,21 +17,24 @@ The platform's design makes the first four impossible; the console still looks:
   recent successful runs, and at least ``SLOW_MIN_SECONDS`` more).
 
 Finished-job alerts look back ``SLUICE_ALERT_WINDOW_HOURS`` (on the ``job_newest``
-index) so the endpoint stays cheap with millions of historical jobs.
+index) so the endpoint stays cheap with millions of historical jobs; the two error
+kinds are partial indexes of their own (``job_poisoned``, ``job_deadlock``), and
+``aggregation_amplified`` reads the suspects a trigger records when an aggregation
+starts (migration ``aggregation_suspects``) instead of comparing a day of runs.
 """
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, TypedDict
 
 from django.conf import settings
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Q, QuerySet, RowRange, Window
-from django.db.models.functions import Coalesce, Now
+from django.db.models import DurationField, ExpressionWrapper, F, Q, QuerySet
 from django.utils import timezone
 
-from pipelines.models import Job, JobResult, JobState, QueueState
+from pipelines.models import DEADLOCK_ERROR, POISONED_ERROR, AggregationSuspect, Job, JobResult, JobState, QueueState
 from pipelines.registry import job_types_counting
 from pipelines.stats import duration_medians
 
@@ -79,22 +82,13 @@ def alert_jobs(kind: str, jobs: QuerySet[Job] | None = None, *, workers: list[An
             meta__rows_rejected__gt=0, meta__rows_loaded=0,
         )
     if kind == "transaction_poisoned":
-        # result=error first: the (result, created_at) index narrows to the rare failures
-        # before any JSON is read.
-        return _recent(base).filter(result=JobResult.ERROR).filter(
-            Q(error__type="InFailedSqlTransaction")
-            | Q(error__message__icontains="current transaction is aborted")
-            | Q(status_message__icontains="current transaction is aborted")
-        )
+        # Written as the partial index job_poisoned's predicate (result, then the
+        # condition): the count reads only the index entries of such errors.
+        return _recent(base).filter(result=JobResult.ERROR).filter(POISONED_ERROR)
     if kind == "deadlock":
-        return _recent(base).filter(result=JobResult.ERROR).filter(
-            Q(error__type="DeadlockDetected")
-            | Q(error__message__icontains="deadlock detected")
-            | Q(status_message__icontains="deadlock detected")
-        )
+        return _recent(base).filter(result=JobResult.ERROR).filter(DEADLOCK_ERROR)  # job_deadlock
     if kind == "aggregation_amplified":
-        # Concurrency anomalies matter while they can still bite: the last day only
-        # (a window sort over a week of aggregations costs about a second at 1M jobs).
+        # Concurrency anomalies matter while they can still bite: the last day only.
         return _aggregation_amplified(base.filter(created_at__gte=timezone.now() - timedelta(hours=24)))
     if kind == "stuck":
         stale = timezone.now() - timedelta(seconds=settings.SLUICE_STALE_AFTER_SECONDS)
@@ -111,37 +105,41 @@ def alert_jobs(kind: str, jobs: QuerySet[Job] | None = None, *, workers: list[An
 def _aggregation_amplified(jobs: QuerySet[Job]) -> QuerySet[Job]:
     """Aggregations in a pipeline that has more than one, or that overlap an earlier one of their year.
 
-    Both read the window's aggregations from the ``job_aggregation_newest`` index alone
-    (it carries every column used here):
+    Read among the *suspects* only (``pipelines_aggregation_suspect``, kept by a trigger:
+    migration ``aggregation_suspects``): every aggregation that shares a pipeline with
+    another or overlaps one of its year, a run not finished counting as never ending —
+    a superset of what this can report, normally empty. The few suspect rows in
+    ``jobs`` are read in one query and the exact rule applied to them here:
 
-    - doubled: a hashed ``GROUP BY pipeline_id HAVING count > 1``;
-    - overlap without a self-join (quadratic on a large history): ordered by start time
-      within a year, a run overlaps an earlier one when it starts before the latest end
-      among the runs that started before it (a running job's end is "now"). The year is
-      the copy on the job (``pipeline_year``), not a join to 28,000 pipelines a day.
+    - doubled: another aggregation of the same pipeline among ``jobs``;
+    - overlap: an aggregation of the same year among ``jobs`` that started earlier (by
+      start time, then id) and ended after this one started (a running one's end is
+      "now"). Such an earlier run is a suspect too (the trigger records both of a pair),
+      so looking among the suspects misses none.
+
+    ``jobs`` carries the window and the user's modules, applied to both sides of each
+    pair, as the window query over all of the day's aggregations did.
     """
-    aggregations = jobs.filter(job_type="aggregation")
-    doubled = (
-        aggregations.order_by()
-        .values("pipeline_id")
-        .annotate(n=Count("id"))
-        .filter(n__gt=1)
-        .values("pipeline_id")
+    suspects = list(
+        jobs.filter(job_type="aggregation", pk__in=AggregationSuspect.objects.values("job_id"))
+        .values_list("pk", "pipeline_id", "pipeline_year", "started_at", "finished_at")
     )
-    overlapping = (
-        aggregations.filter(started_at__isnull=False, pipeline_year__isnull=False)
-        .annotate(
-            earlier_end=Window(
-                Max(Coalesce("finished_at", Now())),
-                partition_by=[F("pipeline_year")],
-                order_by=[F("started_at").asc(), F("id").asc()],
-                frame=RowRange(start=None, end=-1),
-            )
-        )
-        .filter(earlier_end__gt=F("started_at"))
-        .values("pk")
-    )
-    return aggregations.filter(Q(pipeline_id__in=doubled) | Q(pk__in=overlapping))
+    if not suspects:  # the normal case: nothing more to read
+        return jobs.none()
+    per_pipeline = Counter(pipeline_id for _, pipeline_id, *_ in suspects)
+    flagged = {pk for pk, pipeline_id, *_ in suspects if per_pipeline[pipeline_id] > 1}
+    now = timezone.now()
+    by_year: dict[int, list[tuple[Any, int, Any]]] = defaultdict(list)
+    for pk, _, year, started, finished in suspects:
+        if started is not None and year is not None:
+            by_year[year].append((started, pk, finished or now))
+    for runs in by_year.values():
+        latest_end = None  # among the runs that started earlier (by start, then id)
+        for started, pk, end in sorted(runs, key=lambda run: run[:2]):
+            if latest_end is not None and latest_end > started:
+                flagged.add(pk)
+            latest_end = end if latest_end is None else max(latest_end, end)
+    return jobs.filter(pk__in=sorted(flagged))
 
 
 # The run time of a finished job, written as the ``job_run_time`` index's expression so

@@ -172,8 +172,31 @@ _DIRECT = {
 }
 
 
+# The jobs that must be in ``pipelines_aggregation_suspect`` (migration
+# ``aggregation_suspects``, whose FILL this is; ``pipelines.alerts`` reads the table):
+# both runs of every pair of one year where the later one starts before the earlier one
+# ends (never, while it runs), and every aggregation of a pipeline that has several.
+_SUSPECTS = sql.SQL("""
+    SELECT unnest(ARRAY[s.id, x.id]) FROM pipelines_job x JOIN pipelines_job s
+      ON s.job_type = 'aggregation' AND s.started_at IS NOT NULL
+     AND tstzrange(s.started_at, CASE WHEN s.finished_at IS NULL THEN NULL
+                                      ELSE greatest(s.started_at, s.finished_at) END, '[]')
+      && tstzrange(x.started_at, CASE WHEN x.finished_at IS NULL THEN NULL
+                                      ELSE greatest(x.started_at, x.finished_at) END, '[]')
+     AND s.pipeline_year = x.pipeline_year AND s.id <> x.id
+     AND CASE WHEN (s.started_at, s.id) < (x.started_at, x.id)
+              THEN coalesce(s.finished_at, 'infinity') > x.started_at
+              ELSE coalesce(x.finished_at, 'infinity') > s.started_at END
+    WHERE x.job_type = 'aggregation' AND x.started_at IS NOT NULL
+    UNION
+    SELECT id FROM pipelines_job WHERE job_type = 'aggregation' AND pipeline_id IN (
+        SELECT pipeline_id FROM pipelines_job WHERE job_type = 'aggregation' GROUP BY 1 HAVING count(*) > 1)""")
+SUSPECTS_TABLE = "pipelines_aggregation_suspect"
+
+
 def check() -> dict[str, list[tuple[Any, ...]]]:
-    """Keys whose kept count differs from a direct count of the jobs: ``{table: [(key…, kept, direct)]}``.
+    """Keys whose kept count differs from a direct count of the jobs: ``{table: [(key…, kept, direct)]}``,
+    and the aggregations missing from the alert's suspects (``(job_id, 0, 1)``).
 
     One snapshot (REPEATABLE READ) for both sides, so concurrent transitions cannot make
     a correct tally look wrong. Scans the whole job table: an operator's tool, not a page.
@@ -196,11 +219,15 @@ def check() -> dict[str, list[tuple[Any, ...]]]:
                 ).format(columns=_columns(key), direct=_DIRECT[table], table=sql.Identifier(table))
             )
             out[table] = [tuple(row) for row in cursor.fetchall()]
+        # The suspects are a superset by design: only a missing one is drift.
+        cursor.execute(sql.SQL("SELECT id, 0, 1 FROM ({}) AS needed (id) WHERE id NOT IN (SELECT job_id FROM {})")
+                       .format(_SUSPECTS, sql.Identifier(SUSPECTS_TABLE)))
+        out[SUSPECTS_TABLE] = [tuple(row) for row in cursor.fetchall()]
     return out
 
 
 def rebuild(*, attempts: int = 5) -> None:
-    """Recount both tables from the jobs, without stopping the engine.
+    """Recount both tables (and refill the aggregation suspects) from the jobs, without stopping the engine.
 
     In one REPEATABLE READ snapshot: delete the rows it sees, insert the direct counts it
     sees. Deltas committed after the snapshot are not deleted and are not in the count,
@@ -217,6 +244,8 @@ def rebuild(*, attempts: int = 5) -> None:
                     cursor.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
                     insert = sql.SQL("INSERT INTO {} ({}, n) {}")
                     cursor.execute(insert.format(sql.Identifier(table), _columns(key), _DIRECT[table]))
+                cursor.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(SUSPECTS_TABLE)))
+                cursor.execute(sql.SQL("INSERT INTO {} (job_id) {}").format(sql.Identifier(SUSPECTS_TABLE), _SUSPECTS))
             return
         except OperationalError:  # a serialization failure: a compaction committed meanwhile
             if attempt == attempts - 1:

@@ -15,6 +15,12 @@ Concurrency rules (read before changing anything in ``pipelines.services``):
    ``state=running AND attempts=<its attempt>``, so a cancelled, recovered or
    taken-over attempt can never write a late result.
 4. Celery messages are sent only after commit (``dispatch_on_commit``).
+5. One database trigger takes a lock of its own: when an aggregation's ``started_at``
+   is set (its claim or take-over), the ``aggregation_amplified`` suspects trigger
+   (migration ``0011_aggregation_suspects``) takes a transaction-scoped advisory lock on
+   the year (``0x5110, year``), so two aggregations of one year claimed at once see
+   each other. It comes after the pipeline and job row locks and before the event
+   counter row; a claim takes no other lock after it, so no cycle forms.
 """
 
 from __future__ import annotations

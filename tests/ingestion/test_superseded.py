@@ -87,4 +87,5 @@ def test_an_upload_superseded_by_a_later_one_reads_superseded_everywhere(
     wait_for(lambda: not Pipeline.objects.exclude(status__in=["success", "superseded"]).exists())
     # And the trigger-kept counters behind /jobs/stats/ and the console's cards count the
     # superseded ingest and its skipped downstream as the jobs table does
-    assert counters.check() == {"pipelines_job_tally": [], "pipelines_job_finish_tally": []}
+    assert counters.check() == {"pipelines_job_tally": [], "pipelines_job_finish_tally": [],
+                                "pipelines_aggregation_suspect": []}

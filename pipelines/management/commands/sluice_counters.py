@@ -10,7 +10,8 @@ from pipelines import counters
 class Command(BaseCommand):
     help = (
         "The trigger-kept job counters behind /jobs/stats/ and the console's cards "
-        "(pipelines.counters): --check compares them with a direct count of the jobs, "
+        "(pipelines.counters), and the aggregation_amplified alert's suspects: --check compares "
+        "them with a direct count of the jobs, "
         "--rebuild recounts them (safe while workers run), --compact folds their delta rows."
     )
 
