@@ -13,7 +13,8 @@
    such a pid goes stale, and may by then be someone else's):
 
    - workers, beat, web and orphaned pool processes: the run's marker in their
-     environment (they inherit it);
+     environment (they inherit it, and keep it: Celery would overwrite its processes'
+     environment with their titles only if ``setproctitle`` were installed);
    - the Redis: the ``redis-server`` listening on the run's port (redis-server
      overwrites its environment with its process title, so the marker cannot find it);
    - PostgreSQL: ``pg_ctl stop``, then any process still running in the run's data
