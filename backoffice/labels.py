@@ -37,20 +37,25 @@ ACTIONS = {
     "close_year": gettext_noop("close year"), "create_year": gettext_noop("create year"),
     "configure_year": gettext_noop("configure year"), "upload": gettext_noop("upload"),
     "start_pipeline": gettext_noop("start pipeline"), "issue_token": gettext_noop("issue token"),
-    "revoke_token": gettext_noop("revoke token"),
+    "revoke_token": gettext_noop("revoke token"), "create_source": gettext_noop("create source"),
+    "update_source": gettext_noop("update source"), "delete_source": gettext_noop("delete source"),
+    "purge": gettext_noop("purge"),
 }
 TARGET_TYPES = {"pipeline": gettext_noop("pipeline"), "job": gettext_noop("job"), "queue": gettext_noop("queue"),
-                "year": gettext_noop("year"), "upload": gettext_noop("upload"), "user": gettext_noop("user")}
+                "year": gettext_noop("year"), "upload": gettext_noop("upload"), "user": gettext_noop("user"),
+                "source": gettext_noop("source"), "history": gettext_noop("history")}
 EVENT_KINDS = {"state": gettext_noop("state"), "progress": gettext_noop("progress"),
                "message": gettext_noop("message"), "created": gettext_noop("created")}
 KINDS = {
     "upload": gettext_noop("upload"), "rerun": gettext_noop("run again"), "recalculate": gettext_noop("recalculation"),
-    "unit_sync": gettext_noop("unit sync"), "noop": gettext_noop("no-op"),
+    "unit_sync": gettext_noop("unit sync"), "noop": gettext_noop("no-op"), "source": gettext_noop("scheduled source"),
+    "retention": gettext_noop("retention purge"),
 }
 JOB_TYPES = {
     "csv_ingest": gettext_noop("data entries ingest"), "factor_ingest": gettext_noop("factors ingest"),
     "emission_recalc": gettext_noop("recalculation"), "aggregation": gettext_noop("totals"),
     "unit_sync": gettext_noop("unit sync"), "noop": gettext_noop("no-op"),
+    "source_fetch": gettext_noop("source fetch"), "retention_purge": gettext_noop("retention purge"),
 }
 # Phases handlers report (ingestion.services, pipelines.builtin_handlers) and the
 # pipeline labels ``pipelines.dag.pipeline_progress`` derives from them.

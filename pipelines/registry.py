@@ -106,6 +106,11 @@ def max_attempts_for(job_type: str) -> int:
     return spec.max_attempts or settings.SLUICE_MAX_ATTEMPTS
 
 
+def registered_job_types() -> list[str]:
+    """Every registered job type, sorted."""
+    return sorted(_HANDLERS)
+
+
 def registered_count_keys() -> set[str]:
     """Every count key some registered job type declared."""
     return {key for spec in _HANDLERS.values() for key in spec.counts}

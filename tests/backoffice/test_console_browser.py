@@ -104,6 +104,8 @@ def test_console_shows_new_pipelines_live_and_an_alert_counter_filters_the_table
 def _confirm(page: Any, selector: str, *, reason: str = "", force: bool = False) -> None:
     page.click(selector)
     page.wait_for_selector("#ops-dialog[open]", timeout=WAIT)
+    # "Force" means something to a recover only: no other control offers it
+    assert page.is_visible("#ops-force") == ("recover" in selector), selector
     if reason:
         page.fill("#ops-reason", reason)
     if force:
