@@ -96,3 +96,19 @@ def test_operator_purge_needs_csrf_and_confirmation_then_starts_an_audited_purge
     assert f'data-feed="/ws/pipelines/{run.pk}/"' in page and "Purge started" in page
     fragment = operator.get(f"{PAGE}{run.pk}/")
     assert fragment.status_code == 200 and 'data-status="not_started"' in fragment.content.decode()
+
+
+def test_the_action_log_link_lists_the_purges_with_its_filter_chosen() -> None:
+    """"Purges in the operator action log" opens the log filtered on purges, the filter
+    named and selected in the sidebar (it was missing from the choices)."""
+    _old_history(1)
+    operator = _client("op", ("view_console", "operate"))
+    token = _csrf(operator)
+    operator.post(PAGE, {"days": 90, "reason": "disk", "confirm": "on", "csrfmiddlewaretoken": token})
+    OperatorAction.objects.create(actor_name="op", action="cancel", target_type="pipeline", target_id="x")
+    link = re.search(r'href="([^"]+)">Purges in the operator action log', operator.get(PAGE).content.decode())
+    assert link
+    log = operator.get(link.group(1).replace("&amp;", "&"))
+    assert log.status_code == 200
+    assert [a.action for a in log.context["cl"].result_list] == ["purge"]
+    assert re.search(r'<li class="selected">\s*<a href="[^"]*action=purge[^"]*"[^>]*>purge</a>', log.content.decode())
