@@ -55,6 +55,7 @@ VACUUM (ANALYZE);
 WITHOUT_ALERTS = [
     "ALTER TABLE pipelines_job DISABLE TRIGGER job_aggregation_suspects_update",
     "DROP INDEX job_aggregation_span",
+    "DROP INDEX job_aggregation_pipeline",
     "DROP INDEX job_poisoned",
     "DROP INDEX job_deadlock",
 ]

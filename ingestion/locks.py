@@ -4,8 +4,8 @@ Order (always): 1. ``NS_MODULE_YEAR`` (year, module): exclusive for ingest and
 aggregation, shared for a per-DET recalc; 2. ``NS_DET`` (year, module, det): exclusive
 for that DET's recalc. Each effect takes at most these two, in this order, before any
 row lock, and the pipeline row lock comes last (at ``job_commit_effect``), so no cycle
-is possible. ``NS_UPLOAD_SHA`` and ``NS_UNIT_SYNC`` are taken alone. (Namespaces
-``0x5110``/``0x5111`` are the pipelines app's aggregation-suspects trigger's.)
+is possible. ``NS_UPLOAD_SHA`` and ``NS_UNIT_SYNC`` are taken alone. (Namespace
+``0x5110`` is the pipelines app's aggregation-suspects trigger's.)
 """
 
 from __future__ import annotations
