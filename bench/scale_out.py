@@ -35,6 +35,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -355,6 +356,10 @@ def main() -> None:
         drop_scratch_database(db_name)
         redis_proc.kill()
         redis_proc.wait()
+        if results:
+            shutil.rmtree(tmp, ignore_errors=True)  # uploads and worker logs of a run that finished
+        else:
+            print(f"worker logs kept in {tmp}", file=sys.stderr)
     base_noop, base_ingest = results["1x1"]["noop"]["per_s"], results["1x1"]["ingest"]["rows_per_s"]
     print(f"\n{'layout':<22}{'no-op pl/s':>11}{'x 1 proc':>9}{'PG ms/pl':>9}{'wrk ms/pl':>10}{'lock':>6}"
           f"{'ingest rows/s':>15}{'x 1 proc':>9}{'PG ms/1k':>9}{'busy':>6}")
