@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from ingestion import jobs, unit_sync
 from ingestion.job_types import AGGREGATION, CSV_INGEST, EMISSION_RECALC, FACTOR_INGEST, UNIT_SYNC, JobTypeDecl
-from pipelines.engine import JobContext
+from pipelines.context import JobContext
 from pipelines.registry import Handler, Outcome, register
 
 

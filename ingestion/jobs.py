@@ -23,7 +23,7 @@ from pipelines.models import Job, JobResult
 from pipelines.registry import Outcome
 
 if TYPE_CHECKING:
-    from pipelines.engine import JobContext
+    from pipelines.context import JobContext
 
 
 def _module_label(module: str) -> Message | str:

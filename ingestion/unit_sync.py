@@ -29,7 +29,7 @@ from pipelines.redaction import redact_urls
 from pipelines.registry import Outcome
 
 if TYPE_CHECKING:
-    from pipelines.engine import JobContext
+    from pipelines.context import JobContext
 
 
 def directory_fetch(*, source: str) -> list[dict[str, str]]:

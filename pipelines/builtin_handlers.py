@@ -8,7 +8,7 @@ from datetime import datetime
 from django.utils.translation import gettext_noop
 
 from pipelines import retention
-from pipelines.engine import JobContext
+from pipelines.context import JobContext
 from pipelines.messages import msg
 from pipelines.registry import Outcome, register
 

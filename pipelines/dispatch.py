@@ -24,7 +24,7 @@ from pipelines.models import Job, JobState
 
 logger = logging.getLogger(__name__)
 
-# The task that runs one job (``pipelines.tasks.run_job``), named rather than imported:
+# The task that runs one job (``workers.tasks.run_job``), named rather than imported:
 # the sender needs its name only, and the task module imports the engine, which sends.
 RUN_JOB = "sluice.run_job"
 

@@ -1,6 +1,6 @@
 """job_type → handler. Any job kind plugs in by registering a function here.
 
-A handler receives a :class:`pipelines.engine.JobContext` and returns an
+A handler receives a :class:`pipelines.context.JobContext` and returns an
 :class:`Outcome` (or ``None`` for a plain success). Modules that register handlers are
 listed in ``settings.SLUICE_HANDLER_MODULES`` and imported when the app is ready, so a
 worker knows every kind the web process can plan.
@@ -20,7 +20,7 @@ from pipelines.messages import Message
 from pipelines.models import JobResult
 
 if TYPE_CHECKING:
-    from pipelines.engine import JobContext
+    from pipelines.context import JobContext
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ingestion.sources import services
-from pipelines.engine import JobContext
+from pipelines.context import JobContext
 from pipelines.registry import Outcome, register
 
 

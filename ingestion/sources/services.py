@@ -33,7 +33,7 @@ from pipelines.services import ConflictError, JobSpec, operator_action_record, p
 from pipelines.years import YEAR_MAX, YEAR_MIN
 
 if TYPE_CHECKING:
-    from pipelines.engine import JobContext
+    from pipelines.context import JobContext
 
 PIPELINE_KIND = "source"
 FETCH_JOB = "source_fetch"

@@ -12,11 +12,11 @@ import pytest
 from ingestion.models import DataEntry
 from pipelines import services
 from pipelines.models import Job
-from pipelines.tasks import run_job
 from tests.chaos import harness
 from tests.chaos.conftest import recovered_after, upload, wait_pipeline
 from tests.chaos.harness import MODULE, YEAR, CaseResult, check_totals, compare_rows
 from tests.conftest import wait_until
+from workers.tasks import run_job
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.slow]
 

@@ -13,9 +13,9 @@ import pytest
 from ingestion import selectors, services
 from ingestion.models import ModuleState, Total, Upload
 from pipelines import dispatch
-from pipelines.engine import execute_job
 from pipelines.models import Job, Pipeline
 from tests.ingestion.conftest import YEAR, jobs_of, read_csv, sample, upload_bytes
+from workers.runner import execute_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,8 +10,8 @@ import pytest
 from pipelines import services
 from pipelines.models import Job, JobEvent
 from pipelines.services import JobSpec
-from pipelines.tasks import run_job
 from tests.support.fixtures import wait_for
+from workers.tasks import run_job
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 

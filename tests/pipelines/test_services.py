@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from pipelines import services
-from pipelines.engine import JobAborted
+from pipelines.errors import JobAborted
 from pipelines.models import Job, JobEvent, OperatorAction, Pipeline
 from pipelines.registry import Outcome, UnknownJobType
 from pipelines.services import ConflictError, JobSpec

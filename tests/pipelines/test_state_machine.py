@@ -42,7 +42,7 @@ from hypothesis.stateful import (
 )
 
 from pipelines import dag, dispatch, events, services, transitions
-from pipelines.engine import JobAborted
+from pipelines.errors import JobAborted
 from pipelines.models import DONE_STATUSES, Job, JobEvent, JobResult, JobState, OperatorAction, Pipeline, QueueState
 from pipelines.registry import Outcome
 from pipelines.services import ConflictError, IllegalTransition, JobSpec
@@ -153,7 +153,7 @@ class JobStateMachine(RuleBasedStateMachine):
         self.alive.pop(a, None)
 
     def _claim(self, job_id: int, task_id: str) -> Attempt | None:
-        """What ``engine.execute_job`` does with one delivery, up to running the handler."""
+        """What ``workers.runner.execute_job`` does with one delivery, up to running the handler."""
         before = self._job(job_id)
         claim = services.job_claim(job_id=job_id, task_id=task_id, worker="w@model")
         stale_before = timezone.now() - timedelta(seconds=django_settings.SLUICE_STALE_AFTER_SECONDS)

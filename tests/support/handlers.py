@@ -11,7 +11,7 @@ import time
 
 from django.db import connection
 
-from pipelines.engine import JobContext
+from pipelines.context import JobContext
 from pipelines.models import JobResult
 from pipelines.registry import Outcome, register
 

@@ -1,4 +1,10 @@
-"""Celery tasks: thin wrappers that take ids and call the engine or services."""
+"""Celery tasks: thin wrappers that take ids and call the job runner or the engine's services.
+
+Their names (``sluice.run_job``, ``sluice.reap``, ``sluice.compact_counters``) are what
+messages in Redis and beat's schedule carry: they stay the same wherever this module lives.
+The engine sends ``sluice.run_job`` by name (``pipelines.dispatch``), so it never imports
+the runtime.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,9 @@ from celery import Task, shared_task
 from celery.worker.request import Request
 from django.db import DatabaseError, connections
 
-from pipelines import counters, engine
+from pipelines import counters
 from pipelines.services import reaper
+from workers import runner
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +54,8 @@ class JobTask(Task):
 @shared_task(bind=True, base=JobTask, name="sluice.run_job", acks_late=True, reject_on_worker_lost=True)
 def run_job(self: Any, job_id: int) -> dict[str, Any]:
     try:
-        outcome = engine.execute_job(job_id=job_id, task_id=self.request.id or "", worker=self.request.hostname or "")
-    except engine.RecheckLater as later:
+        outcome = runner.execute_job(job_id=job_id, task_id=self.request.id or "", worker=self.request.hostname or "")
+    except runner.RecheckLater as later:
         # Same task id (a retry keeps it), so the next look may take over if the owner died.
         raise self.retry(countdown=later.seconds, max_retries=None) from None
     return {"job_id": job_id, "outcome": outcome}
