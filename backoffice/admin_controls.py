@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin import ModelAdmin, helpers
 from django.db.models import QuerySet
@@ -23,7 +22,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from backoffice import access, console_views
-from pipelines import services
+from pipelines import registry, services
 from pipelines.models import Job, Pipeline, QueueState
 from pipelines.services import ConflictError
 
@@ -145,4 +144,4 @@ def confirm_then_run(modeladmin: ModelAdmin[Any], request: HttpRequest, queryset
 def ensure_queue_rows() -> None:
     """A row per configured queue, so the Queue states list names every queue (it listed
     "0 queue states" until someone paused one). Idempotent; never changes a pause."""
-    QueueState.objects.bulk_create([QueueState(name=q) for q in settings.SLUICE_QUEUES], ignore_conflicts=True)
+    QueueState.objects.bulk_create([QueueState(name=q) for q in registry.queues()], ignore_conflicts=True)

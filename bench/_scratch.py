@@ -48,10 +48,12 @@ def setup_django(database_url: str) -> None:
 
 
 def start_worker(database_url: str, *, concurrency: int = 2, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
+    from pipelines import registry  # after setup_django: the registered job types' queues
+
     env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(ROOT)}
     log = open(ROOT / ".var" / "bench-worker.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "ingest,recalc,aggregate,default",
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", ",".join(registry.queues()),
          "-c", str(concurrency), "-P", "prefork", "-l", "warning", "--without-mingle", "--without-gossip",
          "-n", f"bench-{os.getpid()}@%h", *(extra or [])],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -110,7 +110,9 @@ class RssSampler(threading.Thread):
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "ingest,recalc,aggregate,default",
+    from pipelines import registry  # after django.setup(): the registered job types' queues
+
+    cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", ",".join(registry.queues()),
            "-c", "1", "-P", "prefork", "-n", "bench-ingest@%h", "--without-mingle", "--without-gossip", "-l", "info"]
     out = open(log, "wb")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -70,7 +70,9 @@ def main() -> None:
     import redis
     from django.conf import settings
 
-    redis.Redis.from_url(settings.REDIS_URL).delete(*settings.SLUICE_QUEUES)
+    from pipelines import registry
+
+    redis.Redis.from_url(settings.REDIS_URL).delete(*registry.queues())
     worker = start_worker(url, extra=["--include", "bench.plain_tasks"])
     try:
         run_plain(10)  # warm up both paths (imports, connections)

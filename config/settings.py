@@ -202,14 +202,11 @@ if WEB_PROCESS:
 MIDDLEWARE = [*MIDDLEWARE, "config.middleware.ServiceUnavailableMiddleware"]
 
 # --- Sluice engine -------------------------------------------------------------------------
-SLUICE_QUEUES = ["ingest", "recalc", "aggregate", "default"]
-# job_type -> queue; a job type absent here uses the queue its handler registered.
+# The queues are the ones the job types registered (``pipelines.registry.queues()``: each
+# app declares its job types' queues, e.g. ``ingestion/job_types.py``). Routing overrides,
+# one variable per job type: SLUICE_QUEUE_CSV_INGEST=bulk sends csv_ingest jobs to "bulk".
 SLUICE_QUEUE_ROUTES: dict[str, str] = {
-    "csv_ingest": env_str("SLUICE_QUEUE_CSV_INGEST", "ingest"),
-    "factor_ingest": env_str("SLUICE_QUEUE_FACTOR_INGEST", "ingest"),
-    "unit_sync": env_str("SLUICE_QUEUE_UNIT_SYNC", "default"),
-    "emission_recalc": env_str("SLUICE_QUEUE_EMISSION_RECALC", "recalc"),
-    "aggregation": env_str("SLUICE_QUEUE_AGGREGATION", "aggregate"),
+    job_type.lower(): queue for job_type, queue in env_prefixed("SLUICE_QUEUE_").items() if queue
 }
 # Modules whose import registers job handlers (the plug-in point for new job kinds).
 SLUICE_HANDLER_MODULES = env_list(

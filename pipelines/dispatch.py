@@ -19,7 +19,7 @@ from celery import chain, current_app, group
 from django.conf import settings
 from django.utils import timezone
 
-from pipelines import dag
+from pipelines import dag, registry
 from pipelines.models import Job, JobState
 
 logger = logging.getLogger(__name__)
@@ -75,9 +75,9 @@ def queue_depths() -> dict[str, int]:
     with current_app.connection_for_read() as conn:
         client = conn.default_channel.client
         pipe = client.pipeline()
-        for queue in settings.SLUICE_QUEUES:
+        for queue in registry.queues():
             pipe.llen(queue)
-        return dict(zip(settings.SLUICE_QUEUES, (int(n) for n in pipe.execute()), strict=True))
+        return dict(zip(registry.queues(), (int(n) for n in pipe.execute()), strict=True))
 
 
 # Above this many waiting messages the reaper does not read them all and falls back to
@@ -104,13 +104,13 @@ def job_ids_in_broker() -> set[int] | None:
         channel = conn.default_channel
         client = channel.client
         pipe = client.pipeline()
-        for queue in settings.SLUICE_QUEUES:
+        for queue in registry.queues():
             pipe.llen(queue)
         pipe.hlen(channel.unacked_key)
         if sum(int(n) for n in pipe.execute()) > SCAN_LIMIT:
             return None
         pipe = client.pipeline()
-        for queue in settings.SLUICE_QUEUES:
+        for queue in registry.queues():
             pipe.lrange(queue, 0, -1)
         pipe.hvals(channel.unacked_key)
         *queued, unacked = pipe.execute()

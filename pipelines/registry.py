@@ -111,6 +111,19 @@ def registered_job_types() -> list[str]:
     return sorted(_HANDLERS)
 
 
+def queues() -> list[str]:
+    """Every queue a job can be sent to: each registered job type's (after the settings'
+    routes), in registration order, then Celery's default queue (beat's tasks) last.
+
+    The one list of queues: the API, the console, pause/resume, queue depths and the
+    reaper all read it, and each app declares its queues where it registers job types.
+    """
+    default = settings.CELERY_TASK_DEFAULT_QUEUE
+    found = dict.fromkeys(queue_for(job_type) for job_type in _HANDLERS)
+    found.pop(default, None)
+    return [*found, default]
+
+
 def registered_count_keys() -> set[str]:
     """Every count key some registered job type declared."""
     return {key for spec in _HANDLERS.values() for key in spec.counts}

@@ -21,17 +21,20 @@ import pytest
 from django.conf import settings
 from django.utils import translation
 
-import tests.support.handlers  # noqa: F401 - the test process plans the test job kinds too
+import tests.support.handlers  # the test process plans the test job kinds too
+from pipelines import registry
 from tests.support.fixtures import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-QUEUES = "ingest,recalc,aggregate,default"
 
 SOURCE_MAX_BYTES = 256 * 1024
 SOURCE_TEST_SECRET = "Bearer test-only-secret"
 
 # Handlers only tests need (failing, effect-recording jobs) plug in like any job kind.
 TEST_HANDLER_MODULES = ",".join([*settings.SLUICE_HANDLER_MODULES, "tests.support.handlers"])
+# A test worker consumes every registered queue but the isolated one (only the tests that
+# start their own worker on it do).
+QUEUES = ",".join(q for q in registry.queues() if q != tests.support.handlers.ISOLATED_QUEUE)
 
 
 def _test_database_url() -> str:
@@ -185,11 +188,10 @@ def effect_table(transactional_db: Any) -> Callable[[int], list[tuple[int, int]]
 
 
 @pytest.fixture
-def isolated_queue(settings: Any) -> str:
-    """Lets the test process pause/resume the test-only queue."""
+def isolated_queue() -> str:
+    """The test-only queue: a known queue (pause/resume) since its test job types registered it."""
     from tests.support.handlers import ISOLATED_QUEUE
 
-    settings.SLUICE_QUEUES = [*settings.SLUICE_QUEUES, ISOLATED_QUEUE]
     return ISOLATED_QUEUE
 
 

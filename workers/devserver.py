@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # Where the embedded servers keep their data (tests run a second supervisor elsewhere).
 VAR = Path(os.environ.get("SLUICE_VAR_DIR") or ROOT / ".var")
 BIN = Path(sys.executable).parent
-QUEUES = "ingest,recalc,aggregate,default"
 DEMO_USER = "admin"
 DEMO_PASSWORD = "sluice-admin"  # noqa: S105 - local demo login, printed on start
 
@@ -106,13 +105,19 @@ def _manage(env: dict[str, str], *args: str) -> None:
     subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=env, check=True, cwd=ROOT)
 
 
-def _commands(port: int) -> dict[str, list[str]]:
+def _queues(env: dict[str, str]) -> str:
+    """Every queue of the registered job types (``manage.py sluice_queue list``), for -Q."""
+    return subprocess.run([sys.executable, str(ROOT / "manage.py"), "sluice_queue", "list"], env=env, check=True,
+                          cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def _commands(port: int, queues: str) -> dict[str, list[str]]:
     return {
         # No per-message deflate: compressing each small event was half the send cost
         # of a 200-client fan-out (bench/ws_latency.py).
         "web": [str(BIN / "uvicorn"), "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
                 "--ws-per-message-deflate", "false"],
-        "worker": [str(BIN / "celery"), "-A", "config", "worker", "-Q", QUEUES, "-c", "2", "-l", "info",
+        "worker": [str(BIN / "celery"), "-A", "config", "worker", "-Q", queues, "-c", "2", "-l", "info",
                    "--without-mingle", "--without-gossip", "-n", "worker@%h"],
         # The schedule is in PostgreSQL (CELERY_BEAT_SCHEDULER: django-celery-beat's
         # DatabaseScheduler): the engine's periodic tasks and every scheduled source.
@@ -164,7 +169,7 @@ class Child:
 
 
 def _spawn(env: dict[str, str], port: int, *, log_dir: Path | None = None) -> list[Child]:
-    return [Child(name, cmd, env, log_dir) for name, cmd in _commands(port).items()]
+    return [Child(name, cmd, env, log_dir) for name, cmd in _commands(port, _queues(env)).items()]
 
 
 def _stop(children: list[Child]) -> None:

@@ -6,10 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypedDict
 
 from celery import current_app
-from django.conf import settings
 from django.db.models import Count, Min
 from django.utils import timezone
 
+from pipelines import registry
 from pipelines.dispatch import queue_depths
 from pipelines.models import Job, JobState, QueueState
 from workers.heartbeat import heartbeats
@@ -82,7 +82,7 @@ def queue_list(*, workers: list[WorkerInfo] | None = None) -> list[QueueInfo]:
         Job.objects.filter(state=JobState.RUNNING).values("queue").annotate(n=Count("id")).values_list("queue", "n")
     )
     result: list[QueueInfo] = []
-    for name in settings.SLUICE_QUEUES:
+    for name in registry.queues():
         row: dict[str, Any] = dict(waiting.get(name) or {})
         oldest = row.get("oldest")
         result.append(

@@ -19,7 +19,7 @@ from backoffice.api.filters import StatsFilter
 from backoffice.api.permissions import CanOperateAllModules, CanView
 from backoffice.api.schema import declare_links, link
 from backoffice.api.serializers import ControlInputSerializer, query_input
-from pipelines import alerts, services
+from pipelines import alerts, registry, services
 from pipelines.models import Job
 from workers.selectors import queue_list, worker_list
 
@@ -90,8 +90,8 @@ class _QueueControl(ApiView):
     def post(self, request: Request, name: str) -> Response:
         data = ControlInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        if name not in settings.SLUICE_QUEUES:
-            raise exceptions.NotFound(f"No such queue; known: {', '.join(settings.SLUICE_QUEUES)}.")
+        if name not in registry.queues():
+            raise exceptions.NotFound(f"No such queue; known: {', '.join(registry.queues())}.")
         control = services.queue_pause if self.paused else services.queue_resume
         control(queue=name, actor=request.user, **data.validated_data)
         queue = next(q for q in queue_list(workers=[]) if q["name"] == name)

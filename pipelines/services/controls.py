@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext_noop
 
-from pipelines import dag, transitions
+from pipelines import dag, registry, transitions
 from pipelines.errors import ConflictError
 from pipelines.messages import WAITING_UPSTREAM, WAITING_WORKER, Message, msg
 from pipelines.models import Job, JobResult, JobState, OperatorActionKind, Pipeline, QueueState
@@ -296,8 +296,8 @@ def queue_resume(*, queue: str, actor: Any = None, reason: str = "") -> QueueSta
 
 
 def _queue_set(*, queue: str, paused: bool, actor: Any, reason: str) -> QueueState:
-    if queue not in settings.SLUICE_QUEUES:
-        raise ValueError(f"unknown queue {queue!r}; known: {', '.join(settings.SLUICE_QUEUES)}")
+    if queue not in registry.queues():
+        raise ValueError(f"unknown queue {queue!r}; known: {', '.join(registry.queues())}")
     with transaction.atomic():
         state, _ = QueueState.objects.select_for_update().get_or_create(name=queue)
         if state.paused == paused:

@@ -18,7 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_noop
 
-from pipelines import dispatch
+from pipelines import dispatch, registry
 from pipelines.messages import Message, msg
 from pipelines.models import Job, JobState, OperatorActionKind, QueueState
 from pipelines.services.audit import operator_action_record
@@ -151,4 +151,4 @@ def _queue_depths() -> dict[str, int]:
         return dispatch.queue_depths()
     except Exception:
         logger.warning("could not read queue depths", exc_info=True)
-        return {q: 1 for q in settings.SLUICE_QUEUES}
+        return {q: 1 for q in registry.queues()}

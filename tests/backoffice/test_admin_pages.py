@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from pipelines import registry
 from pipelines.models import Job, OperatorAction, Pipeline, QueueState
 from tests.live.conftest import make_user, no_dispatch, plan, run_pipeline  # noqa: F401 - no_dispatch is a fixture
 
@@ -174,12 +175,10 @@ def test_a_refusal_is_explained_in_words_and_other_rows_still_run() -> None:
 
 
 def test_queue_states_list_every_queue_with_its_work_and_pause_resume_are_actions() -> None:
-    from django.conf import settings
-
     p = plan(year=2030, module="energy")
     client = _operator()
     html = client.get("/admin/pipelines/queuestate/").content.decode()
-    for queue in settings.SLUICE_QUEUES:
+    for queue in registry.queues():
         assert f">{queue}<" in html
     queued = Job.objects.filter(pipeline=p, state="queued", queue="default").count()
     assert queued and f'<td class="field-queued_jobs">{queued}</td>' in html
