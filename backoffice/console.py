@@ -26,6 +26,7 @@ from backoffice.api.filters import PipelineFilter
 from pipelines import alerts, events, stats
 from pipelines import counters as kept_counters
 from pipelines.models import Job, JobResult, JobState, OperatorAction, Pipeline, QueueState
+from pipelines.years import YEAR_REF_MAX, YEAR_REF_MIN
 from workers.selectors import queue_list, worker_list
 
 PAGE_SIZE = 20
@@ -46,7 +47,7 @@ class ConsoleFilterForm(forms.Form):
 
     q = forms.CharField(required=False, label=_("Search"), max_length=100,
                         widget=forms.TextInput(attrs={"placeholder": _("short id, kind, module, error…")}))
-    year = forms.IntegerField(required=False, min_value=1900, max_value=2999, label=_("Year"))
+    year = forms.IntegerField(required=False, min_value=YEAR_REF_MIN, max_value=YEAR_REF_MAX, label=_("Year"))
     module = forms.CharField(required=False, max_length=40, label=_("Module"))
     kind = forms.CharField(required=False, max_length=40, label=_("Kind"))
     status = forms.ChoiceField(required=False, label=_("Status"),

@@ -21,6 +21,7 @@ from rest_framework.exceptions import ValidationError
 from backoffice.api.serializers import INTEGER
 from pipelines import alerts
 from pipelines.models import Job, JobResult, JobState, Pipeline, PipelineStatus
+from pipelines.years import YEAR_FILTER_MAX, YEAR_FILTER_MIN
 
 SHORT_ID = re.compile(r"[0-9a-fA-F]{4,8}(-[0-9a-fA-F-]{0,27})?")
 
@@ -43,10 +44,6 @@ class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
         return super().filter(qs, value)
 
 
-# Years as query parameters: the same bounds everywhere (document and validation).
-YEAR_MIN, YEAR_MAX = 0, 9999
-
-
 class StrictIntegerField(forms.IntegerField):
     """Digits only: Django also reads ``2025.0`` as 2025, which ``type: integer`` refuses."""
 
@@ -56,14 +53,14 @@ class StrictIntegerField(forms.IntegerField):
         return super().to_python(value)
 
 
-@extend_schema_field({"type": "integer", "minimum": YEAR_MIN, "maximum": YEAR_MAX})
+@extend_schema_field({"type": "integer", "minimum": YEAR_FILTER_MIN, "maximum": YEAR_FILTER_MAX})
 class YearFilter(django_filters.NumberFilter):
     """An integer year: ``?year=0.5`` is a 400, not a filter on 0.5."""
 
     field_class = StrictIntegerField
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(min_value=YEAR_MIN, max_value=YEAR_MAX, **kwargs)
+        super().__init__(min_value=YEAR_FILTER_MIN, max_value=YEAR_FILTER_MAX, **kwargs)
 
 
 class StrictBooleanField(forms.NullBooleanField):

@@ -23,7 +23,7 @@ from backoffice import access
 from backoffice.api import selectors
 from backoffice.api.base import ApiView, NewestFirstCursor
 from backoffice.api.errors import error_responses
-from backoffice.api.filters import YEAR_MAX, YEAR_MIN, JobFilter, PipelineFilter
+from backoffice.api.filters import JobFilter, PipelineFilter
 from backoffice.api.permissions import CanView
 from backoffice.api.schema import declare_links, job_links, pipeline_links
 from backoffice.api.serializers import (
@@ -42,6 +42,7 @@ from pipelines import selectors as pipeline_selectors
 from pipelines import services
 from pipelines.events import job_dict, pipeline_dict
 from pipelines.models import DONE_STATUSES, Job, Pipeline
+from pipelines.years import YEAR_FILTER_MAX, YEAR_FILTER_MIN, YEAR_REF_MAX, YEAR_REF_MIN
 
 
 def get_pipeline(*, user: Any, pipeline_id: Any) -> Pipeline:
@@ -76,7 +77,7 @@ class StartRecalculateSerializer(JsonInputSerializer):
     """Recompute one module's totals of a year."""
 
     kind = serializers.ChoiceField(choices=["recalculate"])
-    year = serializers.IntegerField(min_value=1900, max_value=2999)
+    year = serializers.IntegerField(min_value=YEAR_REF_MIN, max_value=YEAR_REF_MAX)
     module = serializers.CharField(max_length=40)
 
 
@@ -84,14 +85,14 @@ class StartUnitSyncSerializer(JsonInputSerializer):
     """Re-read the unit directory for a year."""
 
     kind = serializers.ChoiceField(choices=["unit_sync"])
-    year = serializers.IntegerField(min_value=1900, max_value=2999)
+    year = serializers.IntegerField(min_value=YEAR_REF_MIN, max_value=YEAR_REF_MAX)
 
 
 class StartNoopSerializer(JsonInputSerializer):
     """An engine self-test pipeline."""
 
     kind = serializers.ChoiceField(choices=["noop"])
-    year = serializers.IntegerField(min_value=1900, max_value=2999, required=False)
+    year = serializers.IntegerField(min_value=YEAR_REF_MIN, max_value=YEAR_REF_MAX, required=False)
 
 
 # Which fields a start needs depends on its kind: one serializer per kind, documented
@@ -160,7 +161,7 @@ class PipelineActiveView(ApiView):
         pipeline_ids = serializers.ListField(child=serializers.UUIDField())
 
     class InputSerializer(serializers.Serializer):
-        year = serializers.IntegerField(required=False, min_value=YEAR_MIN, max_value=YEAR_MAX)
+        year = serializers.IntegerField(required=False, min_value=YEAR_FILTER_MIN, max_value=YEAR_FILTER_MAX)
         module = serializers.CharField(required=False, max_length=40)
 
     @extend_schema(parameters=[InputSerializer], responses={200: OutputSerializer, **error_responses(400)})
