@@ -176,7 +176,7 @@ def queues_fragment(request: HttpRequest) -> HttpResponse:
     inspect waits up to ``SLUICE_INSPECT_TIMEOUT``, so never on the page's first render)."""
     if not access.can_view(request.user):
         raise PermissionDenied
-    data = console.queues_and_workers(inspect_timeout=float(getattr(settings, "SLUICE_INSPECT_TIMEOUT", 1.0)))
+    data = console.queues_and_workers(inspect_timeout=settings.SLUICE_INSPECT_TIMEOUT)
     # Pausing a queue touches every module: operators narrowed to modules may not.
     can_pause = access.can_operate(request.user) and access.granted_modules(request.user) is None
     return TemplateResponse(request, "backoffice/console_queues.html", {"data": data, "can_pause": can_pause})

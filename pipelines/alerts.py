@@ -64,7 +64,7 @@ class AlertItem(TypedDict):
 
 
 def _window_start() -> Any:
-    hours = float(getattr(settings, "SLUICE_ALERT_WINDOW_HOURS", 168))
+    hours = settings.SLUICE_ALERT_WINDOW_HOURS
     return timezone.now() - timedelta(hours=hours)
 
 

@@ -25,7 +25,7 @@ from workers.selectors import queue_list, worker_list
 
 
 def _inspect_timeout() -> float:
-    return float(getattr(settings, "SLUICE_INSPECT_TIMEOUT", 1.0))
+    return settings.SLUICE_INSPECT_TIMEOUT
 
 
 def _workers(*, strict: bool = False) -> list[Any]:

@@ -39,11 +39,11 @@ BATCH = 500
 
 
 def _poll_seconds() -> float:
-    return float(getattr(settings, "SLUICE_SSE_POLL_SECONDS", 0.25))
+    return settings.SLUICE_SSE_POLL_SECONDS
 
 
 def _ping_seconds() -> float:
-    return float(getattr(settings, "SLUICE_SSE_PING_SECONDS", 15.0))
+    return settings.SLUICE_SSE_PING_SECONDS
 
 
 def _error(status: int, detail: str, code: str, **headers: str) -> HttpResponse:
