@@ -126,7 +126,7 @@ def pipeline_page(*, user: Any, filters: dict[str, Any], cursor: str = "", size:
         jobs_by_pipeline.setdefault(job["pipeline_id"], []).append(job)
     rows = [
         {
-            "pipeline": {**events.pipeline_dict(p), "pipeline_seq": p.event_count},
+            "pipeline": {**events.pipeline_dict(p), "pipeline_seq": p.last_pipeline_seq},
             "created_at": p.created_at,
             "warning_count": p.warning_count,
             "jobs": jobs_by_pipeline.get(str(p.pk), []),

@@ -202,7 +202,7 @@ def _current_seq() -> int:
 
 
 def _pipeline_entry(pipeline: Pipeline) -> dict[str, Any]:
-    return {**events.pipeline_dict(pipeline), "pipeline_seq": pipeline.event_count}
+    return {**events.pipeline_dict(pipeline), "pipeline_seq": pipeline.last_pipeline_seq}
 
 
 def _jobs_of(pipeline_ids: Iterable[Any], *, per_pipeline: int | None) -> list[dict[str, Any]]:

@@ -41,7 +41,7 @@ SEED_SQL = [
     f"""
     INSERT INTO pipelines_pipeline (id, kind, year, module, status, params, created_at, started_at, finished_at,
         updated_at, jobs_total, jobs_finished, error_count, warning_count, progress_percent, phase, last_error,
-        event_count)
+        last_pipeline_seq)
     SELECT md5('p' || i)::uuid,
            (ARRAY['upload', 'upload', 'upload', 'recalculate', 'unit_sync'])[1 + i % 5],
            2020 + i % 6,

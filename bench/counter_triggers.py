@@ -31,7 +31,7 @@ PIPELINES = 8_000
 
 SEED = f"""
 INSERT INTO pipelines_pipeline (id, kind, year, module, status, params, created_at, updated_at, jobs_total,
-    jobs_finished, error_count, warning_count, progress_percent, phase, last_error, event_count)
+    jobs_finished, error_count, warning_count, progress_percent, phase, last_error, last_pipeline_seq)
 SELECT md5('p' || i)::uuid, 'upload', 2020 + i % 6,
        (ARRAY['headcount', 'professional_travel', 'buildings', 'equipment', 'purchases'])[1 + i % 5],
        'running', '{{}}'::jsonb, now() - i * interval '3 seconds', now(), 5, 0, 0, 0, 0, '', '', 0

@@ -49,7 +49,7 @@ def seed(old: int) -> None:
         f"""
         INSERT INTO pipelines_pipeline (id, kind, year, module, status, params, created_at, started_at, finished_at,
             updated_at, jobs_total, jobs_finished, error_count, warning_count, progress_percent, phase, last_error,
-            event_count)
+            last_pipeline_seq)
         SELECT md5('p' || i)::uuid, 'upload', 2020, 'headcount', 'success', jsonb_build_object('upload_id', i),
                now() - (CASE WHEN i <= {RECENT} THEN 1 ELSE 100 END) * interval '1 day' - i * interval '1 second',
                now() - (CASE WHEN i <= {RECENT} THEN 1 ELSE 100 END) * interval '1 day' - i * interval '1 second',

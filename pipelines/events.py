@@ -131,7 +131,7 @@ def append(
     """Record one ``job.update`` per (job, kind) and optionally a ``pipeline.update``.
 
     The caller holds the pipeline row lock and has already stored the pipeline's new
-    ``event_count`` (``base_pipeline_seq`` + the number of events appended here).
+    ``last_pipeline_seq`` (``base_pipeline_seq`` + the number of events appended here).
     Publishing is deferred to ``on_commit``.
     """
     count = len(jobs) + (1 if pipeline_changed else 0)

@@ -93,9 +93,10 @@ class Pipeline(models.Model):
     progress_percent = models.FloatField(verbose_name=_("progress (%)"), default=0.0)
     phase = models.CharField(verbose_name=_("phase"), max_length=200, blank=True, default="")
     last_error = models.TextField(verbose_name=_("last error"), blank=True, default="")
-    # Per-pipeline event counter: allocated under this row's lock, so gapless and in
-    # commit order within a pipeline (clients detect dropped messages by a jump).
-    event_count = models.BigIntegerField(verbose_name=_("events"), default=0)
+    # The last ``pipeline_seq`` handed to one of this pipeline's events: allocated under
+    # this row's lock, so gapless and in commit order within a pipeline (clients detect
+    # dropped messages by a jump).
+    last_pipeline_seq = models.BigIntegerField(verbose_name=_("events"), default=0)
 
     class Meta:
         verbose_name = _("pipeline")

@@ -72,7 +72,7 @@ def pipeline_snapshot(*, pipeline_id: Any) -> dict[str, Any]:
         "pipeline": events.pipeline_dict(pipeline),
         "jobs": [events.job_dict(j) for j in jobs],
         "edges": [{"job": child, "depends_on": parent} for child, parent in edges],
-        "pipeline_seq": pipeline.event_count,
+        "pipeline_seq": pipeline.last_pipeline_seq,
         "seq": JobEvent.objects.filter(pipeline_id=pipeline_id).order_by("-seq").values_list("seq", flat=True).first()
         or 0,
     }

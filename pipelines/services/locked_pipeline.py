@@ -243,12 +243,12 @@ class LockedPipeline:
             "warning_count": sum(1 for j in jobs if j.result == JobResult.WARNING),
             "last_error": f"{job_label(latest_error)}: {latest_error.status_message}" if latest_error else "",
             "updated_at": now,
-            "event_count": pipeline.event_count + n_events,
+            "last_pipeline_seq": pipeline.last_pipeline_seq + n_events,
         }
         if status in (PipelineStatus.RUNNING, *DONE_STATUSES) and pipeline.started_at is None:
             updates["started_at"] = now
         updates["finished_at"] = (pipeline.finished_at or now) if status in DONE_STATUSES else None
-        base_pseq = pipeline.event_count
+        base_pseq = pipeline.last_pipeline_seq
         Pipeline.objects.filter(pk=pipeline.pk).update(**updates)
         for key, value in updates.items():
             setattr(pipeline, key, value)

@@ -26,10 +26,10 @@ from tests.live.conftest import (
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_dispatch")]
 
 
-def _event_count(pipeline_id: Any) -> int:
+def _last_pipeline_seq(pipeline_id: Any) -> int:
     from pipelines.models import Pipeline
 
-    return Pipeline.objects.get(pk=pipeline_id).event_count
+    return Pipeline.objects.get(pk=pipeline_id).last_pipeline_seq
 
 
 def _db_state(pipeline_ids: list[Any]) -> dict[str, Any]:
@@ -76,7 +76,7 @@ async def test_events_arrive_in_seq_order_on_pipeline_console_and_year_feeds() -
     # When the pipeline runs, with progress steps
     await db(run_pipeline, pipeline.pk, steps=6)
     await db(flush_publisher)
-    final = await db(_event_count, pipeline.pk)
+    final = await db(_last_pipeline_seq, pipeline.pk)
 
     # Then every feed gets the pipeline's events in seq order, gapless, once each
     for name, socket in sockets.items():
@@ -129,7 +129,7 @@ async def test_client_reconnecting_with_after_ends_in_the_same_state_as_one_that
         await asyncio.sleep(0.05)
     producer.join()
     await db(flush_publisher)
-    totals = {str(first.pk): await db(_event_count, first.pk), str(second.pk): await db(_event_count, second.pk)}
+    totals = {str(p.pk): await db(_last_pipeline_seq, p.pk) for p in (first, second)}
     assert sum(totals.values()) >= 500
 
     # Then, once both caught up, they hold exactly the same state as the database
@@ -210,12 +210,12 @@ async def test_module_restricted_user_sees_only_their_modules() -> None:
     store = Store()
     store.apply(watcher.received[0])
     for p in (water, bare, energy):
-        await _drain_pipeline(watcher, store, str(p.pk), await db(_event_count, p.pk))
+        await _drain_pipeline(watcher, store, str(p.pk), await db(_last_pipeline_seq, p.pk))
     # ...the restricted sockets only the energy one.
     for socket in sockets:
         mine = Store()
         mine.apply(socket.received[0])
-        await _drain_pipeline(socket, mine, str(energy.pk), await db(_event_count, energy.pk))
+        await _drain_pipeline(socket, mine, str(energy.pk), await db(_last_pipeline_seq, energy.pk))
         assert await socket.silent(0.3)
         seen = {m["pipeline_id"] for m in socket.received[1:]}
         assert seen == {str(energy.pk)}
@@ -242,7 +242,7 @@ async def test_resync_action_sends_a_fresh_snapshot() -> None:
     await socket.send({"action": "resync"})
     snap = await socket.until(lambda m: m["type"] == "snapshot")
     assert snap["seq"] > first["seq"]
-    assert snap["pipelines"][0]["pipeline_seq"] == await db(_event_count, pipeline.pk)
+    assert snap["pipelines"][0]["pipeline_seq"] == await db(_last_pipeline_seq, pipeline.pk)
     assert len(snap["edges"]) == 2
     await socket.close()
 

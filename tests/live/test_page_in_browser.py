@@ -101,7 +101,7 @@ def test_live_console_follows_a_pipeline_through_a_drop_and_a_server_restart(ser
     pcts = page.eval_on_selector_all(f"{row} tr.job-row .live-pct", "els => els.map(e => e.textContent)")
     assert pcts == ["100%"] * len(states)
     held = page.evaluate(f"window.sluiceFeed.store.pipelines.get('{pid}')")
-    assert held["pipeline_seq"] == Pipeline.objects.get(pk=pid).event_count
+    assert held["pipeline_seq"] == Pipeline.objects.get(pk=pid).last_pipeline_seq
     assert errors == []
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 

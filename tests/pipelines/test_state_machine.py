@@ -498,7 +498,7 @@ class JobStateMachine(RuleBasedStateMachine):
                 assert (prev, state) in ALLOWED_EVENT_STEPS, f"job {e.job_id}: event {prev} → {state}"
             self.last_state_event[e.job_id] = state
         for pipeline in pipelines.values():
-            assert pipeline.event_count == self.pipeline_seq.get(pipeline.pk, 0)
+            assert pipeline.last_pipeline_seq == self.pipeline_seq.get(pipeline.pk, 0)
             assert self.pipeline_payload.get(pipeline.pk) == events.pipeline_dict(pipeline), (
                 f"pipeline {pipeline.pk}'s last event is not its row"
             )
