@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from pipelines.models import JobResult, JobState, PipelineStatus
+from pipelines.models import JobResult, JobState, PipelineStatus, job_done
 
 OK_RESULTS = frozenset({JobResult.SUCCESS, JobResult.WARNING, JobResult.SKIPPED})
 FAILED_RESULTS = frozenset({JobResult.ERROR, JobResult.CANCELLED})
@@ -61,11 +61,11 @@ def superseded_by(jobs: Iterable[JobSnapshot]) -> str:
 
 
 def job_fraction(job: JobSnapshot) -> float:
-    if job.state == JobState.FINISHED:
-        return 1.0
-    if job.state == JobState.RUNNING and job.total:
-        return max(0.0, min(1.0, job.processed / job.total))
-    return 0.0
+    """A job's weight in its pipeline's progress (``models.job_done``); a job that is not
+    running or finished counts nothing, whatever rows an earlier attempt reported."""
+    if job.state not in (JobState.FINISHED, JobState.RUNNING):
+        return 0.0
+    return job_done(job.state, job.processed, job.total) or 0.0
 
 
 def pipeline_progress(jobs: Iterable[JobSnapshot]) -> tuple[float, str]:

@@ -29,6 +29,18 @@ class JobResult(models.TextChoices):
     SKIPPED = "skipped"
 
 
+def job_done(state: str, processed: int, total: int | None) -> float | None:
+    """The share of one job's work that is done: the one progress rule behind a job's
+    percentage (``Job.progress_percent``) and its weight in its pipeline's
+    (``pipelines.dag.job_fraction``). 1.0 once finished; else ``processed / total``
+    (within 0..1) while the total is known; None without one."""
+    if state == JobState.FINISHED:
+        return 1.0
+    if total:
+        return max(0.0, min(1.0, processed / total))
+    return None
+
+
 class PipelineStatus(models.TextChoices):
     NOT_STARTED = "not_started"
     RUNNING = "running"
@@ -223,12 +235,11 @@ class Job(models.Model):
 
     @property
     def progress_percent(self) -> float | None:
-        if self.state == JobState.FINISHED:
-            return 100.0
-        if self.progress_total:
-            # 100 % means finished: the last unit processed is not the job committed.
-            return min(99.9, 100.0 * self.progress_processed / self.progress_total)
-        return None
+        done = job_done(self.state, self.progress_processed, self.progress_total)
+        if done is None:
+            return None
+        # 100 % means finished: the last unit processed is not the job committed.
+        return 100.0 if self.state == JobState.FINISHED else min(99.9, 100.0 * done)
 
 
 class AggregationSuspect(models.Model):
