@@ -9,7 +9,7 @@ from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import JSONObject
 
 from pipelines import events
-from pipelines.models import DONE_STATUSES, Job, JobEvent, Pipeline
+from pipelines.models import Job, JobEvent, Pipeline
 
 # What ``events.job_dict`` reads. ``meta`` is never loaded on list and live paths: it
 # may hold a thousand row errors, and only the allow-listed counts travel.
@@ -76,12 +76,3 @@ def pipeline_snapshot(*, pipeline_id: Any) -> dict[str, Any]:
         "seq": JobEvent.objects.filter(pipeline_id=pipeline_id).order_by("-seq").values_list("seq", flat=True).first()
         or 0,
     }
-
-
-def active_pipeline_ids(*, year: int | None = None, module: str | None = None) -> list[str]:
-    qs = Pipeline.objects.exclude(status__in=DONE_STATUSES)
-    if year is not None:
-        qs = qs.filter(year=year)
-    if module:
-        qs = qs.filter(module=module)
-    return [str(pk) for pk in qs.order_by("-created_at").values_list("pk", flat=True)]

@@ -188,8 +188,3 @@ def validated(filterset_class: Any, data: Any, queryset: QuerySet[Any]) -> Any:
     if not fs.is_valid():
         raise ValidationError(fs.errors)
     return fs
-
-
-def filtered(filterset_class: Any, data: Any, queryset: QuerySet[Any]) -> QuerySet[Any]:
-    """Apply a filter set; invalid filter values are a 400 (not silently ignored)."""
-    return validated(filterset_class, data, queryset).qs

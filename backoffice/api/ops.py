@@ -40,12 +40,6 @@ def _workers(*, strict: bool = False) -> list[Any]:
         return []
 
 
-class DurationSerializer(serializers.Serializer):
-    count = serializers.IntegerField(required=False)
-    p50_seconds = serializers.FloatField(allow_null=True)
-    p95_seconds = serializers.FloatField(allow_null=True)
-
-
 class JobStatsView(ApiView):
     class OutputSerializer(serializers.Serializer):
         total = serializers.IntegerField()

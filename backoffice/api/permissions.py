@@ -19,15 +19,6 @@ class CanView(BasePermission):
         return access.can_view(request.user)
 
 
-class CanOperate(BasePermission):
-    """Operator role: act (cancel, retry, recover, pause, upload, create and open years)."""
-
-    message = "You need the operator role."
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        return access.can_operate(request.user)
-
-
 class CanOperateAllModules(BasePermission):
     """An operator not narrowed by module grants: for platform-wide switches (queues)."""
 
