@@ -3,6 +3,10 @@
 Engine rows change only through ``pipelines.services`` (compare-and-set transitions),
 so the admin never edits pipelines, jobs, events or actions: it shows them, filtered
 by the viewer's module grants.
+
+Over ~400 lines: one ``ModelAdmin`` per registered model, mostly declarations (columns,
+filters, labels); the logic they call lives in ``admin_controls``, ``console_views``,
+``sources_page`` and the apps' services.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ jobs an upload of the same target would get (ingest → recalcs → aggregation,
 unit sync). The fetch job stores the response as an ``Upload`` and hands its id to the
 ingest job; an unchanged source ends the fetch ``skipped`` and everything after it
 with it ("unchanged, skipped"), so the pipeline reads success without reloading.
+
+A little over ~400 lines: the writes of one resource (validation of a source's settings,
+its schedule, its runs and the fetch job's body) read best in one place.
 """
 
 from __future__ import annotations

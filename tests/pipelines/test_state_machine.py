@@ -12,6 +12,9 @@ Profiles: the default one (``make test``) is bounded and derandomized, so CI run
 same examples every time; ``SLUICE_HYPOTHESIS_PROFILE=long`` (``make prop-long``) runs
 many more random ones. A failing example found here is fixed and kept as a plain test
 in ``test_state_machine_regressions.py``.
+
+Over ~400 lines: one state machine (its rules and its invariants) cannot be split
+without splitting the model it checks.
 """
 
 from __future__ import annotations
