@@ -15,26 +15,19 @@ from typing import Any, TypedDict
 
 from django.db import connection, transaction
 
-from pipelines import publish
+from pipelines import publish, registry
 from pipelines.models import Job, JobEvent, Pipeline
 
-# Only these meta keys travel with live events and list responses: counts, never
-# multi-kilobyte row-error arrays.
-COUNT_KEYS = (
-    "rows_total",
-    "rows_loaded",
-    "rows_rejected",
-    "rows_processed",
-    "rows_skipped",
-    "rows_without_factor",
-    "units_synced",
-    "reports_created",
-    "totals_written",
-    "factors_upserted",
-    "factors_stale",
-    "duplicate_of_upload",
-    "superseded_by",  # not a count: the pipeline status is derived from it (see dag.pipeline_status)
-)
+# Not a count, yet it travels with them: the pipeline status is derived from it
+# (``dag.pipeline_status``), and it is the engine's own (``Outcome.superseded_by``).
+SUPERSEDED_BY = "superseded_by"
+
+
+def count_keys() -> tuple[str, ...]:
+    """The ``meta`` keys that travel with live events and list responses: the counts each
+    job type declared when it registered (``pipelines.registry``), never multi-kilobyte
+    row-error arrays. The engine names none of them itself."""
+    return (*sorted(registry.registered_count_keys()), SUPERSEDED_BY)
 
 
 class ProgressDict(TypedDict):
@@ -74,7 +67,7 @@ class PipelineDict(TypedDict):
 
 
 def counts_of(meta: dict[str, Any]) -> dict[str, Any]:
-    return {k: meta[k] for k in COUNT_KEYS if k in meta}
+    return {k: meta[k] for k in count_keys() if k in meta}
 
 
 def job_dict(job: Job) -> JobDict:

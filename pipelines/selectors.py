@@ -21,9 +21,9 @@ SLIM_JOB_FIELDS = (
 
 
 def counts_expression() -> Func:
-    """The allow-listed count keys of ``meta``, projected in SQL (``events.COUNT_KEYS``)."""
+    """The allow-listed count keys of ``meta``, projected in SQL (``events.count_keys()``)."""
     return Func(
-        JSONObject(**{key: KeyTransform(key, "meta") for key in events.COUNT_KEYS}),
+        JSONObject(**{key: KeyTransform(key, "meta") for key in events.count_keys()}),
         function="jsonb_strip_nulls",
         output_field=JSONField(),
     )

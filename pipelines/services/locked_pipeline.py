@@ -25,6 +25,7 @@ Concurrency rules (read before changing anything in ``pipelines.services``):
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from typing import Any
@@ -77,28 +78,26 @@ def unfinished_closure(pipeline_id: Any, roots: list[int]) -> list[int]:
     )
 
 
-# The live-event counts, projected in SQL so a transition never loads a job's meta
-# (which may hold a thousand row errors) just to publish a few numbers. Composed by
-# psycopg (identifiers and literals quoted by the library), kept as the string
-# ``Job.objects.raw`` takes.
-_JOBS_SQL = (
-    sql.SQL(
+@functools.cache
+def _jobs_sql(count_keys: tuple[str, ...]) -> str:
+    """The job rows of one pipeline with their live-event counts, projected in SQL so a
+    transition never loads a job's meta (which may hold a thousand row errors) just to
+    publish a few numbers. Composed by psycopg (identifiers and literals quoted by the
+    library), kept as the string ``Job.objects.raw`` takes; one per set of registered
+    count keys (the keys are known once the apps are ready, not at import)."""
+    columns = sql.SQL(", ").join(
+        sql.Identifier("j", f.column)
+        for f in Job._meta.concrete_fields
+        if f.column and f.name not in ("meta", "error", "effect_outcome")
+    )
+    counts = sql.SQL(", ").join(sql.SQL("{key}, j.meta->{key}").format(key=sql.Literal(key)) for key in count_keys)
+    return sql.SQL(
         "SELECT {columns}, jsonb_strip_nulls(jsonb_build_object({counts})) AS counts, "
         "EXISTS (SELECT 1 FROM pipelines_queuestate q WHERE q.name = j.queue AND q.paused) AS queue_paused "
         "FROM pipelines_job j WHERE j.pipeline_id = %s ORDER BY j.id"
-    )
-    .format(
-        columns=sql.SQL(", ").join(
-            sql.Identifier("j", f.column)
-            for f in Job._meta.concrete_fields
-            if f.column and f.name not in ("meta", "error", "effect_outcome")
-        ),
-        counts=sql.SQL(", ").join(
-            sql.SQL("{key}, j.meta->{key}").format(key=sql.Literal(key)) for key in events.COUNT_KEYS
-        ),
-    )
-    .as_string()
-)
+    ).format(columns=columns, counts=counts).as_string()
+
+
 LOCK_BY_JOB_SQL = (
     "SELECT * FROM pipelines_pipeline WHERE id = (SELECT pipeline_id FROM pipelines_job WHERE id = %s) FOR UPDATE"
 )
@@ -117,7 +116,7 @@ class LockedPipeline:
         self.pipeline = pipeline
         # Raw SQL: this runs twice per job, and compiling the equivalent ORM query
         # (annotations, Exists) cost more than executing it (bench/pipeline_overhead.py).
-        self.jobs: dict[int, Job] = {j.pk: j for j in Job.objects.raw(_JOBS_SQL, [pipeline.pk])}
+        self.jobs: dict[int, Job] = {j.pk: j for j in Job.objects.raw(_jobs_sql(events.count_keys()), [pipeline.pk])}
         for job in self.jobs.values():
             job.pipeline = pipeline  # no lazy query when a handler reads ctx.year/module
             if isinstance(job.counts, str):  # type: ignore[attr-defined]

@@ -21,10 +21,13 @@ def test_every_upload_target_has_an_ingest_job_type() -> None:
     assert set(INGEST_JOB_TYPES.values()) <= {decl.name for decl in JOB_TYPES}
 
 
-def test_declared_counts_travel_with_live_events() -> None:
-    # A count a job type declares but the engine does not project would silently
-    # never reach the console, the API lists or SSE.
-    assert registry.registered_count_keys() <= set(events.COUNT_KEYS)
+def test_declared_counts_travel_with_live_events_and_nothing_else_does() -> None:
+    # The engine projects exactly what the job types declared (plus its own
+    # superseded_by): a declared count reaches the console, the API lists and SSE; a
+    # row-error array in the same meta never does.
+    meta = {"rows_loaded": 3, "units_synced": 2, "row_errors": [{"row": 1}], "superseded_by": "upload #12"}
+    assert events.counts_of(meta) == {"rows_loaded": 3, "units_synced": 2, "superseded_by": "upload #12"}
+    assert set(events.count_keys()) == registry.registered_count_keys() | {"superseded_by"}
 
 
 def test_the_all_rejected_alert_reads_the_job_types_that_load_rows() -> None:
