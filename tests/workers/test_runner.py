@@ -1,4 +1,5 @@
-"""The engine end to end on real Celery workers (subprocesses), Redis and PostgreSQL."""
+"""The job runner (``workers.runner``, ``workers.tasks``) end to end on real Celery workers (subprocesses), Redis
+and PostgreSQL."""
 
 from __future__ import annotations
 
