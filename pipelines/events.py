@@ -27,7 +27,7 @@ def count_keys() -> tuple[str, ...]:
     """The ``meta`` keys that travel with live events and list responses: the counts each
     job type declared when it registered (``pipelines.registry``), never multi-kilobyte
     row-error arrays. The engine names none of them itself."""
-    return (*sorted(registry.registered_count_keys()), SUPERSEDED_BY)
+    return (*registry.registered_count_keys(), SUPERSEDED_BY)
 
 
 class ProgressDict(TypedDict):

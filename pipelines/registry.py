@@ -75,15 +75,20 @@ class UnknownJobType(DomainError, LookupError):
 
 
 _HANDLERS: dict[str, HandlerSpec] = {}
+# Every count key some registered job type declared, sorted; kept at registration (read
+# on every event written).
+_COUNT_KEYS: tuple[str, ...] = ()
 
 
 def register(
     job_type: str, *, queue: str = "default", max_attempts: int | None = None, counts: tuple[str, ...] = ()
 ) -> Callable[[Handler], Handler]:
     def decorator(func: Handler) -> Handler:
+        global _COUNT_KEYS
         _HANDLERS[job_type] = HandlerSpec(
             job_type=job_type, func=func, queue=queue, max_attempts=max_attempts, counts=tuple(counts)
         )
+        _COUNT_KEYS = tuple(sorted({key for spec in _HANDLERS.values() for key in spec.counts}))
         return func
 
     return decorator
@@ -124,9 +129,9 @@ def queues() -> list[str]:
     return [*found, default]
 
 
-def registered_count_keys() -> set[str]:
-    """Every count key some registered job type declared."""
-    return {key for spec in _HANDLERS.values() for key in spec.counts}
+def registered_count_keys() -> tuple[str, ...]:
+    """Every count key some registered job type declared, sorted."""
+    return _COUNT_KEYS
 
 
 def job_types_counting(key: str) -> list[str]:
