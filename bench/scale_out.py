@@ -53,7 +53,6 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._scratch import ROOT, drop_scratch_database, scratch_database_url, setup_django
 
-QUEUES = "ingest,recalc,aggregate,default"
 LAYOUTS = [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2)]  # (nodes, processes per node)
 YEARS = (2041, 2042)
 MODULES = {"headcount": "fte", "purchases": "amount_eur"}
@@ -90,13 +89,15 @@ class Nodes:
 
     def __init__(self, nodes: int, processes: int, log_dir: Path) -> None:
         from config.celery import app
+        from pipelines import registry  # after setup_django: the registered job types' queues
 
+        queues = ",".join(registry.queues())
         self.procs: list[subprocess.Popen[bytes]] = []
         names = [f"scale{i}-{os.getpid()}@{socket.gethostname()}" for i in range(nodes)]
         for i, name in enumerate(names):
             log = open(log_dir / f"worker-{nodes}x{processes}-{i}.log", "wb")
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", QUEUES, "-c", str(processes),
+                [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-c", str(processes),
                  "-P", "prefork", "-l", "warning", "--without-mingle", "--without-gossip", "-n", name],
                 cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
