@@ -74,7 +74,9 @@ def test_upload_with_redis_down_is_accepted_and_sent_by_the_reaper_when_redis_re
     assert queued.exists() and not queued.filter(dispatched_at__isnull=False).exists()
     # and when Redis is back, the reaper's next round sends them (no lost-message wait)
     private_redis.start()
-    settings.SLUICE_UNSENT_GRACE_SECONDS = 0.1
+    # No grace: the job may have been queued less than any grace ago (a fast run took
+    # 0.098 s from the upload to here, and a 0.1 s grace left the job to the next round).
+    settings.SLUICE_UNSENT_GRACE_SECONDS = 0
     with celery_broker(private_redis.url):
         report = reap()
         assert sorted(report.redispatched) == sorted(queued.values_list("pk", flat=True))
