@@ -117,6 +117,44 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 MEDIA_ROOT = Path(env_str("SLUICE_MEDIA_ROOT", str(BASE_DIR / ".var" / "media")))
 
+# --- Stored files (docs/STORAGE.md) -------------------------------------------------------
+# Every stored file (uploads, scheduled sources' responses) is written and read through
+# ``default_storage``. "filesystem": under SLUICE_MEDIA_ROOT, which every web and worker
+# process must then share (one machine, or a shared volume). "s3": a bucket of AWS S3 or
+# any S3-compatible store (MinIO, SeaweedFS, Ceph), which workers on any host can read.
+SLUICE_STORAGE = env_str("SLUICE_STORAGE", "filesystem")
+_default_storage: dict[str, Any]
+if SLUICE_STORAGE == "filesystem":
+    _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}  # location: MEDIA_ROOT
+elif SLUICE_STORAGE == "s3":
+    # Imported here, not at the top: a filesystem deployment never loads boto3.
+    from config.storage import s3_storage
+
+    SLUICE_S3_BUCKET = env_str("SLUICE_S3_BUCKET", "")
+    if not SLUICE_S3_BUCKET:
+        raise ImproperlyConfigured("SLUICE_STORAGE=s3 needs SLUICE_S3_BUCKET (docs/STORAGE.md)")
+    # Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (django-storages reads them,
+    # or its own AWS_S3_* names), else boto3's chain (instance role, profile).
+    _default_storage = s3_storage(
+        bucket=SLUICE_S3_BUCKET,
+        endpoint_url=env_str("SLUICE_S3_ENDPOINT_URL", ""),  # unset: AWS itself
+        prefix=env_str("SLUICE_S3_PREFIX", ""),  # a folder in a shared bucket
+        region=env_str("SLUICE_S3_REGION", ""),
+        addressing_style=env_str("SLUICE_S3_ADDRESSING_STYLE", ""),
+        connect_timeout=env_float("SLUICE_S3_CONNECT_TIMEOUT", 5.0, minimum=0.1),
+        read_timeout=env_float("SLUICE_S3_READ_TIMEOUT", 60.0, minimum=0.1),
+        max_attempts=env_int("SLUICE_S3_MAX_ATTEMPTS", 3, minimum=1),
+    )
+else:
+    raise ImproperlyConfigured(f"SLUICE_STORAGE must be 'filesystem' or 's3', not {SLUICE_STORAGE!r}")
+STORAGES = {
+    "default": _default_storage,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Local scratch files of one process (uploads in flight, a source's download before it is
+# stored): never shared between processes. Unset: the system's temporary folder.
+FILE_UPLOAD_TEMP_DIR = env_str("SLUICE_SCRATCH_DIR", "") or None
+
 # --- Redis: broker, result backend, channel layer --------------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 # Tasks may legitimately run for a long time (1 GB ingests); an unacked message is

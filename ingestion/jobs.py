@@ -13,17 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 from django.utils.translation import gettext_noop
 
+from config.storage import StorageReadError
 from ingestion import apply, emissions, parsing, staging, validation
 from ingestion.job_types import EMISSION_RECALC
 from ingestion.models import DataEntry, ModuleState, Upload
 from ingestion.modules import MODULES, TARGET_DATA, get_module
-from ingestion.selectors import upload_file_path
+from pipelines.context import RetryableError
 from pipelines.messages import Message, msg
 from pipelines.models import Job, JobResult
 from pipelines.registry import Outcome
 
 if TYPE_CHECKING:
     from pipelines.context import JobContext
+
+
+class StorageUnavailable(RetryableError):
+    """The upload's stored file could not be read: retried while attempts remain."""
 
 
 def _module_label(module: str) -> Message | str:
@@ -81,8 +86,24 @@ def ingest_run(*, ctx: JobContext) -> Outcome:
     started = time.monotonic()
     try:
         try:
-            stats = staging.stage_file(path=upload_file_path(upload), schema=schema, on_progress=on_progress,
-                                       should_stop=ctx.raise_if_aborted)
+            stats = staging.stage_file(name=upload.stored_name, size=upload.size, schema=schema,
+                                       on_progress=on_progress, should_stop=ctx.raise_if_aborted)
+        except StorageReadError as exc:
+            # Storage unreachable, or it stopped answering mid-stream: nothing was applied
+            # (the COPY only filled this session's TEMP table), so another attempt may
+            # simply succeed; after the last one the job fails with this message.
+            raise StorageUnavailable(
+                f"upload #{upload.pk}'s stored file could not be read from storage ({exc}); "
+                "nothing was loaded and the module-year's data is unchanged"
+            ) from exc
+        except FileNotFoundError:
+            return Outcome(
+                JobResult.ERROR,
+                msg(gettext_noop("%(prefix)sNothing loaded: the stored file of upload #%(upload)s is gone "
+                                 "(retention?)"), prefix=prefix, upload=str(upload.pk)),
+                {**base_meta, "rows_loaded": 0, "file_error": {"line": None, "code": "file_missing",
+                                                                "reason": "the stored file is gone"}},
+            )
         except parsing.FileRejected as exc:
             return Outcome(
                 JobResult.ERROR, msg(gettext_noop("%(prefix)sNothing loaded: %(reason)s"), prefix=prefix,

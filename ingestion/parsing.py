@@ -1,6 +1,8 @@
-"""Reading uploaded CSV files: a streaming pre-check at upload time, and the record
-stream that feeds the staging COPY at ingest time. Memory stays bounded whatever the
-file size: files are read in chunks, lines are capped, and nothing keeps rows.
+"""Reading uploaded CSV files: a streaming pre-check at upload time (while the file is
+written to storage), and the record stream that feeds the staging COPY at ingest time
+(read back from storage). Memory stays bounded whatever the file size: files are read in
+chunks, lines are capped, and nothing keeps rows. Files are named in
+``default_storage`` (docs/STORAGE.md), never by a local path.
 
 Encodings: UTF-8 with or without BOM, ``,`` or ``;`` delimiters;
 anything else is refused with a message naming the line.
@@ -12,13 +14,18 @@ import codecs
 import csv
 import hashlib
 import io
+import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import IO
+from dataclasses import dataclass, field
+from typing import IO, Any, cast
+
+from django.core.files.base import File
+from django.core.files.storage import default_storage
 
 from ingestion.modules import Column
 from pipelines.errors import DomainError
+
+logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
 # A physical line longer than this is refused instead of being buffered whole (a 1 GB
@@ -58,6 +65,7 @@ class ScanResult:
     size: int
     line_count: int
     header: HeaderInfo
+    name: str = ""  # as stored (default_storage)
 
 
 def _line_of(prefix_lines: int, data: bytes, pos: int) -> int:
@@ -108,81 +116,132 @@ def header_problems(header: HeaderInfo, schema: tuple[Column, ...]) -> list[str]
     return problems
 
 
-def scan_upload(src: IO[bytes], dest: Path, *, filename: str, max_bytes: int) -> ScanResult:
-    """Copy ``src`` to ``dest`` in chunks, fingerprinting and checking it on the way.
+class _Scan:
+    """The upload-time checks, fed the file's bytes chunk by chunk as they are stored."""
+
+    def __init__(self, *, filename: str, max_bytes: int) -> None:
+        if not filename.lower().endswith(CSV_EXTENSIONS):
+            raise FileRejected(
+                f"{filename!r} is not a CSV file: upload a .csv file (UTF-8, ',' or ';' separated)", "not_csv", 415
+            )
+        self.filename = filename
+        self.max_bytes = max_bytes
+        self.digest = hashlib.sha256()
+        self.decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self.size = 0
+        self.lines = 0
+        self.last_byte = b"\n"
+        self.header_buf = b""
+        self.header: HeaderInfo | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self.size == 0:
+            _check_signature(chunk, self.filename)
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise FileRejected(f"the file is larger than the limit of {self.max_bytes:,} bytes", "too_large", 413)
+        self.digest.update(chunk)
+        lines = self.lines
+        nul = chunk.find(b"\x00")
+        if nul >= 0:
+            raise FileRejected(
+                f"line {_line_of(lines, chunk, nul)}: NUL byte found; this is not a UTF-8 text file",
+                "bad_encoding", line=_line_of(lines, chunk, nul),
+            )
+        try:
+            self.decoder.decode(chunk, final=False)
+        except UnicodeDecodeError as exc:
+            line = _line_of(lines, chunk, exc.start)
+            bad = chunk[exc.start] if 0 <= exc.start < len(chunk) else 0
+            raise FileRejected(
+                f"line {line}: not valid UTF-8 (byte 0x{bad:02x}); the file may be Latin-1 or "
+                "Windows-1252 — save it as UTF-8", "bad_encoding", line=line,
+            ) from None
+        if self.header is None:
+            self.header_buf += chunk[: MAX_HEADER_BYTES + 1]
+            end = self.header_buf.find(b"\n")
+            if end >= 0:
+                self.header = parse_header(self.header_buf[: end + 1])
+            elif len(self.header_buf) > MAX_HEADER_BYTES:
+                raise FileRejected("line 1: the header line is longer than 64 KB", "bad_header", line=1)
+        self.lines += chunk.count(b"\n")
+        self.last_byte = chunk[-1:]
+
+    def finish(self, name: str) -> ScanResult:
+        lines = self.lines
+        try:
+            self.decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise FileRejected(
+                f"line {lines + 1}: the file ends in the middle of a UTF-8 character", "bad_encoding", line=lines + 1
+            ) from None
+        if self.size == 0:
+            raise FileRejected("the file is empty: it needs a header line and at least one row", "empty_file")
+        header = self.header if self.header is not None else parse_header(self.header_buf)
+        if self.last_byte != b"\n":
+            lines += 1
+        return ScanResult(sha256=self.digest.hexdigest(), size=self.size, line_count=max(lines - 1, 0),
+                          header=header, name=name)
+
+
+class _ScanningReader(io.RawIOBase):
+    """``src`` read through a :class:`_Scan`: the storage backend pulls the bytes, and
+    every chunk is checked on its way (so a refused file stops the write)."""
+
+    def __init__(self, src: IO[bytes], scan: _Scan) -> None:
+        super().__init__()
+        self.src = src
+        self.scan = scan
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self.src.read(len(buffer))
+        if not chunk:
+            return 0
+        self.scan.feed(chunk)
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+class _StoredFile(File):
+    DEFAULT_CHUNK_SIZE = CHUNK_BYTES  # what FileSystemStorage writes per call
+
+
+def scan_upload(src: IO[bytes], name: str, *, filename: str, max_bytes: int) -> ScanResult:
+    """Write ``src`` to storage as ``name`` in chunks, fingerprinting and checking it on the way.
 
     1. Refuse non-CSV files by extension or by their first bytes (415).
     2. Hash (sha256), count bytes (413 above ``max_bytes``) and lines.
     3. Decode incrementally as strict UTF-8 and refuse NUL bytes, naming the line.
     4. Parse the header line (returned; checked against the schema by the caller).
-    ``dest`` is removed if anything is refused.
+    The bytes go to ``default_storage`` as they are read (a file on disk, or a
+    multipart upload to S3): nothing holds the whole file. The stored object is
+    removed if anything is refused. ``ScanResult.name`` is the name it is stored as.
     """
-    if not filename.lower().endswith(CSV_EXTENSIONS):
-        raise FileRejected(
-            f"{filename!r} is not a CSV file: upload a .csv file (UTF-8, ',' or ';' separated)", "not_csv", 415
-        )
-    digest = hashlib.sha256()
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    size = 0
-    lines = 0
-    last_byte = b"\n"
-    header_buf = b""
-    header: HeaderInfo | None = None
+    scan = _Scan(filename=filename, max_bytes=max_bytes)
+    stored = ""
     try:
-        with open(dest, "wb") as out:
-            while True:
-                chunk = src.read(CHUNK_BYTES)
-                if not chunk:
-                    break
-                if size == 0:
-                    _check_signature(chunk, filename)
-                size += len(chunk)
-                if size > max_bytes:
-                    raise FileRejected(
-                        f"the file is larger than the limit of {max_bytes:,} bytes", "too_large", 413
-                    )
-                digest.update(chunk)
-                nul = chunk.find(b"\x00")
-                if nul >= 0:
-                    raise FileRejected(
-                        f"line {_line_of(lines, chunk, nul)}: NUL byte found; this is not a UTF-8 text file",
-                        "bad_encoding", line=_line_of(lines, chunk, nul),
-                    )
-                try:
-                    decoder.decode(chunk, final=False)
-                except UnicodeDecodeError as exc:
-                    line = _line_of(lines, chunk, exc.start)
-                    bad = chunk[exc.start] if 0 <= exc.start < len(chunk) else 0
-                    raise FileRejected(
-                        f"line {line}: not valid UTF-8 (byte 0x{bad:02x}); the file may be Latin-1 or "
-                        "Windows-1252 — save it as UTF-8", "bad_encoding", line=line,
-                    ) from None
-                if header is None:
-                    header_buf += chunk[: MAX_HEADER_BYTES + 1]
-                    end = header_buf.find(b"\n")
-                    if end >= 0:
-                        header = parse_header(header_buf[: end + 1])
-                    elif len(header_buf) > MAX_HEADER_BYTES:
-                        raise FileRejected("line 1: the header line is longer than 64 KB", "bad_header", line=1)
-                lines += chunk.count(b"\n")
-                last_byte = chunk[-1:]
-                out.write(chunk)
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise FileRejected(
-                f"line {lines + 1}: the file ends in the middle of a UTF-8 character", "bad_encoding", line=lines + 1
-            ) from None
-        if size == 0:
-            raise FileRejected("the file is empty: it needs a header line and at least one row", "empty_file")
-        if header is None:
-            header = parse_header(header_buf)
-        if last_byte != b"\n":
-            lines += 1
+        stored = default_storage.save(name, _StoredFile(cast(IO[bytes], _ScanningReader(src, scan)), name=name))
+        return scan.finish(stored)
     except BaseException:
-        dest.unlink(missing_ok=True)
+        delete_quietly(stored or name)
         raise
-    return ScanResult(sha256=digest.hexdigest(), size=size, line_count=max(lines - 1, 0), header=header)
+
+
+def open_stored(name: str) -> IO[bytes]:
+    """A stored file opened for a streamed binary read, whatever the backend (a local
+    file, or an S3 object's body read as it arrives); FileNotFoundError if it is gone."""
+    return cast(IO[bytes], default_storage.open(name, "rb").file)
+
+
+def delete_quietly(name: str) -> None:
+    """Remove a stored object that is being abandoned; a failure only leaves an orphan."""
+    try:
+        default_storage.delete(name)
+    except Exception:
+        logger.warning("could not remove the abandoned stored file %s", name, exc_info=True)
 
 
 def _check_signature(first: bytes, filename: str) -> None:
@@ -231,10 +290,17 @@ class RecordStream:
     lines after it). File-level problems raise :class:`FileRejected` naming the line.
     """
 
-    path: Path
+    name: str  # in default_storage
+    _raw: Any = field(default=None, init=False, repr=False)
+
+    def close(self) -> None:
+        """Release the stored file (also when the records were never read)."""
+        if self._raw is not None:
+            self._raw.close()
 
     def header_and_records(self) -> tuple[HeaderInfo, Iterator[tuple[int, int, list[str]]]]:
-        raw = open(self.path, "rb")  # closed by the records() generator
+        # Streamed from the storage backend (a local file, or an S3 body read as it comes).
+        raw = self._raw = open_stored(self.name)  # closed by records() or close()
         head = raw.read(MAX_HEADER_BYTES + 1)
         end = head.find(b"\n")
         header = parse_header(head if end < 0 else head[: end + 1])

@@ -4,7 +4,8 @@
   same transaction as their job.
 - Uploads are swept on their own once no remaining pipeline refers to them: a file
   may be ingested by several pipelines (its upload, each re-run), and an unfinished
-  one still reads it. The stored file goes after the row's deletion commits. A re-run
+  one still reads it. The stored file goes after the row's deletion commits, through
+  the storage API (a local file or an S3 object alike). A re-run
   planned while the sweep runs holds the upload's row lock (``upload_rerun``): the
   sweep skips locked rows and re-checks the ones it locked, so either the upload
   stays (the re-run's pipeline refers to it) or the re-run is refused naming it.
@@ -18,18 +19,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
-from django.db.models import CharField, Exists, OuterRef, Q, QuerySet
+from django.db.models import CharField, Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.utils.translation import gettext_lazy as _
 
 from ingestion.models import Factor, ModuleState, RowError, Upload
 from pipelines.models import Job, Pipeline
-from pipelines.retention import Section, SweepBatch, register_hook
+from pipelines.retention import Section, StoredFile, SweepBatch, register_hook
 
 
 def _live_upload_ids() -> list[QuerySet[Any]]:
@@ -57,10 +56,6 @@ def purgeable_uploads(cutoff: datetime, *, purging: QuerySet[Pipeline] | None = 
     return qs.exclude(Exists(remaining))
 
 
-def _path(stored_name: str) -> Path:
-    return Path(settings.MEDIA_ROOT) / stored_name
-
-
 class IngestionRetention:
     def protected_pipelines(self) -> list[QuerySet[Any]]:
         live_jobs = Q(id__in=ModuleState.objects.filter(data_job_id__isnull=False).values("data_job_id")) | Q(
@@ -73,17 +68,13 @@ class IngestionRetention:
 
     def plan(self, *, cutoff: datetime, purging: QuerySet[Pipeline], jobs: QuerySet[Job]) -> list[Section]:
         row_errors = RowError.objects.filter(job_id__in=jobs.values("id")).count()
-        files = size = 0
-        names = list(purgeable_uploads(cutoff, purging=purging).values_list("stored_name", flat=True))
-        for name in names:
-            try:
-                size += _path(name).stat().st_size
-            except OSError:
-                continue
-            files += 1
+        # Sizes as recorded with the rows: a dry run asks the storage backend nothing
+        # (one request per object on S3); the purge counts the files it actually removes.
+        uploads = purgeable_uploads(cutoff, purging=purging).aggregate(n=Count("id"), size=Sum("size"))
+        files, size = uploads["n"], uploads["size"] or 0
         return [
             Section("row_errors", _("row errors"), row_errors),
-            Section("uploads", _("uploads"), len(names), swept=True),
+            Section("uploads", _("uploads"), files, swept=True),
             Section("upload_files", _("stored upload files"), files, bytes=size,
                     note=_("removed after the upload rows' deletion commits")),
         ]
@@ -97,20 +88,21 @@ class IngestionRetention:
         # cleared), so what is left unreferenced and old is what to sweep.
         rows = list(
             purgeable_uploads(cutoff).order_by("id").select_for_update(skip_locked=True, of=("self",))
-            .values_list("id", "stored_name")[:batch_size]
+            .values_list("id", "stored_name", "size")[:batch_size]
         )
         if not rows:
             return SweepBatch(deleted={})
         # Checked again in a new statement (a new snapshot) now that the rows are locked:
         # a re-run that committed between the first statement's snapshot and its lock
         # attempt (``upload_rerun`` locks the upload) refers to its upload by now.
-        still = set(purgeable_uploads(cutoff).filter(id__in=[pk for pk, _ in rows]).values_list("id", flat=True))
-        rows = [(pk, name) for pk, name in rows if pk in still]
+        still = set(purgeable_uploads(cutoff).filter(id__in=[pk for pk, _, _ in rows]).values_list("id", flat=True))
+        rows = [(pk, name, size) for pk, name, size in rows if pk in still]
         if not rows:  # all of them re-run meanwhile: stop here, a later purge looks again
             return SweepBatch(deleted={})
-        _, by_model = Upload.objects.filter(id__in=[pk for pk, _ in rows]).only("id").delete()
+        _, by_model = Upload.objects.filter(id__in=[pk for pk, _, _ in rows]).only("id").delete()
         count = by_model.get("ingestion.Upload", 0)
-        return SweepBatch(deleted={"uploads": count}, files=[_path(name) for _, name in rows], units=count)
+        return SweepBatch(deleted={"uploads": count}, files=[StoredFile(name, size) for _, name, size in rows],
+                          units=count)
 
 
 register_hook(IngestionRetention())

@@ -10,10 +10,9 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import connection
 from django.db.models import QuerySet
 from django.utils.translation import gettext as _
@@ -21,6 +20,7 @@ from django.utils.translation import gettext as _
 from ingestion.job_types import INGEST_JOB_TYPES
 from ingestion.models import ModuleState, RowError, Total, Upload, Year
 from ingestion.modules import MODULES, TARGETS, get_module
+from ingestion.parsing import open_stored
 from pipelines.models import DONE_STATUSES, Job, Pipeline
 
 NAMED_MAX = 10
@@ -189,9 +189,15 @@ def upload_get(*, upload_id: int) -> Upload:
     return Upload.objects.select_related("uploaded_by", "duplicate_of").get(pk=upload_id)
 
 
-def upload_file_path(upload: Upload) -> Path:
-    """Where the upload's raw file is stored (under ``MEDIA_ROOT``)."""
-    return Path(settings.MEDIA_ROOT) / upload.stored_name
+def upload_file_exists(upload: Upload) -> bool:
+    """Whether the upload's raw file is still in storage (retention removes it)."""
+    return default_storage.exists(upload.stored_name)
+
+
+def upload_file_open(upload: Upload) -> IO[bytes]:
+    """The upload's raw file, opened for a streamed read from any storage backend;
+    FileNotFoundError once retention removed it."""
+    return open_stored(upload.stored_name)
 
 
 def job_row_errors(*, job_id: int) -> Iterator[dict[str, Any]]:

@@ -21,7 +21,7 @@ from ingestion.job_types import AGGREGATION, EMISSION_RECALC, INGEST_JOB_TYPES, 
 from ingestion.locks import lock_upload_fingerprint
 from ingestion.models import Upload, Year
 from ingestion.modules import MODULES, TARGETS, UnknownModule, get_module
-from ingestion.selectors import upload_file_path, year_incomplete_reasons
+from ingestion.selectors import upload_file_exists, year_incomplete_reasons
 from pipelines.errors import DomainError
 from pipelines.models import OperatorActionKind, Pipeline
 from pipelines.services import ConflictError, JobSpec, actor_user, operator_action_record, pipeline_plan
@@ -174,10 +174,9 @@ def year_update(
 # --- uploads -----------------------------------------------------------------------------
 
 
-def upload_storage_dir(year: int, module: str) -> Path:
-    path = Path(settings.MEDIA_ROOT) / "uploads" / str(year) / module
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def upload_storage_name(year: int, module: str, stem: str, suffix: str = ".csv") -> str:
+    """A new, unique name in ``default_storage`` for a file of the year and module."""
+    return f"uploads/{year}/{module}/{stem}-{uuid.uuid4().hex}{suffix}"
 
 
 def upload_create(
@@ -208,16 +207,17 @@ def upload_create(
     if target not in TARGETS:
         raise UploadRejected(f"unknown target {target!r}; use one of: {', '.join(TARGETS)}", "unknown_target")
     safe_name = Path(filename or "upload.csv").name[:255]
-    dest = upload_storage_dir(year, module) / f"{target}-{uuid.uuid4().hex}.csv"
+    dest = upload_storage_name(year, module, target)
     try:
         scan = parsing.scan_upload(file, dest, filename=safe_name, max_bytes=settings.SLUICE_UPLOAD_MAX_BYTES)
+        dest = scan.name
         problems = parsing.header_problems(scan.header, mod.columns(target))
         if problems:
             raise parsing.FileRejected("line 1: " + "; ".join(problems), "bad_header")
         if scan.line_count == 0:
             raise parsing.FileRejected("the file has a header but no data rows", "no_rows")
     except parsing.FileRejected as exc:
-        dest.unlink(missing_ok=True)
+        parsing.delete_quietly(dest)
         raise UploadRejected(f"{safe_name}: {exc.message}", exc.code, exc.status) from None
     try:
         with transaction.atomic():
@@ -232,7 +232,7 @@ def upload_create(
             )
             upload = Upload.objects.create(
                 year_id=year, module=module, target=target, original_name=safe_name,
-                stored_name=str(dest.relative_to(settings.MEDIA_ROOT)), sha256=scan.sha256, size=scan.size,
+                stored_name=dest, sha256=scan.sha256, size=scan.size,
                 line_count=scan.line_count, delimiter=scan.header.delimiter, uploaded_by=actor_user(actor),
                 duplicate_of=previous,
             )
@@ -247,7 +247,7 @@ def upload_create(
                         "duplicate_of_upload": previous.pk if previous else None},
             )
     except BaseException:
-        dest.unlink(missing_ok=True)
+        parsing.delete_quietly(dest)
         raise
     return upload, pipeline
 
@@ -267,7 +267,7 @@ def upload_rerun(*, upload_id: int, actor: Any) -> Pipeline:
         upload = Upload.objects.select_for_update(of=("self",)).filter(pk=upload_id).first()
         if upload is None:
             raise ConflictError(f"Upload {upload_id} no longer exists (purged by retention?).", "upload_gone")
-        if not upload_file_path(upload).exists():
+        if not upload_file_exists(upload):
             raise ConflictError(f"The stored file of upload {upload_id} is gone (retention?).", "file_missing")
         pipeline = _plan_upload(upload, actor=actor, rerun=True)
         operator_action_record(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import io
 import json
 import urllib.request
 from pathlib import Path
@@ -23,6 +24,7 @@ from django.utils.translation import gettext_noop
 
 from ingestion.locks import lock_unit_sync
 from ingestion.models import Report, Year
+from ingestion.parsing import open_stored
 from pipelines.messages import msg
 from pipelines.models import JobResult
 from pipelines.redaction import redact_urls
@@ -32,13 +34,18 @@ if TYPE_CHECKING:
     from pipelines.context import JobContext
 
 
-def directory_fetch(*, source: str) -> list[dict[str, str]]:
-    """Units from the directory source: a CSV file path or an HTTP(S) JSON URL.
+def directory_fetch(*, source: str, stored: bool = False) -> list[dict[str, str]]:
+    """Units from the directory source: a CSV file path or an HTTP(S) JSON URL, or
+    (``stored``) a CSV in ``default_storage`` that a scheduled source's fetch stored, so
+    the worker running the sync need not be the one that fetched it.
 
     JSON may be a list of objects or ``{"units": [...]}``; keys ``unit_id`` (or
     ``id``), ``name``, ``kind``, ``parent_id``.
     """
-    if source.startswith(("http://", "https://")):
+    if stored:
+        with io.TextIOWrapper(open_stored(source), encoding="utf-8-sig", newline="") as text:
+            items = list(csv.DictReader(text))
+    elif source.startswith(("http://", "https://")):
         with urllib.request.urlopen(_directory_request(source), timeout=30) as resp:  # noqa: S310 - scheme checked
             data = json.load(resp)
         items = data.get("units", []) if isinstance(data, dict) else data
@@ -137,10 +144,11 @@ def unit_sync_run(*, ctx: JobContext) -> Outcome:
     """fetch → upsert units → one report per unit → report modules; each phase is progress."""
     year = ctx.year
     assert year is not None
-    source = ctx.params.get("source") or settings.SLUICE_DIRECTORY_SOURCE
+    stored = ctx.params.get("stored_source")  # a scheduled source's stored response
+    source = stored or ctx.params.get("source") or settings.SLUICE_DIRECTORY_SOURCE
     ctx.set_stage("fetch")
     ctx.progress(0, 4, phase="fetch", force=True)
-    units = directory_fetch(source=source)
+    units = directory_fetch(source=source, stored=bool(stored))
     ctx.checkpoint()
     # Each phase is an idempotent upsert, so a redelivered job simply redoes them.
     ctx.set_stage("upsert units")

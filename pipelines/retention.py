@@ -29,11 +29,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
 from celery import shared_task
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -83,10 +83,18 @@ class Plan:
         return {s.key: s.count for s in self.sections}
 
 
+@dataclass(frozen=True)
+class StoredFile:
+    """A file in ``default_storage`` (any backend) and its size as recorded with its row."""
+
+    name: str
+    size: int
+
+
 @dataclass
 class SweepBatch:
     deleted: dict[str, int]
-    files: list[Path] = field(default_factory=list)
+    files: list[StoredFile] = field(default_factory=list)
     # How many of the rows the hook's ``swept`` section counted (the percentage's unit).
     units: int = 0
 
@@ -160,19 +168,21 @@ class Progress:
         return 100.0 if not self.total else min(100.0, 100.0 * self.done / self.total)
 
 
-def _remove(files: Iterable[Path]) -> tuple[int, int]:
+def _remove(files: Iterable[StoredFile]) -> tuple[int, int]:
+    """Delete through the storage API (a local file or an S3 object); one that is already
+    gone is not counted, and one that cannot be deleted is logged and left (an orphan
+    object costs space, never correctness: no row names it any more)."""
     removed = freed = 0
-    for path in files:
+    for stored in files:
         try:
-            size = path.stat().st_size
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        except OSError:
-            logger.warning("could not remove %s", path, exc_info=True)
+            if not default_storage.exists(stored.name):
+                continue
+            default_storage.delete(stored.name)
+        except Exception:
+            logger.warning("could not remove the stored file %s", stored.name, exc_info=True)
             continue
         removed += 1
-        freed += size
+        freed += stored.size
     return removed, freed
 
 

@@ -28,6 +28,9 @@ from tests.support.fixtures import wait_for
 ROOT = Path(__file__).resolve().parent.parent
 
 SOURCE_MAX_BYTES = 256 * 1024
+# The workers' scratch folder (a source's download before it is stored), one per
+# checkout's database so parallel runs never see each other's files.
+SCRATCH_DIR = ROOT / ".var" / "test-scratch" / str(settings.DATABASES["default"]["NAME"])
 SOURCE_TEST_SECRET = "Bearer test-only-secret"
 
 # Handlers only tests need (failing, effect-recording jobs) plug in like any job kind.
@@ -57,8 +60,10 @@ def worker_env(**extra: str) -> dict[str, str]:
         "SLUICE_SOURCE_BACKOFF_SECONDS": "0.05",
         "SLUICE_SOURCE_MAX_BYTES": str(SOURCE_MAX_BYTES),
         "SLUICE_SOURCE_SECRET_TESTAPI": SOURCE_TEST_SECRET,
+        "SLUICE_SCRATCH_DIR": str(SCRATCH_DIR),
         "PYTHONPATH": str(ROOT),
     }
+    SCRATCH_DIR.mkdir(parents=True, exist_ok=True)
     env.update(extra)
     return env
 

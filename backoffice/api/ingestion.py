@@ -385,11 +385,13 @@ class UploadFileView(ApiView):
     )
     def get(self, request: Request, upload_id: int) -> FileResponse:
         upload = _visible_upload(request.user, upload_id)
-        file_path = selectors.upload_file_path(upload)
-        if not file_path.exists():
-            raise exceptions.NotFound("The stored file is gone (retention).")
+        try:
+            # Streamed from the storage backend (a local file, or the S3 object's body).
+            stored = selectors.upload_file_open(upload)
+        except FileNotFoundError:
+            raise exceptions.NotFound("The stored file is gone (retention).") from None
         return FileResponse(
-            file_path.open("rb"), as_attachment=True, filename=upload.original_name, content_type="text/csv"
+            stored, as_attachment=True, filename=upload.original_name, content_type="text/csv"
         )
 
 

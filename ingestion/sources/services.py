@@ -13,12 +13,15 @@ its schedule, its runs and the fetch job's body) read best in one place.
 from __future__ import annotations
 
 import re
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.core.files.base import File
+from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
@@ -27,7 +30,7 @@ from ingestion import parsing
 from ingestion.job_types import CSV_INGEST, FACTOR_INGEST, LOADING_JOB_TYPES, UNIT_SYNC
 from ingestion.models import Source, SourceKind, SourceRun, Upload, Year, YearRule
 from ingestion.modules import MODULES, get_module
-from ingestion.services import _recalc_and_aggregate, upload_storage_dir
+from ingestion.services import _recalc_and_aggregate, upload_storage_name
 from ingestion.sources import fetch, schedule
 from pipelines.models import DONE_STATUSES, Job, JobResult, JobState, OperatorActionKind, Pipeline
 from pipelines.redaction import redact_urls
@@ -257,12 +260,17 @@ def source_run_start(*, source_id: int, actor: Any, trigger: str = "manual") -> 
 
 @dataclass(frozen=True)
 class _Stored:
-    path: Path
+    name: str  # in default_storage
     line_count: int
     delimiter: str
     size: int
     sha256: str
-    raw_json: Path | None
+    raw_json: str | None  # the JSON response as received, in default_storage
+
+
+def scratch_dir() -> Path:
+    """This process's own folder for downloads in progress: never shared, never kept."""
+    return Path(settings.FILE_UPLOAD_TEMP_DIR or tempfile.gettempdir())
 
 
 def _auth_headers(source: Source) -> dict[str, str]:
@@ -275,41 +283,50 @@ def _auth_headers(source: Source) -> dict[str, str]:
     return {source.auth_header or "Authorization": value}
 
 
-def _store_csv(source: Source, fetched: fetch.Fetched, folder: Path) -> _Stored:
-    """The fetched body as the CSV an upload of its target would be (JSON converted)."""
+def _store_csv(source: Source, fetched: fetch.Fetched, year: int) -> _Stored:
+    """The fetched body, stored as the CSV an upload of its target would be (JSON converted).
+
+    The response was downloaded to this worker's scratch folder; what is kept goes to
+    ``default_storage`` (so any worker can ingest it): the CSV, scanned as it is written,
+    and a JSON response as received. Scratch files are removed here or by the caller.
+    """
     assert fetched.path is not None
-    dest = folder / f"{source.target}-{uuid.uuid4().hex}.csv"
+    dest = upload_storage_name(year, source.module or "units", source.target)
     csv_src, raw_json = fetched.path, None
-    if fetched.is_json:
-        raw_json = dest.with_suffix(".json")
-        fetched.path.rename(raw_json)
-        converted = folder / f"{dest.stem}.converted"
-        if source.kind == SourceKind.UNIT_DIRECTORY:
-            fetch.json_to_csv(src=raw_json, dest=converted, columns=fetch.UNIT_COLUMNS, list_key="units",
-                              aliases={"id": "unit_id"})
-        else:
-            columns = [c.name for c in get_module(source.module).columns(source.target)]
-            fetch.json_to_csv(src=raw_json, dest=converted, columns=columns, list_key="rows")
-        csv_src = converted
     try:
+        if fetched.is_json:
+            with open(fetched.path, "rb") as f:
+                raw_json = default_storage.save(dest.removesuffix(".csv") + ".json", File(f))
+            converted = fetched.path.with_suffix(".converted")
+            csv_src = converted
+            if source.kind == SourceKind.UNIT_DIRECTORY:
+                fetch.json_to_csv(src=fetched.path, dest=converted, columns=fetch.UNIT_COLUMNS, list_key="units",
+                                  aliases={"id": "unit_id"})
+            else:
+                columns = [c.name for c in get_module(source.module).columns(source.target)]
+                fetch.json_to_csv(src=fetched.path, dest=converted, columns=columns, list_key="rows")
         with open(csv_src, "rb") as f:
             scan = parsing.scan_upload(f, dest, filename=f"{Path(fetched.name).stem or 'source'}.csv",
                                        max_bytes=settings.SLUICE_SOURCE_MAX_BYTES)
-    except parsing.FileRejected as exc:
-        raise fetch.FetchError(exc.message, exc.code) from None
+        if source.kind == SourceKind.UNIT_DIRECTORY:
+            problems = [] if {"unit_id", "id"} & set(scan.header.columns) else ["missing required column unit_id"]
+        else:
+            problems = parsing.header_problems(scan.header, get_module(source.module).columns(source.target))
+        if problems:
+            raise fetch.FetchError("line 1: " + "; ".join(problems), "bad_header")
+        if scan.line_count == 0:
+            raise fetch.FetchError("the response has a header but no data rows", "no_rows")
+    except BaseException as exc:
+        parsing.delete_quietly(dest)
+        if raw_json is not None:
+            parsing.delete_quietly(raw_json)
+        if isinstance(exc, parsing.FileRejected):
+            raise fetch.FetchError(exc.message, exc.code) from None
+        raise
     finally:
-        csv_src.unlink(missing_ok=True)
-    if source.kind == SourceKind.UNIT_DIRECTORY:
-        problems = [] if {"unit_id", "id"} & set(scan.header.columns) else ["missing required column unit_id"]
-    else:
-        problems = parsing.header_problems(scan.header, get_module(source.module).columns(source.target))
-    if problems:
-        dest.unlink(missing_ok=True)
-        raise fetch.FetchError("line 1: " + "; ".join(problems), "bad_header")
-    if scan.line_count == 0:
-        dest.unlink(missing_ok=True)
-        raise fetch.FetchError("the response has a header but no data rows", "no_rows")
-    return _Stored(dest, scan.line_count, scan.header.delimiter, scan.size, scan.sha256, raw_json)
+        if csv_src != fetched.path:
+            csv_src.unlink(missing_ok=True)
+    return _Stored(scan.name, scan.line_count, scan.header.delimiter, scan.size, scan.sha256, raw_json)
 
 
 def _year_problem(source: Source, year: int) -> str:
@@ -333,8 +350,9 @@ def source_fetch_run(*, ctx: JobContext) -> Outcome:
     if problem:
         return Outcome(JobResult.ERROR, f"Not fetched: {problem}", base_meta)
     shown = redact_urls(source.location) if fetch.is_url(source.location) else source.location
-    folder = upload_storage_dir(year, source.module or "units")
-    raw = folder / f"source-{source.pk}-{uuid.uuid4().hex}.part"
+    # The download lands in this worker's scratch folder (FILE_UPLOAD_TEMP_DIR, or the
+    # system's): only what is kept is stored, by _store_csv.
+    raw = scratch_dir() / f"source-{source.pk}-{uuid.uuid4().hex}.part"
     ctx.set_stage("fetch")
     ctx.progress(0, None, phase="fetching", force=True)
 
@@ -370,7 +388,7 @@ def source_fetch_run(*, ctx: JobContext) -> Outcome:
             ctx.checkpoint()
             ctx.set_stage("store")
             ctx.progress(fetched.size, fetched.size or None, phase="storing", force=True)
-            stored = _store_csv(source, fetched, folder)
+            stored = _store_csv(source, fetched, year)
         except fetch.FetchError as exc:
             return Outcome(JobResult.ERROR, f"Fetch failed: {exc.message}",
                        {**base_meta, "fetch_error": {"code": exc.code, "reason": exc.message}})
@@ -378,7 +396,7 @@ def source_fetch_run(*, ctx: JobContext) -> Outcome:
             upload = Upload.objects.create(
                 year_id=year, module=source.module, target=source.target,
                 original_name=f"{source.name} ({Path(fetched.name).name or 'response'})"[:255],
-                stored_name=str(stored.path.relative_to(settings.MEDIA_ROOT)), sha256=stored.sha256,
+                stored_name=stored.name, sha256=stored.sha256,
                 size=stored.size, line_count=stored.line_count, delimiter=stored.delimiter,
                 pipeline_id=ctx.pipeline_id,
             )
@@ -388,7 +406,7 @@ def source_fetch_run(*, ctx: JobContext) -> Outcome:
             following = Job.objects.filter(pipeline_id=ctx.pipeline_id, state=JobState.NOT_STARTED,
                                            job_type__in=LOADING_JOB_TYPES)
             for job in following:
-                extra = ({"source": str(stored.path)} if job.job_type == UNIT_SYNC.name
+                extra = ({"stored_source": stored.name} if job.job_type == UNIT_SYNC.name
                          else {"upload_id": upload.pk})
                 Job.objects.filter(pk=job.pk).update(params={**(job.params or {}), **extra})
             Source.objects.filter(pk=source.pk).update(
@@ -402,14 +420,14 @@ def source_fetch_run(*, ctx: JobContext) -> Outcome:
                 + f"; stored as upload #{upload.pk}",
                 {**meta, "upload_id": upload.pk, "format": "json" if stored.raw_json else "csv",
                  "rows_total": stored.line_count,
-                 "raw_file": str(stored.raw_json.relative_to(settings.MEDIA_ROOT)) if stored.raw_json else ""},
+                 "raw_file": stored.raw_json or ""},
             )
         return eff.outcome
     except BaseException:
         if stored is not None:
-            stored.path.unlink(missing_ok=True)
+            parsing.delete_quietly(stored.name)
             if stored.raw_json is not None:
-                stored.raw_json.unlink(missing_ok=True)
+                parsing.delete_quietly(stored.raw_json)
         raise
     finally:
         raw.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from ingestion.models import DataEntry, Upload
 from pipelines.models import Job, JobEvent
 from pipelines.services import pipeline_cancel
 from tests.ingestion.conftest import YEAR, jobs_of, read_csv, sample, upload_bytes, worker_busy
-from tests.support.fixtures import wait_for
+from tests.support.fixtures import read_stored, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
@@ -154,7 +154,7 @@ def test_the_same_file_uploaded_again_is_recognised_and_loaded_once(configured_y
     # Then it loads again into one copy, from the stored raw file
     assert jobs_of(rerun)["ingest"].result == "success"
     assert DataEntry.objects.filter(year=YEAR, module="headcount").count() == rows
-    assert selectors.upload_file_path(upload_1).read_bytes() == sample("headcount", "data_entries").read_bytes()
+    assert read_stored(upload_1.stored_name) == sample("headcount", "data_entries").read_bytes()
 
 
 def test_a_big_file_reports_real_progress_in_a_few_dozen_events(configured_year: Any) -> None:

@@ -16,6 +16,7 @@ from pipelines import dispatch
 from pipelines.models import Job, Pipeline
 from tests.ingestion.conftest import YEAR, jobs_of, read_csv, sample, upload_bytes
 from workers.runner import execute_job
+from tests.support.fixtures import read_stored
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -135,7 +136,7 @@ def test_concurrent_uploads_on_a_real_worker_publish_only_whole_file_totals(
     # And the totals in place are those of the data in place, and current
     state = ModuleState.objects.get(year=YEAR, module="headcount")
     in_place = Upload.objects.get(pk=state.data_upload_id)
-    assert published_total() == pytest.approx(whole[files.index(selectors.upload_file_path(in_place).read_bytes())])
+    assert published_total() == pytest.approx(whole[files.index(read_stored(in_place.stored_name))])
     assert selectors.module_incomplete_reasons(year=YEAR, module="headcount") == []
 
 

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +22,9 @@ import pytest
 from ingestion.models import Factor, Source, SourceRun, Unit, Upload
 from ingestion.sources import selectors, services
 from pipelines.models import Job, OperatorAction, Pipeline
-from tests.conftest import ROOT, SOURCE_MAX_BYTES, SOURCE_TEST_SECRET, wait_until, worker_env
+from tests.conftest import ROOT, SCRATCH_DIR, SOURCE_MAX_BYTES, SOURCE_TEST_SECRET, wait_until, worker_env
 from tests.ingestion.conftest import SAMPLES, YEAR
+from tests.support.fixtures import read_stored
 from tests.support.http_source import SourceServer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
@@ -99,7 +99,7 @@ def test_csv_source_loads_and_an_unchanged_one_is_skipped(
     assert "Fetched" in jobs["source_fetch"].status_message and "8 rows" in jobs["source_fetch"].status_message
     assert Factor.objects.filter(year=YEAR, module="headcount", stale=False).count() == 8
     upload = Upload.objects.get(pk=jobs["source_fetch"].meta["upload_id"])
-    assert upload.pipeline_id == first.pk and (settings.MEDIA_ROOT / upload.stored_name).read_bytes() == FACTORS
+    assert upload.pipeline_id == first.pk and read_stored(upload.stored_name) == FACTORS
     assert route.headers_seen[0]["authorization"] == SOURCE_TEST_SECRET  # the secret, from a setting
     assert "test-only-secret" not in json.dumps(selectors.source_card(source), default=str)
 
@@ -145,8 +145,7 @@ def test_json_rows_are_converted_and_a_bad_row_is_named(
     assert done.status == "success", jobs["source_fetch"].status_message
     assert "JSON, converted to CSV" in jobs["source_fetch"].status_message
     assert Factor.objects.filter(year=YEAR, module="headcount").count() == 8
-    raw = settings.MEDIA_ROOT / jobs["source_fetch"].meta["raw_file"]
-    assert json.loads(raw.read_bytes()) == {"rows": rows}  # the raw response is kept
+    assert json.loads(read_stored(jobs["source_fetch"].meta["raw_file"])) == {"rows": rows}  # the raw response is kept
     assert failed.status == "failed"
     assert failed_jobs["source_fetch"].status_message == (
         "Fetch failed: row 3: unknown field(s) colour; known: det, category, kg_co2e_per_unit, source")
@@ -202,7 +201,7 @@ def test_each_fetch_failure_gives_its_documented_outcome(
     assert len(routes["missing"].headers_seen) == 1  # a 4xx will not heal: not retried
     assert selectors.source_card(Source.objects.get(name="broken"))["success_rate"]["rate"] == 0.0
     assert not Factor.objects.filter(year=YEAR, module="headcount", category="other").exists()
-    assert not list(Path(settings.MEDIA_ROOT).rglob("source-*.part"))  # nothing left behind
+    assert not list(SCRATCH_DIR.glob("source-*.part"))  # nothing left behind in the worker's scratch folder
 
 
 def test_a_long_download_shows_progress_and_stops_when_cancelled(
@@ -228,7 +227,7 @@ def test_a_long_download_shows_progress_and_stops_when_cancelled(
     assert not Upload.objects.filter(pipeline_id=pipeline.pk).exists()
     assert not Factor.objects.filter(year=YEAR, category="other").exists()
     # The worker stops at its next chunk and removes the partial download.
-    wait_until(lambda: not list(Path(settings.MEDIA_ROOT).rglob("source-*.part")), timeout=10,
+    wait_until(lambda: not list(SCRATCH_DIR.glob(f"source-{source.pk}-*.part")), timeout=10,
                message="the partial download removed")
 
 

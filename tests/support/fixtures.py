@@ -15,6 +15,7 @@ from typing import Any
 import factory
 from django.contrib.auth.models import Group, Permission, User
 from django.contrib.contenttypes.models import ContentType
+from django.core.files.storage import default_storage
 from factory.django import DjangoModelFactory
 
 from backoffice.models import ModuleGrant
@@ -50,6 +51,12 @@ STANDARD_ROLES = {
     "module viewer": ("view_console",),
     "module operator": ("view_console", "operate"),
 }
+
+
+def read_stored(name: str) -> bytes:
+    """A stored file's bytes, read through the storage API (whatever the backend)."""
+    with default_storage.open(name, "rb") as f:
+        return f.read()
 
 
 def permission(codename: str) -> Permission:
