@@ -89,7 +89,7 @@ class SeaweedServer:
             raise RuntimeError(f"weed exited: {self._log_tail()}")
         try:
             return any(b["Name"] == BUCKET for b in self.client().list_buckets()["Buckets"])
-        except Exception:  # noqa: BLE001 - not answering yet
+        except Exception:
             return False
 
     def keys(self, prefix: str = "") -> list[str]:
