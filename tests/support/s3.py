@@ -129,18 +129,29 @@ class StorageProxy:
         self.cut = threading.Event()
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self.port = 0
+        self._listen()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def _listen(self) -> None:
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        self._listener.bind(("127.0.0.1", self.port))
         self._listener.listen(16)
         self.port = self._listener.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self._accept, daemon=True, name="s3-proxy").start()
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True, name="s3-proxy").start()
 
-    def _accept(self) -> None:
+    def restore(self) -> None:
+        """Storage back (same port), at full speed."""
+        self.bytes_per_second = None
+        if self.cut.is_set():
+            self.cut.clear()
+            self._listen()
+
+    def _accept(self, listener: socket.socket) -> None:
         while not self.cut.is_set():
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
@@ -177,3 +188,4 @@ class StorageProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            self._conns.clear()
