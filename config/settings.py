@@ -18,6 +18,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_bool, env_float, env_int, env_list, env_prefixed, env_str
+from config.storage import s3_storage
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -127,9 +128,6 @@ _default_storage: dict[str, Any]
 if SLUICE_STORAGE == "filesystem":
     _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}  # location: MEDIA_ROOT
 elif SLUICE_STORAGE == "s3":
-    # Imported here, not at the top: a filesystem deployment never loads boto3.
-    from config.storage import s3_storage
-
     SLUICE_S3_BUCKET = env_str("SLUICE_S3_BUCKET", "")
     if not SLUICE_S3_BUCKET:
         raise ImproperlyConfigured("SLUICE_STORAGE=s3 needs SLUICE_S3_BUCKET (docs/STORAGE.md)")

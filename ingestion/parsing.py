@@ -22,6 +22,7 @@ from typing import IO, Any, cast
 from django.core.files.base import File
 from django.core.files.storage import default_storage
 
+from config.storage import STORAGE_WRITE_ERRORS, StorageWriteError
 from ingestion.modules import Column
 from pipelines.errors import DomainError
 
@@ -218,12 +219,16 @@ def scan_upload(src: IO[bytes], name: str, *, filename: str, max_bytes: int) -> 
     4. Parse the header line (returned; checked against the schema by the caller).
     The bytes go to ``default_storage`` as they are read (a file on disk, or a
     multipart upload to S3): nothing holds the whole file. The stored object is
-    removed if anything is refused. ``ScanResult.name`` is the name it is stored as.
+    removed if anything is refused; a storage failure raises ``StorageWriteError``
+    (answered 503). ``ScanResult.name`` is the name it is stored as.
     """
     scan = _Scan(filename=filename, max_bytes=max_bytes)
     stored = ""
     try:
-        stored = default_storage.save(name, _StoredFile(cast(IO[bytes], _ScanningReader(src, scan)), name=name))
+        try:
+            stored = default_storage.save(name, _StoredFile(cast(IO[bytes], _ScanningReader(src, scan)), name=name))
+        except STORAGE_WRITE_ERRORS as exc:
+            raise StorageWriteError(f"{name}: the file could not be written to storage ({exc})") from exc
         return scan.finish(stored)
     except BaseException:
         delete_quietly(stored or name)

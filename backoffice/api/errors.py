@@ -36,6 +36,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
+from config.storage import StorageError
 from pipelines.errors import ConflictError, DomainError
 
 logger = logging.getLogger("sluice.api")
@@ -49,13 +50,15 @@ RETRY_AFTER_SECONDS = 5
 
 
 def service_unavailable(exc: Exception) -> tuple[str, str] | None:
-    """PostgreSQL or Redis unreachable: the (code, detail) of a 503, else None.
+    """PostgreSQL, Redis or the file storage unreachable: the (code, detail) of a 503, else None.
 
     Used here, by the 503 middleware (``config.middleware``) and by the body limit
     (``config.body_limit``), so every surface names the same codes.
     """
     if isinstance(exc, OperationalError | InterfaceError):
         return "database_unavailable", "The database is unreachable or busy; try again in a few seconds."
+    if isinstance(exc, StorageError):
+        return "storage_unavailable", "The file storage is unreachable; try again in a few seconds."
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
                   | kombu.exceptions.OperationalError):
         return "redis_unavailable", "The message broker (Redis) is unreachable; try again in a few seconds."

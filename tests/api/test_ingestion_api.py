@@ -9,6 +9,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import override_settings
 from django.utils import timezone
 
+from config.storage import s3_storage
 from ingestion.models import Upload, Year
 from pipelines.models import OperatorAction, Pipeline
 from tests.api.conftest import GRANTED_MODULE, OTHER_MODULE
@@ -169,3 +170,19 @@ def test_upload_before_unit_sync_is_409(client_for: Any, media: Any) -> None:
         f"/api/v1/years/2039/modules/{GRANTED_MODULE}/uploads/", {"file": csv_file(), "target": "data_entries"}
     )
     assert response.status_code == 409 and response.json()["code"] == "year_not_configured"
+
+
+def test_upload_while_the_file_storage_is_unreachable_is_503_and_nothing_is_created(
+    client_for: Any, settings: Any
+) -> None:
+    Year.objects.create(year=2035, configured_at=timezone.now())
+    # The S3 backend pointed at a port where nothing listens: the storage is down
+    storage = s3_storage(bucket="sluice", endpoint_url="http://127.0.0.1:9", connect_timeout=0.5, max_attempts=1)
+    storage["OPTIONS"].update(access_key="k", secret_key="s")
+    settings.STORAGES = {**settings.STORAGES, "default": storage}
+    response = client_for("granted").post(
+        f"/api/v1/years/2035/modules/{GRANTED_MODULE}/uploads/", {"file": csv_file(), "target": "data_entries"}
+    )
+    assert response.status_code == 503, response.content
+    assert response.json()["code"] == "storage_unavailable" and response["Retry-After"]
+    assert not Upload.objects.exists() and not Pipeline.objects.exists()

@@ -113,3 +113,9 @@ def test_https_redirect_spares_probes_and_scrapers(settings: Any) -> None:
     assert admin.status_code == 301 and admin["Location"].startswith("https://")
     assert client.get("/healthz").status_code == 200
     assert client.get("/metrics").status_code == 401  # answered (token needed), not redirected
+
+
+def test_the_s3_storage_without_a_bucket_refuses_to_start() -> None:
+    result = _manage("check", DJANGO_DEBUG="true", SLUICE_STORAGE="s3")
+    assert result.returncode != 0
+    assert "SLUICE_STORAGE=s3 needs SLUICE_S3_BUCKET" in result.stderr
