@@ -1,37 +1,16 @@
-"""The S3 storage backend: django-storages' ``S3Storage`` with reads that stream.
+"""Stored files: which backend, and the errors a storage failure raises.
 
-Every stored file (uploads, fetched source responses) goes through
-``django.core.files.storage.default_storage``; ``STORAGES["default"]`` picks the backend
-(``config/settings.py``: the local filesystem by default, this class with
-``SLUICE_STORAGE=s3``). Writes are django-storages' own (a multipart upload from a
-stream). Reads are not: its ``S3File`` downloads the whole object into a spooled
-temporary file before the first byte is returned (in memory by default), so a 1 GB
-upload would cost a 1 GB buffer on the worker. Here ``open(name, "rb")`` returns a
-buffered reader over the object's HTTP body instead: the ingest's ``COPY`` and the
-download view pull it chunk by chunk, and ``seek`` re-opens the body with a ``Range``.
-
-A failure to reach or read the object mid-stream raises :class:`StorageReadError`,
-which names the object (callers turn it into a job error or retry).
+Every stored file (uploads, scheduled sources' responses) is written and read through
+``django.core.files.storage.default_storage``, never by a local path outside the
+filesystem backend; ``STORAGES["default"]`` (``config/settings.py``) picks the backend:
+Django's ``FileSystemStorage`` under ``SLUICE_MEDIA_ROOT`` by default, or
+``config.s3.S3Storage`` (S3 and S3-compatible stores) with ``SLUICE_STORAGE=s3``. This
+module imports no boto3, so a filesystem deployment never loads it (docs/STORAGE.md).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import io
 from typing import Any
-
-from boto3.exceptions import S3UploadFailedError
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
-from django.core.files.base import File
-from storages.backends.s3 import S3Storage as _S3Storage
-from storages.utils import clean_name
-from urllib3.exceptions import HTTPError
-
-READ_BUFFER_BYTES = 1024 * 1024
-_READ_ERRORS = (BotoCoreError, ClientError, HTTPError, OSError)
 
 
 class StorageError(OSError):
@@ -46,165 +25,24 @@ class StorageWriteError(StorageError):
     """A file could not be written to the storage."""
 
 
-# What a backend's write may raise when the storage itself fails (a local disk: OSError).
-STORAGE_WRITE_ERRORS = (OSError, BotoCoreError, ClientError, S3UploadFailedError)
-
-
-def _not_found(exc: ClientError) -> bool:
-    return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404 or exc.response.get(
-        "Error", {}
-    ).get("Code") in ("404", "NoSuchKey", "NotFound")
-
-
-class S3ObjectStream(io.RawIOBase):
-    """A read-only, seekable byte stream over one S3 object, fetched as it is read."""
-
-    def __init__(self, obj: Any, name: str, size: int) -> None:
-        super().__init__()
-        self._obj = obj
-        self.name = name
-        self.size = size
-        self._pos = 0
-        self._body: Any = None
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        position = base + offset
-        if position < 0:
-            raise ValueError(f"negative seek position {position}")
-        if position != self._pos:
-            # No request now: the next read opens the body at the new position.
-            self._drop_body()
-            self._pos = position
-        return position
-
-    def readinto(self, buffer: Any) -> int:
-        if self._pos >= self.size or not len(buffer):
-            return 0
-        try:
-            if self._body is None:
-                ranged = {"Range": f"bytes={self._pos}-"} if self._pos else {}
-                self._body = self._obj.get(**ranged)["Body"]
-            data = self._body.read(len(buffer))
-        except _READ_ERRORS as exc:
-            self._drop_body()
-            raise StorageReadError(
-                f"{self.name}: storage unreadable at byte {self._pos:,} of {self.size:,} ({exc})"
-            ) from exc
-        if not data:
-            self._drop_body()
-            raise StorageReadError(f"{self.name}: storage closed the stream at byte {self._pos:,} of {self.size:,}")
-        count = len(data)
-        buffer[:count] = data
-        self._pos += count
-        return count
-
-    def _drop_body(self) -> None:
-        if self._body is not None:
-            try:
-                self._body.close()
-            except _READ_ERRORS:
-                pass  # a dead connection closes badly; nothing more to read from it
-            self._body = None
-
-    def close(self) -> None:
-        self._drop_body()
-        super().close()
-
-
-def _keep_large_buffers_in_mmap() -> None:
-    """Fix glibc's mmap threshold at 1 MiB (``M_MMAP_THRESHOLD``).
-
-    Why: glibc raises the threshold to the size of the first large block freed, so every
-    later 8 MB multipart buffer comes from the heap instead of its own mapping, and the
-    heap fragments: bench/ingest.py measured the uploading process growing by ~110 MB per
-    GB uploaded (258 → 370 MB from a 96 MiB to a 985 MiB file). With the threshold fixed,
-    buffers are mapped and unmapped and the process stays ~35 MB above its baseline
-    whatever the size (docs/BENCHMARKS.md). A no-op where the C library has no mallopt.
-    """
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return
-    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None)
-    if mallopt is not None:
-        mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD = -3 in <malloc.h>
-
-
-class S3Storage(_S3Storage):
-    """django-storages' S3 backend, whose read mode streams (module docstring)."""
-
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        _keep_large_buffers_in_mmap()
-
-    def _open(self, name: str, mode: str = "rb") -> File:
-        if "w" in mode or "a" in mode or "+" in mode:
-            return super()._open(name, mode)
-        key = self._normalize_name(clean_name(name))
-        obj = self.bucket.Object(key)
-        try:
-            obj.load()  # HEAD: the size, and FileNotFoundError now rather than mid-read
-        except ClientError as exc:
-            if _not_found(exc):
-                raise FileNotFoundError(f"File does not exist: {name}") from exc
-            raise StorageReadError(f"{name}: storage refused to open it ({exc})") from exc
-        except _READ_ERRORS as exc:
-            raise StorageReadError(f"{name}: storage unreachable ({exc})") from exc
-        raw = S3ObjectStream(obj, name, obj.content_length)
-        stream: Any = io.BufferedReader(raw, buffer_size=READ_BUFFER_BYTES)
-        if "b" not in mode:
-            stream = io.TextIOWrapper(stream, encoding="utf-8")
-        stored = File(stream, name=name)
-        stored.size = raw.size
-        return stored
-
-
 def s3_storage(
     *, bucket: str, endpoint_url: str = "", prefix: str = "", region: str = "", addressing_style: str = "",
     connect_timeout: float = 5.0, read_timeout: float = 60.0, max_attempts: int = 3,
 ) -> dict[str, Any]:
-    """The ``STORAGES["default"]`` entry of this backend (``config/settings.py`` builds it
-    from ``SLUICE_S3_*``; the storage tests from their own server)."""
+    """The ``STORAGES["default"]`` entry of the S3 backend (``config/settings.py`` builds
+    it from ``SLUICE_S3_*``; the storage tests from their own server)."""
     return {
-        "BACKEND": "config.storage.S3Storage",
+        "BACKEND": "config.s3.S3Storage",
         "OPTIONS": {
             "bucket_name": bucket,
             "location": prefix,
             "endpoint_url": endpoint_url or None,
             "region_name": region or None,
+            "addressing_style": addressing_style or None,
             "file_overwrite": True,  # names are unique (a uuid each): no existence check per write
             "querystring_auth": True,
-            "client_config": Config(
-                signature_version="s3v4",
-                # Path style for S3-compatible servers (no wildcard DNS needed); AWS picks its own.
-                s3={"addressing_style": addressing_style or ("path" if endpoint_url else "auto")},
-                # Checksums only where S3 requires them: S3-compatible stores differ in the
-                # newer trailing checksums, and the upload's own sha256 is recorded anyway.
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-                retries={"mode": "standard", "total_max_attempts": max_attempts},
-            ),
-            "transfer_config": _transfer_config(),
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+            "max_attempts": max_attempts,
         },
     }
-
-
-def _transfer_config() -> TransferConfig:
-    """An upload is written as a multipart upload while it is scanned (the stream is not
-    seekable): at most max_in_memory_upload_chunks x multipart_chunksize bytes are
-    buffered, 16 MB instead of s3transfer's 10 x 8 MB."""
-    config = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024,
-                            max_concurrency=2)
-    config.max_in_memory_upload_chunks = 2  # s3transfer's setting, not among boto3's arguments
-    return config

@@ -22,7 +22,7 @@ from typing import IO, Any, cast
 from django.core.files.base import File
 from django.core.files.storage import default_storage
 
-from config.storage import STORAGE_WRITE_ERRORS, StorageWriteError
+from config.storage import StorageWriteError
 from ingestion.modules import Column
 from pipelines.errors import DomainError
 
@@ -227,7 +227,9 @@ def scan_upload(src: IO[bytes], name: str, *, filename: str, max_bytes: int) -> 
     try:
         try:
             stored = default_storage.save(name, _StoredFile(cast(IO[bytes], _ScanningReader(src, scan)), name=name))
-        except STORAGE_WRITE_ERRORS as exc:
+        except StorageWriteError:
+            raise
+        except OSError as exc:  # the filesystem backend: disk full, permissions…
             raise StorageWriteError(f"{name}: the file could not be written to storage ({exc})") from exc
         return scan.finish(stored)
     except BaseException:
