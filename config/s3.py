@@ -30,7 +30,7 @@ from storages.backends.s3 import S3Storage as _S3Storage
 from storages.utils import clean_name
 from urllib3.exceptions import HTTPError
 
-from config.storage import StorageReadError, StorageWriteError
+from ingestion.storage import StorageReadError, StorageWriteError
 
 READ_BUFFER_BYTES = 1024 * 1024
 _READ_ERRORS = (BotoCoreError, ClientError, HTTPError, OSError)

@@ -1,28 +1,17 @@
-"""Stored files: which backend, and the errors a storage failure raises.
+"""Stored files: the settings entry of the S3 backend.
 
 Every stored file (uploads, scheduled sources' responses) is written and read through
 ``django.core.files.storage.default_storage``, never by a local path outside the
 filesystem backend; ``STORAGES["default"]`` (``config/settings.py``) picks the backend:
 Django's ``FileSystemStorage`` under ``SLUICE_MEDIA_ROOT`` by default, or
 ``config.s3.S3Storage`` (S3 and S3-compatible stores) with ``SLUICE_STORAGE=s3``. This
-module imports no boto3, so a filesystem deployment never loads it (docs/STORAGE.md).
+module imports no boto3, so a filesystem deployment never loads it (docs/STORAGE.md);
+the storage errors are ``ingestion.storage``'s.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-
-class StorageError(OSError):
-    """The storage backend could not be reached, or failed in the middle of a transfer."""
-
-
-class StorageReadError(StorageError):
-    """The storage could not be reached or stopped answering while a file was read."""
-
-
-class StorageWriteError(StorageError):
-    """A file could not be written to the storage."""
 
 
 def s3_storage(

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from django.utils.translation import gettext_noop
 
-from config.storage import StorageReadError
 from ingestion import apply, emissions, parsing, staging, validation
 from ingestion.job_types import EMISSION_RECALC
 from ingestion.models import DataEntry, ModuleState, Upload
 from ingestion.modules import MODULES, TARGET_DATA, get_module
+from ingestion.storage import StorageReadError
 from pipelines.context import RetryableError
 from pipelines.messages import Message, msg
 from pipelines.models import Job, JobResult

@@ -22,8 +22,8 @@ from typing import IO, Any, cast
 from django.core.files.base import File
 from django.core.files.storage import default_storage
 
-from config.storage import StorageWriteError
 from ingestion.modules import Column
+from ingestion.storage import StorageWriteError
 from pipelines.errors import DomainError
 
 logger = logging.getLogger(__name__)

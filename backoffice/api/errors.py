@@ -36,7 +36,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
-from config.storage import StorageError
+from ingestion.storage import StorageError
 from pipelines.errors import ConflictError, DomainError
 
 logger = logging.getLogger("sluice.api")
