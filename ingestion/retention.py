@@ -27,6 +27,7 @@ from django.db.models.functions import Cast
 from django.utils.translation import gettext_lazy as _
 
 from ingestion.models import Factor, ModuleState, RowError, Upload
+from ingestion.services import raw_response_name
 from pipelines.models import Job, Pipeline
 from pipelines.retention import Section, StoredFile, SweepBatch, register_hook
 
@@ -101,8 +102,10 @@ class IngestionRetention:
             return SweepBatch(deleted={})
         _, by_model = Upload.objects.filter(id__in=[pk for pk, _, _ in rows]).only("id").delete()
         count = by_model.get("ingestion.Upload", 0)
-        return SweepBatch(deleted={"uploads": count}, files=[StoredFile(name, size) for _, name, size in rows],
-                          units=count)
+        # With each upload's CSV, the JSON response a scheduled source kept beside it (if any).
+        files = [f for _, name, size in rows
+                 for f in (StoredFile(name, size), StoredFile(raw_response_name(name), None))]
+        return SweepBatch(deleted={"uploads": count}, files=files, units=count)
 
 
 register_hook(IngestionRetention())

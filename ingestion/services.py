@@ -174,9 +174,14 @@ def year_update(
 # --- uploads -----------------------------------------------------------------------------
 
 
-def upload_storage_name(year: int, module: str, stem: str, suffix: str = ".csv") -> str:
-    """A new, unique name in ``default_storage`` for a file of the year and module."""
-    return f"uploads/{year}/{module}/{stem}-{uuid.uuid4().hex}{suffix}"
+def upload_storage_name(year: int, module: str, stem: str) -> str:
+    """A new, unique name in ``default_storage`` for an upload's CSV."""
+    return f"uploads/{year}/{module}/{stem}-{uuid.uuid4().hex}.csv"
+
+
+def raw_response_name(stored_name: str) -> str:
+    """Where a scheduled source's JSON response is kept, beside the CSV made from it."""
+    return stored_name.removesuffix(".csv") + ".json"
 
 
 def upload_create(

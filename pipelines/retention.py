@@ -85,10 +85,11 @@ class Plan:
 
 @dataclass(frozen=True)
 class StoredFile:
-    """A file in ``default_storage`` (any backend) and its size as recorded with its row."""
+    """A file in ``default_storage`` (any backend) and its size as recorded with its row
+    (``None``: not recorded, asked of the storage when it is removed)."""
 
     name: str
-    size: int
+    size: int | None
 
 
 @dataclass
@@ -177,12 +178,13 @@ def _remove(files: Iterable[StoredFile]) -> tuple[int, int]:
         try:
             if not default_storage.exists(stored.name):
                 continue
+            size = stored.size if stored.size is not None else default_storage.size(stored.name)
             default_storage.delete(stored.name)
         except Exception:
             logger.warning("could not remove the stored file %s", stored.name, exc_info=True)
             continue
         removed += 1
-        freed += stored.size
+        freed += size
     return removed, freed
 
 

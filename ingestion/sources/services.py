@@ -30,7 +30,7 @@ from ingestion import parsing
 from ingestion.job_types import CSV_INGEST, FACTOR_INGEST, LOADING_JOB_TYPES, UNIT_SYNC
 from ingestion.models import Source, SourceKind, SourceRun, Upload, Year, YearRule
 from ingestion.modules import MODULES, get_module
-from ingestion.services import _recalc_and_aggregate, upload_storage_name
+from ingestion.services import _recalc_and_aggregate, raw_response_name, upload_storage_name
 from ingestion.sources import fetch, schedule
 from pipelines.models import DONE_STATUSES, Job, JobResult, JobState, OperatorActionKind, Pipeline
 from pipelines.redaction import redact_urls
@@ -296,7 +296,7 @@ def _store_csv(source: Source, fetched: fetch.Fetched, year: int) -> _Stored:
     try:
         if fetched.is_json:
             with open(fetched.path, "rb") as f:
-                raw_json = default_storage.save(dest.removesuffix(".csv") + ".json", File(f))
+                raw_json = default_storage.save(raw_response_name(dest), File(f))
             converted = fetched.path.with_suffix(".converted")
             csv_src = converted
             if source.kind == SourceKind.UNIT_DIRECTORY:

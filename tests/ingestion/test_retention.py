@@ -19,6 +19,7 @@ from ingestion import services
 from ingestion.models import ModuleState, RowError, Upload, Year
 from ingestion.modules import get_module
 from ingestion.retention import IngestionRetention
+from ingestion.services import raw_response_name
 from pipelines import retention
 from pipelines.errors import ConflictError
 from pipelines.models import Job, JobEvent, OperatorAction, Pipeline
@@ -113,13 +114,17 @@ def test_purge_removes_rows_and_files_and_keeps_running_recent_and_live_provenan
     actions = set(OperatorAction.objects.filter(pipeline__in=[history["a"], history["e"]])
                   .values_list("id", flat=True))
     gone_files = [_file(history["old_a"], media), _file(history["orphan"], media)]
+    # As a scheduled source keeps its JSON response beside the CSV made from it
+    raw_json = media / raw_response_name(history["orphan"].stored_name)
+    raw_json.write_bytes(b'{"rows": []}')
+    gone_files.append(raw_json)
     assert all(f.exists() for f in gone_files)
 
     state = retention.purge(cutoff=retention.cutoff_for(90))
 
     assert dict(state.deleted) == {"pipelines": 2, "jobs": 2 * JOBS_PER_UPLOAD, "events": state.deleted["events"],
                                    "row_errors": 2, "uploads": 2}
-    assert state.files_removed == 2 and state.bytes_freed == 2 * len(CSV)
+    assert state.files_removed == 3 and state.bytes_freed == 2 * len(CSV) + len(b'{"rows": []}')
     assert not Pipeline.objects.filter(pk__in=[history["a"].pk, history["e"].pk]).exists()
     assert not Job.objects.filter(pipeline_id__in=[history["a"].pk, history["e"].pk]).exists()
     assert not JobEvent.objects.filter(pipeline_id__in=[history["a"].pk, history["e"].pk]).exists()
