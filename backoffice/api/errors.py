@@ -168,7 +168,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response is None or not isinstance(exc, exceptions.APIException):
         set_rollback()
         if (unavailable := service_unavailable(exc)) is not None:
-            # PostgreSQL or Redis unreachable: a 503 the client may retry, not a 500.
+            # PostgreSQL, Redis or the file storage unreachable: a 503 the client may retry, not a 500.
             logger.warning("API answered 503 (%s): %s", unavailable[0], exc)
             return Response({"detail": unavailable[1], "code": unavailable[0]}, status=503,
                             headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
