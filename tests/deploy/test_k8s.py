@@ -141,14 +141,16 @@ def test_no_secret_in_the_manifests_only_references() -> None:
         assert refs == ["sluice-secrets"], obj["metadata"]["name"]
 
 
-def test_web_and_workers_share_the_media_volume() -> None:
-    media = _of_kind("ConfigMap")["sluice-config"]["data"]["SLUICE_MEDIA_ROOT"]
-    assert _of_kind("PersistentVolumeClaim")["sluice-media"]["spec"]["accessModes"] == ["ReadWriteMany"]
-    for name, obj in _of_kind("Deployment").items():
-        if name == "sluice-beat":
-            continue
-        mounts = {m["mountPath"] for m in _container(obj)["volumeMounts"]}
-        assert media in mounts, name
+def test_every_pod_stores_files_in_the_bucket_and_shares_no_volume() -> None:
+    # Uploads go to S3 (docs/STORAGE.md): a worker on any node reads what any web pod stored
+    config = _of_kind("ConfigMap")["sluice-config"]["data"]
+    assert config["SLUICE_STORAGE"] == "s3" and config["SLUICE_S3_BUCKET"]
+    assert "SLUICE_MEDIA_ROOT" not in config
+    assert not _of_kind("PersistentVolumeClaim")
+    for obj in [*_of_kind("Deployment").values(), *_of_kind("Job").values()]:
+        refs = [r["configMapRef"]["name"] for r in _container(obj).get("envFrom", []) if "configMapRef" in r]
+        assert refs == ["sluice-config"], obj["metadata"]["name"]
+        assert not _container(obj).get("volumeMounts") and not obj["spec"]["template"]["spec"].get("volumes")
 
 
 def test_kustomization_lists_every_manifest() -> None:
