@@ -97,12 +97,12 @@ def ingest_run(*, ctx: JobContext) -> Outcome:
                 "nothing was loaded and the module-year's data is unchanged"
             ) from exc
         except FileNotFoundError:
+            # Worded like a file refusal (same message key): the reason is what is wrong.
+            gone = f"the stored file of upload #{upload.pk} is gone (retention?)"
             return Outcome(
-                JobResult.ERROR,
-                msg(gettext_noop("%(prefix)sNothing loaded: the stored file of upload #%(upload)s is gone "
-                                 "(retention?)"), prefix=prefix, upload=str(upload.pk)),
-                {**base_meta, "rows_loaded": 0, "file_error": {"line": None, "code": "file_missing",
-                                                                "reason": "the stored file is gone"}},
+                JobResult.ERROR, msg(gettext_noop("%(prefix)sNothing loaded: %(reason)s"), prefix=prefix,
+                                     reason=gone),
+                {**base_meta, "rows_loaded": 0, "file_error": {"line": None, "code": "file_missing", "reason": gone}},
             )
         except parsing.FileRejected as exc:
             return Outcome(
