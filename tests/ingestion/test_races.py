@@ -15,8 +15,8 @@ from ingestion.models import ModuleState, Total, Upload
 from pipelines import dispatch
 from pipelines.models import Job, Pipeline
 from tests.ingestion.conftest import YEAR, jobs_of, read_csv, sample, upload_bytes
-from workers.runner import execute_job
 from tests.support.fixtures import read_stored
+from workers.runner import execute_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
