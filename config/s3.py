@@ -130,7 +130,9 @@ class S3Storage(_S3Storage):
     client's timeouts and retries and the transfer buffers are Sluice's settings."""
 
     def get_default_settings(self) -> dict[str, Any]:
-        return {**super().get_default_settings(), "connect_timeout": 5.0, "read_timeout": 60.0, "max_attempts": 3}
+        # Given by config.storage.s3_storage from the SLUICE_S3_* settings; None: boto3's own.
+        return {**super().get_default_settings(), "connect_timeout": None, "read_timeout": None,
+                "max_attempts": None}
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
@@ -143,9 +145,10 @@ class S3Storage(_S3Storage):
                 # newer trailing checksums, and the upload's own sha256 is recorded anyway.
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
-                connect_timeout=self.connect_timeout,
-                read_timeout=self.read_timeout,
-                retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+                retries={"mode": "standard", **({"total_max_attempts": self.max_attempts}
+                                                 if self.max_attempts is not None else {})},
+                **{k: v for k, v in (("connect_timeout", self.connect_timeout), ("read_timeout", self.read_timeout))
+                   if v is not None},
             )
         if settings.get("transfer_config") is None:
             self.transfer_config = _transfer_config()

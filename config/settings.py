@@ -124,6 +124,10 @@ MEDIA_ROOT = Path(env_str("SLUICE_MEDIA_ROOT", str(BASE_DIR / ".var" / "media"))
 # process must then share (one machine, or a shared volume). "s3": a bucket of AWS S3 or
 # any S3-compatible store (MinIO, SeaweedFS, Ceph), which workers on any host can read.
 SLUICE_STORAGE = env_str("SLUICE_STORAGE", "filesystem")
+# The S3 client's bounds (read by s3_storage below, and by the storage tests' own entry).
+SLUICE_S3_CONNECT_TIMEOUT = env_float("SLUICE_S3_CONNECT_TIMEOUT", 5.0, minimum=0.1)
+SLUICE_S3_READ_TIMEOUT = env_float("SLUICE_S3_READ_TIMEOUT", 60.0, minimum=0.1)
+SLUICE_S3_MAX_ATTEMPTS = env_int("SLUICE_S3_MAX_ATTEMPTS", 3, minimum=1)  # tries per request
 _default_storage: dict[str, Any]
 if SLUICE_STORAGE == "filesystem":
     _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}  # location: MEDIA_ROOT
@@ -139,9 +143,9 @@ elif SLUICE_STORAGE == "s3":
         prefix=env_str("SLUICE_S3_PREFIX", ""),  # a folder in a shared bucket
         region=env_str("SLUICE_S3_REGION", ""),
         addressing_style=env_str("SLUICE_S3_ADDRESSING_STYLE", ""),
-        connect_timeout=env_float("SLUICE_S3_CONNECT_TIMEOUT", 5.0, minimum=0.1),
-        read_timeout=env_float("SLUICE_S3_READ_TIMEOUT", 60.0, minimum=0.1),
-        max_attempts=env_int("SLUICE_S3_MAX_ATTEMPTS", 3, minimum=1),
+        connect_timeout=SLUICE_S3_CONNECT_TIMEOUT,
+        read_timeout=SLUICE_S3_READ_TIMEOUT,
+        max_attempts=SLUICE_S3_MAX_ATTEMPTS,
     )
 else:
     raise ImproperlyConfigured(f"SLUICE_STORAGE must be 'filesystem' or 's3', not {SLUICE_STORAGE!r}")

@@ -15,11 +15,12 @@ from typing import Any
 
 
 def s3_storage(
-    *, bucket: str, endpoint_url: str = "", prefix: str = "", region: str = "", addressing_style: str = "",
-    connect_timeout: float = 5.0, read_timeout: float = 60.0, max_attempts: int = 3,
+    *, bucket: str, endpoint_url: str, connect_timeout: float, read_timeout: float, max_attempts: int,
+    prefix: str = "", region: str = "", addressing_style: str = "",
 ) -> dict[str, Any]:
     """The ``STORAGES["default"]`` entry of the S3 backend (``config/settings.py`` builds
-    it from ``SLUICE_S3_*``; the storage tests from their own server)."""
+    it from ``SLUICE_S3_*``, where the defaults are; the storage tests from their own
+    server). An empty string leaves that option to boto3 (AWS's endpoint, region…)."""
     return {
         "BACKEND": "config.s3.S3Storage",
         "OPTIONS": {

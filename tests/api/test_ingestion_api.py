@@ -177,7 +177,8 @@ def test_upload_while_the_file_storage_is_unreachable_is_503_and_nothing_is_crea
 ) -> None:
     Year.objects.create(year=2035, configured_at=timezone.now())
     # The S3 backend pointed at a port where nothing listens: the storage is down
-    storage = s3_storage(bucket="sluice", endpoint_url="http://127.0.0.1:9", connect_timeout=0.5, max_attempts=1)
+    storage = s3_storage(bucket="sluice", endpoint_url="http://127.0.0.1:9", connect_timeout=0.5, read_timeout=1,
+                         max_attempts=1)
     storage["OPTIONS"].update(access_key="k", secret_key="s")
     settings.STORAGES = {**settings.STORAGES, "default": storage}
     response = client_for("granted").post(

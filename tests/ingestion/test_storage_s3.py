@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.utils import timezone
@@ -60,7 +61,10 @@ def s3_worker(s3_proxy: StorageProxy, django_db_setup: Any) -> Iterator[tuple[Wo
 
 
 def s3_web_storage(server: SeaweedServer) -> dict[str, Any]:
-    storage = s3_storage(bucket=BUCKET, endpoint_url=server.endpoint)
+    storage = s3_storage(bucket=BUCKET, endpoint_url=server.endpoint,
+                         connect_timeout=django_settings.SLUICE_S3_CONNECT_TIMEOUT,
+                         read_timeout=django_settings.SLUICE_S3_READ_TIMEOUT,
+                         max_attempts=django_settings.SLUICE_S3_MAX_ATTEMPTS)
     storage["OPTIONS"].update(access_key=ACCESS_KEY, secret_key=SECRET_KEY)
     return storage
 
