@@ -10,3 +10,4 @@ class IngestionConfig(AppConfig):
     def ready(self) -> None:
         # Tells the engine's retention what ingestion hangs off a pipeline (issue 9 layering).
         from ingestion import retention  # noqa: F401
+        from ingestion.exports import retention as export_retention  # noqa: F401

@@ -1,7 +1,8 @@
 """Job handlers of the ingestion app, registered with the engine from the declarations
 in ``ingestion.job_types`` (name, queue, count keys).
 
-Thin on purpose: each handler calls one job body (``ingestion.jobs``, ``ingestion.unit_sync``).
+Thin on purpose: each handler calls one job body (``ingestion.jobs``, ``ingestion.unit_sync``,
+``ingestion.exports.services``).
 """
 
 from __future__ import annotations
@@ -41,3 +42,8 @@ def aggregation(ctx: JobContext) -> Outcome:
 @_register(UNIT_SYNC)
 def unit_sync_job(ctx: JobContext) -> Outcome:
     return unit_sync.unit_sync_run(ctx=ctx)
+
+
+@_register(EXPORT)
+def export(ctx: JobContext) -> Outcome:
+    return exports.export_run(ctx=ctx)

@@ -335,3 +335,47 @@ class SourceRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source_id} {self.trigger} {self.pipeline_id}"
+
+
+class ExportFormat(models.TextChoices):
+    CSV = "csv", "CSV"
+    XLSX = "xlsx", "XLSX"
+
+
+class Export(models.Model):
+    """A year's results written to a file by an ``export`` job (issue 15).
+
+    The file is stored through Django's storage API (``default_storage``) under
+    ``stored_name``; ``sha256``/``size``/``rows`` are filled in by the job when the
+    file is complete (blank until then: the pipeline says how far it got).
+    """
+
+    year = models.ForeignKey(Year, verbose_name=_("year"), on_delete=models.CASCADE, related_name="exports")
+    format = models.CharField(verbose_name=_("format"), max_length=10, choices=ExportFormat.choices)
+    pipeline = models.ForeignKey(
+        "pipelines.Pipeline", verbose_name=_("pipeline"), null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    stored_name = models.CharField(verbose_name=_("stored name"), max_length=255, blank=True, default="")
+    sha256 = models.CharField(verbose_name=_("sha256"), max_length=64, blank=True, default="")
+    size = models.BigIntegerField(verbose_name=_("size"), null=True, blank=True)
+    rows = models.BigIntegerField(verbose_name=_("rows"), null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("created by"), null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(verbose_name=_("created at"), auto_now_add=True)
+    finished_at = models.DateTimeField(verbose_name=_("finished at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("export")
+        verbose_name_plural = _("exports")
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"export {self.pk} {self.year_id} {self.format}"
+
+    @property
+    def filename(self) -> str:
+        """The name a download is saved under."""
+        return f"sluice-{self.year_id}-results-{self.pk}.{self.format}"

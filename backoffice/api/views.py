@@ -41,6 +41,7 @@ from ingestion import services as ingestion_services
 from pipelines import selectors as pipeline_selectors
 from pipelines import services
 from pipelines.events import job_dict, pipeline_dict
+from pipelines.formula_safety import formula_safe
 from pipelines.models import DONE_STATUSES, Job, Pipeline
 from pipelines.years import YEAR_FILTER_MAX, YEAR_FILTER_MIN, YEAR_REF_MAX, YEAR_REF_MIN
 
@@ -264,15 +265,6 @@ class JobDetailView(ApiView):
     def get(self, request: Request, job_id: int) -> Response:
         job = get_job(user=request.user, job_id=job_id)
         return Response(JobDetailSerializer(selectors.job_detail(job=job)).data)
-
-
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def formula_safe(value: Any) -> str:
-    """OWASP CSV injection: a cell a spreadsheet would evaluate gets a leading quote."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
 class _Echo:
