@@ -20,7 +20,7 @@ from django.utils.translation import gettext_lazy as _
 from backoffice import access
 from ingestion import job_types
 from ingestion import selectors as ingestion_selectors
-from ingestion.models import Factor, Upload, Year
+from ingestion.models import Export, Factor, Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGET_FACTORS, TARGETS
 from pipelines import messages
 from pipelines import selectors as pipeline_selectors
@@ -31,11 +31,12 @@ JOB_TARGETS = {v: k for k, v in job_types.INGEST_JOB_TYPES.items()}
 JOB_TYPE_LABELS = {
     job_types.CSV_INGEST.name: _("Data entries"), job_types.FACTOR_INGEST.name: _("Factors"),
     job_types.EMISSION_RECALC.name: _("Recalculation"), job_types.AGGREGATION.name: _("Totals"),
-    job_types.UNIT_SYNC.name: _("Unit sync"),
+    job_types.UNIT_SYNC.name: _("Unit sync"), job_types.EXPORT.name: _("Export"),
 }
 HISTORY_LIMIT = 50
 FIRST_ERRORS = 10
 EVENTS_LIMIT = 500
+EXPORTS_SHOWN = 5
 PROBLEM_RESULTS = (JobResult.WARNING, JobResult.ERROR, JobResult.CANCELLED)
 RESULT_FILTERS = ("success", "warning", "error", "cancelled", "skipped", "running")
 
@@ -77,6 +78,11 @@ class Page:
     can_manage_years: bool = False
     active: list[dict[str, Any]] = field(default_factory=list)
     year_active: dict[str, Any] | None = None
+    # The year-wide runs (exports): shown to users whose scope is every module only,
+    # like the API (an export spans every module of the year).
+    can_see_runs: bool = False
+    exports: list[Export] = field(default_factory=list)
+    export_active: dict[str, Any] | None = None
     # The last event seq before the page was read: the script refetches the page when its
     # feed's snapshot is newer (something finished between the render and the socket).
     seq: int = 0
@@ -146,14 +152,21 @@ def page(*, user: Any, year: int | None) -> Page:
         for k, v in detail["incomplete_reasons"].items() if access.in_scope(grants, None if k == "year" else k)
     ]
     result.can_open = detail["can_open"]
+    result.can_see_runs = access.can_see_module(user, None)
+    if result.can_see_runs:
+        result.exports = list(
+            Export.objects.filter(year_id=chosen.year).select_related("pipeline", "created_by")[:EXPORTS_SHOWN]
+        )
     result.active = _active_pipelines(chosen.year, grants)
     # Where each running pipeline's bar goes (the page's script places live ones alike):
-    # module-less (unit sync) on the year bar, an upload on its target's row, a
+    # an export on the exports part, other module-less ones (unit sync) on the year bar, an upload on its target's row, a
     # recalculation on its module. Newest wins.
     blocks = {b.module: b for b in result.modules}
     for p in result.active:
         block = blocks.get(p["module"])
-        if not p["module"]:
+        if p["kind"] == job_types.EXPORT_KIND:
+            result.export_active = p
+        elif not p["module"]:
             result.year_active = p
         elif block is not None and p["target"]:
             for row in block.targets:

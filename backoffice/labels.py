@@ -50,12 +50,14 @@ KINDS = {
     "upload": gettext_noop("upload"), "rerun": gettext_noop("run again"), "recalculate": gettext_noop("recalculation"),
     "unit_sync": gettext_noop("unit sync"), "noop": gettext_noop("no-op"), "source": gettext_noop("scheduled source"),
     "retention": gettext_noop("retention purge"),
+    "export": gettext_noop("export"),
 }
 JOB_TYPES = {
     "csv_ingest": gettext_noop("data entries ingest"), "factor_ingest": gettext_noop("factors ingest"),
     "emission_recalc": gettext_noop("recalculation"), "aggregation": gettext_noop("totals"),
     "unit_sync": gettext_noop("unit sync"), "noop": gettext_noop("no-op"),
     "source_fetch": gettext_noop("source fetch"), "retention_purge": gettext_noop("retention purge"),
+    "export": gettext_noop("export"),
 }
 # Phases handlers report (ingestion.services, pipelines.builtin_handlers) and the
 # pipeline labels ``pipelines.dag.pipeline_progress`` derives from them.
@@ -65,6 +67,7 @@ PHASES = {
     "fetch": gettext_noop("fetching units"), "upsert units": gettext_noop("saving units"),
     "create reports": gettext_noop("creating reports"), "ensure modules": gettext_noop("adding report modules"),
     "sleeping": gettext_noop("sleeping"), "done": gettext_noop("done"),
+    "writing": gettext_noop("writing rows"), "storing": gettext_noop("storing the file"),
     "waiting for a worker": gettext_noop("waiting for a worker"), "not started": gettext_noop("not started"),
 }
 _COMPUTING = re.compile(r"^computing (?P<det>.+)$")

@@ -98,10 +98,13 @@ class ExportDetailView(ApiView):
 class ExportFileView(ApiView):
     @extend_schema(
         responses={
-            (200, "application/octet-stream"): OpenApiResponse(
-                OpenApiTypes.BINARY,
-                description=f"The file (text/csv or XLSX), streamed; its sha256 in the {SHA256_HEADER} header",
-            ),
+            **{
+                (200, content_type.split(";")[0]): OpenApiResponse(
+                    OpenApiTypes.BINARY,
+                    description=f"The {fmt.upper()} file, streamed; its sha256 in the {SHA256_HEADER} header",
+                )
+                for fmt, content_type in services.CONTENT_TYPES.items()
+            },
             **error_responses(404, 409),
         }
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ingestion.models import Total
 from tests.backoffice.conftest import english_left, make_staff, sample, upload_sample
 from tests.support.browser import HAVE_CHROMIUM, NO_CHROMIUM, SCREENSHOTS
 
@@ -335,3 +336,30 @@ def test_the_french_page_has_no_english_left(open_page: Any, synced_year: Any) -
     left = english_left(page)
     assert left == [], left
     shot(page, "data-management-fr.png")
+
+
+def test_export_from_the_page_shows_progress_then_a_download_link(open_page: Any, synced_year: Any) -> None:
+    synced_year(2031)
+    upload_sample(2031, "headcount", "factors")
+    upload_sample(2031, "headcount", "data_entries")
+    make_staff("admin", superuser=True)
+    page = open_page("admin", DM + "?year=2031")
+    page.wait_for_selector("#live-status[data-status=live]", timeout=WAIT)
+    assert "No export of this year yet." in page.inner_text("#dm-exports")
+
+    # When the operator asks for an XLSX export
+    page.click("#dm-export-xlsx")
+
+    # Then its bar reaches 100 % with a success, and the exports table offers the file
+    page.wait_for_selector('.dm-live[data-slot=export][data-status=success] .live-pct:has-text("100%")',
+                           timeout=WAIT)
+    link = page.wait_for_selector("#dm-exports a.dm-export-file", timeout=WAIT)
+    assert link.inner_text().endswith(".xlsx")
+    row = page.inner_text("#dm-exports tbody tr")
+    # (its rows: every total of the year and every data entry)
+    rows = Total.objects.filter(year=2031).count() + data_rows("headcount", "data_entries")
+    assert "XLSX" in row and "success" in row and f"{rows:,}" in row
+    with page.expect_download() as download:
+        link.click()
+    assert download.value.suggested_filename == link.inner_text()
+    shot(page, "data-management-export.png", full_page=False)

@@ -1,10 +1,10 @@
 // Data management page: actions and live progress (plain JavaScript module, no build step).
 //
 // The page is rendered whole on the server. This module
-//  - calls the REST API for actions (create/open/close a year, upload, recalculate);
+//  - calls the REST API for actions (create/open/close a year, upload, recalculate, export);
 //  - follows ws/years/<year>/ (live.js) and draws each running pipeline's bar in its
-//    slot: module-less pipelines (unit sync) on the year bar, uploads on their file's
-//    row, recalculations on their module;
+//    slot: exports on the exports part, other module-less pipelines (unit sync) on the
+//    year bar, uploads on their file's row, recalculations on their module;
 //  - when a job or pipeline finishes, fetches the page again and swaps its sections
 //    (one renderer, the server's: numbers, chips and translations never disagree).
 // Every handler is delegated from the page root, so swapped sections need no rebinding.
@@ -13,7 +13,7 @@ import { connectFeed } from "./live.js";
 
 const root = document.querySelector(".dm-page");
 const S = JSON.parse(document.getElementById("dm-strings").textContent);
-const SECTIONS = ["dm-yearbar", "dm-modules-section", "dm-history-section"];
+const SECTIONS = ["dm-yearbar", "dm-runs-section", "dm-modules-section", "dm-history-section"];
 const DONE = new Set(["success", "partial", "failed", "cancelled", "superseded"]);
 const TARGET_OF = { csv_ingest: "data_entries", factor_ingest: "factors" };
 const REFRESH_DEBOUNCE_MS = 250;
@@ -79,6 +79,7 @@ const actionError = () => document.getElementById("dm-action-error");
 
 function slotFor(p) {
   if (state.slotOf.has(p.id)) return state.slotOf.get(p.id);
+  if (p.kind === "export") return "export";
   if (!p.module) return "year";
   for (const j of state.feed.store.jobs.values()) {
     if (j.pipeline_id === p.id && TARGET_OF[j.job_type]) return `t:${p.module}:${TARGET_OF[j.job_type]}`;
@@ -268,6 +269,19 @@ async function recalculate(button) {
   state.shown.set(`m:${module}`, res.data.pipeline_id);
 }
 
+async function exportYear(button) {
+  button.disabled = true;
+  const res = await api("POST", `/api/v1/years/${root.dataset.year}/exports/`, { format: button.dataset.format });
+  button.disabled = false;
+  if (!res.ok) { showError(actionError(), res.data); return; }
+  state.slotOf.set(res.data.pipeline_id, "export");
+  state.shown.set("export", res.data.pipeline_id);
+  const held = state.feed?.store.pipelines.get(res.data.pipeline_id);
+  if (held) drawPipeline(held);
+  else draw("export", { percent: 0, status: "queued", label: S.queued, pipeline: res.data.pipeline_id });
+  scheduleRefresh(); // the new export's row (its link appears when the pipeline ends)
+}
+
 // The header line, checked like the server does (ingestion.parsing.header_problems):
 // the delimiter giving more columns, trimmed, lower-cased, quotes removed.
 async function headerProblems(file, row) {
@@ -341,6 +355,7 @@ root.addEventListener("click", (ev) => {
   if (button.id === "dm-open-year") setOpen(button, true);
   else if (button.id === "dm-close-year") setOpen(button, false);
   else if (button.classList.contains("dm-recalc")) recalculate(button);
+  else if (button.classList.contains("dm-export")) exportYear(button);
   else if (button.classList.contains("dm-upload")) button.closest("tr").querySelector("input.dm-file").click();
 });
 
