@@ -46,7 +46,8 @@ class ExportRetention:
         deleted, _ = exports.delete()
         if names:
             transaction.on_commit(lambda: _delete_stored(names))
-        return {"exports": deleted, "export_files": len(names)}
+        counts = {"exports": deleted, "export_files": len(names)}
+        return {key: n for key, n in counts.items() if n}  # a purge of no export does not mention exports
 
     def sweep_batch(self, *, cutoff: datetime, batch_size: int) -> SweepBatch:
         return SweepBatch(deleted={})

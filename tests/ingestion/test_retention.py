@@ -101,6 +101,8 @@ def test_dry_run_counts_exactly_what_the_purge_deletes_and_deletes_nothing(histo
         "row_errors": 2,
         "uploads": 2,  # the first upload, and the one whose pipeline went before uploads were purged
         "upload_files": 2,
+        "exports": 0,
+        "export_files": 0,
         "operator_actions": 2,  # the two uploads' audit records: kept, unlinked
     }
     assert dry.counts["events"] >= 2 * JOBS_PER_UPLOAD  # each job's creation at least
