@@ -159,8 +159,8 @@ def page(*, user: Any, year: int | None) -> Page:
         )
     result.active = _active_pipelines(chosen.year, grants)
     # Where each running pipeline's bar goes (the page's script places live ones alike):
-    # an export on the exports part, other module-less ones (unit sync) on the year bar, an upload on its target's row, a
-    # recalculation on its module. Newest wins.
+    # an export on the exports part, other module-less ones (unit sync) on the year bar,
+    # an upload on its target's row, a recalculation on its module. Newest wins.
     blocks = {b.module: b for b in result.modules}
     for p in result.active:
         block = blocks.get(p["module"])
