@@ -22,6 +22,7 @@ from ingestion import job_types
 from ingestion import selectors as ingestion_selectors
 from ingestion.models import Export, Factor, Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGET_FACTORS, TARGETS
+from ingestion.validations import selectors as validation_selectors
 from pipelines import messages
 from pipelines import selectors as pipeline_selectors
 from pipelines.models import DONE_STATUSES, Job, JobEvent, JobResult, Pipeline
@@ -32,6 +33,7 @@ JOB_TYPE_LABELS = {
     job_types.CSV_INGEST.name: _("Data entries"), job_types.FACTOR_INGEST.name: _("Factors"),
     job_types.EMISSION_RECALC.name: _("Recalculation"), job_types.AGGREGATION.name: _("Totals"),
     job_types.UNIT_SYNC.name: _("Unit sync"), job_types.EXPORT.name: _("Export"),
+    job_types.VALIDATE_YEAR.name: _("Validation"),
 }
 HISTORY_LIMIT = 50
 FIRST_ERRORS = 10
@@ -78,11 +80,14 @@ class Page:
     can_manage_years: bool = False
     active: list[dict[str, Any]] = field(default_factory=list)
     year_active: dict[str, Any] | None = None
-    # The year-wide runs (exports): shown to users whose scope is every module only,
-    # like the API (an export spans every module of the year).
+    # The year-wide runs (exports, validations): shown to users whose scope is every
+    # module only, like the API (both span every module of the year).
     can_see_runs: bool = False
     exports: list[Export] = field(default_factory=list)
     export_active: dict[str, Any] | None = None
+    validation: Job | None = None  # the latest completed one
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    validation_active: dict[str, Any] | None = None
     # The last event seq before the page was read: the script refetches the page when its
     # feed's snapshot is newer (something finished between the render and the socket).
     seq: int = 0
@@ -157,15 +162,19 @@ def page(*, user: Any, year: int | None) -> Page:
         result.exports = list(
             Export.objects.filter(year_id=chosen.year).select_related("pipeline", "created_by")[:EXPORTS_SHOWN]
         )
+        result.validation = validation_selectors.latest_validation(year=chosen.year)
+        result.findings = validation_selectors.findings_of(result.validation) if result.validation else []
     result.active = _active_pipelines(chosen.year, grants)
     # Where each running pipeline's bar goes (the page's script places live ones alike):
-    # an export on the exports part, other module-less ones (unit sync) on the year bar,
+    # an export or validation on their part, other module-less ones (unit sync) on the year bar,
     # an upload on its target's row, a recalculation on its module. Newest wins.
     blocks = {b.module: b for b in result.modules}
     for p in result.active:
         block = blocks.get(p["module"])
         if p["kind"] == job_types.EXPORT_KIND:
             result.export_active = p
+        elif p["kind"] == job_types.VALIDATION_KIND:
+            result.validation_active = p
         elif not p["module"]:
             result.year_active = p
         elif block is not None and p["target"]:

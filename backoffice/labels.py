@@ -51,6 +51,7 @@ KINDS = {
     "unit_sync": gettext_noop("unit sync"), "noop": gettext_noop("no-op"), "source": gettext_noop("scheduled source"),
     "retention": gettext_noop("retention purge"),
     "export": gettext_noop("export"),
+    "export": gettext_noop("export"), "validation": gettext_noop("validation"),
 }
 JOB_TYPES = {
     "csv_ingest": gettext_noop("data entries ingest"), "factor_ingest": gettext_noop("factors ingest"),
@@ -58,6 +59,7 @@ JOB_TYPES = {
     "unit_sync": gettext_noop("unit sync"), "noop": gettext_noop("no-op"),
     "source_fetch": gettext_noop("source fetch"), "retention_purge": gettext_noop("retention purge"),
     "export": gettext_noop("export"),
+    "export": gettext_noop("export"), "validate_year": gettext_noop("year validation"),
 }
 # Phases handlers report (ingestion.services, pipelines.builtin_handlers) and the
 # pipeline labels ``pipelines.dag.pipeline_progress`` derives from them.
@@ -68,6 +70,9 @@ PHASES = {
     "create reports": gettext_noop("creating reports"), "ensure modules": gettext_noop("adding report modules"),
     "sleeping": gettext_noop("sleeping"), "done": gettext_noop("done"),
     "writing": gettext_noop("writing rows"), "storing": gettext_noop("storing the file"),
+    "checking modules": gettext_noop("checking modules"), "checking factors": gettext_noop("checking factors"),
+    "checking reports": gettext_noop("checking reports"), "checking totals": gettext_noop("checking totals"),
+    "recomputing a sample": gettext_noop("recomputing a sample"),
     "waiting for a worker": gettext_noop("waiting for a worker"), "not started": gettext_noop("not started"),
 }
 _COMPUTING = re.compile(r"^computing (?P<det>.+)$")

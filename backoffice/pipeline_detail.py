@@ -16,6 +16,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from backoffice import access, labels
+from ingestion.validations.selectors import findings_of
 from pipelines import events, messages
 from pipelines.models import Job, JobEvent, JobResult, JobState, OperatorAction, Pipeline
 
@@ -42,6 +43,13 @@ META_LABELS = {
     "factors_stale": _("factors marked stale"),
     "modules_refreshed": _("modules refreshed"),
     "coalesced_with_pipeline": _("coalesced with pipeline"),
+    "rows_written": _("rows written"),
+    "export_id": _("export"),
+    "size": _("file size (bytes)"),
+    "findings_error": _("errors found"),
+    "findings_warning": _("warnings found"),
+    "findings_info": _("notes"),
+    "lines_sampled": _("emission lines recomputed"),
 }
 TIMING_LABELS = {"load": _("load"), "validate": _("validate"), "apply": _("apply")}
 
@@ -143,6 +151,8 @@ def _job_entry(job: Job) -> dict[str, Any]:
         "row_errors_total": errors_total,
         "errors_csv": f"/api/v1/jobs/{job.pk}/errors.csv" if errors_total else None,
         "has_problem": failed,
+        # A validation's findings (ingestion.validations), in the reader's language.
+        "findings": findings_of(job) if meta.get("findings") else [],
     }
 
 

@@ -23,6 +23,7 @@ urlpatterns = [
     path("v1/", include("backoffice.api.ingestion")),
     path("v1/", include("backoffice.api.sources")),
     path("v1/", include("backoffice.api.exports")),
+    path("v1/", include("backoffice.api.validations")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"^[\s\S]*$", not_found),  # any rest, newlines (%0A) too: never Django's HTML 404

@@ -2,7 +2,7 @@
 in ``ingestion.job_types`` (name, queue, count keys).
 
 Thin on purpose: each handler calls one job body (``ingestion.jobs``, ``ingestion.unit_sync``,
-``ingestion.exports.services``).
+``ingestion.exports.services``, ``ingestion.validations.services``).
 """
 
 from __future__ import annotations
@@ -47,3 +47,8 @@ def unit_sync_job(ctx: JobContext) -> Outcome:
 @_register(EXPORT)
 def export(ctx: JobContext) -> Outcome:
     return exports.export_run(ctx=ctx)
+
+
+@_register(VALIDATE_YEAR)
+def validate_year(ctx: JobContext) -> Outcome:
+    return validations.validation_run(ctx=ctx)

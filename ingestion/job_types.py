@@ -29,13 +29,16 @@ FACTOR_INGEST = JobTypeDecl(
 EMISSION_RECALC = JobTypeDecl("emission_recalc", queue="recalc", counts=("rows_processed", "rows_without_factor"))
 AGGREGATION = JobTypeDecl("aggregation", queue="aggregate", counts=("totals_written", "rows_without_factor"))
 UNIT_SYNC = JobTypeDecl("unit_sync", queue="default", counts=("units_synced", "reports_created"))
-# Issue 15: a year's results written to a file.
+# Issue 15: a year's results written to a file, and the read-only checks of a year.
 EXPORT = JobTypeDecl("export", queue="export", counts=("rows_total", "rows_written"))
+VALIDATE_YEAR = JobTypeDecl("validate_year", queue="default",
+                            counts=("findings_error", "findings_warning", "findings_info"))
 
-JOB_TYPES = (CSV_INGEST, FACTOR_INGEST, EMISSION_RECALC, AGGREGATION, UNIT_SYNC, EXPORT)
+JOB_TYPES = (CSV_INGEST, FACTOR_INGEST, EMISSION_RECALC, AGGREGATION, UNIT_SYNC, EXPORT, VALIDATE_YEAR)
 
-# Pipeline kind of the year-wide job above (a module-less pipeline of one year).
+# Pipeline kinds of the year-wide jobs above (module-less pipelines of one year).
 EXPORT_KIND = "export"
+VALIDATION_KIND = "validation"
 
 # The ingest job type of each upload target.
 INGEST_JOB_TYPES = {TARGET_DATA: CSV_INGEST.name, TARGET_FACTORS: FACTOR_INGEST.name}

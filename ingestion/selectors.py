@@ -21,6 +21,7 @@ from ingestion.job_types import INGEST_JOB_TYPES
 from ingestion.models import ModuleState, RowError, Total, Upload, Year
 from ingestion.modules import MODULES, TARGETS, get_module
 from ingestion.parsing import open_stored
+from ingestion.validations.selectors import validation_gate_reasons
 from pipelines.models import DONE_STATUSES, Job, Pipeline
 
 NAMED_MAX = 10
@@ -81,12 +82,17 @@ def module_incomplete_reasons(*, year: int, module: str) -> list[str]:
 
 
 def year_incomplete_reasons(*, year: Year) -> dict[str, list[str]]:
-    """Every reason the year may not open, by module (and "year" for year-wide ones)."""
+    """Every reason the year may not open, by module (and "year" for year-wide ones,
+    among them the errors found by the latest validation run)."""
     reasons: dict[str, list[str]] = {}
     if year.configured_at is None:
         reasons.setdefault("year", []).append(_("units not synced yet (the unit sync has not succeeded)"))
     if not year.enabled_modules:
         reasons.setdefault("year", []).append(_("no module enabled (config.modules is empty)"))
+    # An ``error`` finding of the year's latest validation run keeps it closed until a
+    # later run finds none (issue 15).
+    for reason in validation_gate_reasons(year=year.year):
+        reasons.setdefault("year", []).append(reason)
     for module in year.enabled_modules:
         found = module_incomplete_reasons(year=year.year, module=module)
         if found:

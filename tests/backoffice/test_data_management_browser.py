@@ -338,7 +338,9 @@ def test_the_french_page_has_no_english_left(open_page: Any, synced_year: Any) -
     shot(page, "data-management-fr.png")
 
 
-def test_export_from_the_page_shows_progress_then_a_download_link(open_page: Any, synced_year: Any) -> None:
+def test_export_and_validation_from_the_page_show_progress_then_the_file_and_findings(
+    open_page: Any, synced_year: Any
+) -> None:
     synced_year(2031)
     upload_sample(2031, "headcount", "factors")
     upload_sample(2031, "headcount", "data_entries")
@@ -353,6 +355,7 @@ def test_export_from_the_page_shows_progress_then_a_download_link(open_page: Any
     # Then its bar reaches 100 % with a success, and the exports table offers the file
     page.wait_for_selector('.dm-live[data-slot=export][data-status=success] .live-pct:has-text("100%")',
                            timeout=WAIT)
+    page.wait_for_selector("#dm-exports tbody tr .chip.success", timeout=WAIT)
     link = page.wait_for_selector("#dm-exports a.dm-export-file", timeout=WAIT)
     assert link.inner_text().endswith(".xlsx")
     row = page.inner_text("#dm-exports tbody tr")
@@ -362,4 +365,16 @@ def test_export_from_the_page_shows_progress_then_a_download_link(open_page: Any
     with page.expect_download() as download:
         link.click()
     assert download.value.suggested_filename == link.inner_text()
+
+    # When the operator validates the year (four modules have no data yet)
+    assert "Never validated." in page.inner_text("#dm-validation-summary")
+    page.click("#dm-validate")
+
+    # Then its bar ends at 100 %, its findings list the incomplete modules, and the year
+    # cannot open with the validation named among the reasons
+    page.wait_for_selector('.dm-live[data-slot=validation] .live-pct:has-text("100%")', timeout=WAIT)
+    page.wait_for_selector("#dm-findings[open] tr[data-severity=error][data-check=modules_complete]", timeout=WAIT)
+    assert "Buildings is incomplete: no data entries loaded" in page.inner_text("#dm-findings")
+    assert "4 errors" in page.inner_text("#dm-validation-summary")
+    assert "latest validation" in page.inner_text("#dm-reasons")
     shot(page, "data-management-export.png", full_page=False)

@@ -1,9 +1,10 @@
 // Data management page: actions and live progress (plain JavaScript module, no build step).
 //
 // The page is rendered whole on the server. This module
-//  - calls the REST API for actions (create/open/close a year, upload, recalculate, export);
+//  - calls the REST API for actions (create/open/close a year, upload, recalculate,
+//    validate, export);
 //  - follows ws/years/<year>/ (live.js) and draws each running pipeline's bar in its
-//    slot: exports on the exports part, other module-less pipelines (unit sync) on the
+//    slot: exports and validations on their part, other module-less pipelines (unit sync) on the
 //    year bar, uploads on their file's row, recalculations on their module;
 //  - when a job or pipeline finishes, fetches the page again and swaps its sections
 //    (one renderer, the server's: numbers, chips and translations never disagree).
@@ -80,6 +81,7 @@ const actionError = () => document.getElementById("dm-action-error");
 function slotFor(p) {
   if (state.slotOf.has(p.id)) return state.slotOf.get(p.id);
   if (p.kind === "export") return "export";
+  if (p.kind === "validation") return "validation";
   if (!p.module) return "year";
   for (const j of state.feed.store.jobs.values()) {
     if (j.pipeline_id === p.id && TARGET_OF[j.job_type]) return `t:${p.module}:${TARGET_OF[j.job_type]}`;
@@ -269,6 +271,18 @@ async function recalculate(button) {
   state.shown.set(`m:${module}`, res.data.pipeline_id);
 }
 
+async function validateYear(button) {
+  button.disabled = true;
+  const res = await api("POST", `/api/v1/years/${root.dataset.year}/validations/`);
+  button.disabled = false;
+  if (!res.ok) { showError(actionError(), res.data); return; }
+  state.slotOf.set(res.data.pipeline_id, "validation");
+  state.shown.set("validation", res.data.pipeline_id);
+  const held = state.feed?.store.pipelines.get(res.data.pipeline_id);
+  if (held) drawPipeline(held);
+  else draw("validation", { percent: 0, status: "queued", label: S.queued, pipeline: res.data.pipeline_id });
+}
+
 async function exportYear(button) {
   button.disabled = true;
   const res = await api("POST", `/api/v1/years/${root.dataset.year}/exports/`, { format: button.dataset.format });
@@ -356,6 +370,7 @@ root.addEventListener("click", (ev) => {
   else if (button.id === "dm-close-year") setOpen(button, false);
   else if (button.classList.contains("dm-recalc")) recalculate(button);
   else if (button.classList.contains("dm-export")) exportYear(button);
+  else if (button.id === "dm-validate") validateYear(button);
   else if (button.classList.contains("dm-upload")) button.closest("tr").querySelector("input.dm-file").click();
 });
 
