@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.urls import reverse
 from rest_framework.test import APIClient
 
 from ingestion import services
@@ -76,6 +77,12 @@ def test_a_validation_finds_seeded_problems_changes_nothing_and_gates_opening(
                for m in found["totals_add_up"])
     assert any(m.startswith("headcount: ") and "fresh recomputation" in m for m in found["emissions_sample"])
     assert [f["severity"] for f in body["findings"] if f["check"] == "summary"] == ["info"]
+    # ...which the console's pipeline page lists, in French for a French reader
+    admin = APIClient()
+    admin.force_login(UserFactory(is_staff=True, is_superuser=True))
+    page = admin.get(reverse("admin:pipelines_pipeline_live_detail", args=[body["id"]]),
+                     HTTP_ACCEPT_LANGUAGE="fr").content.decode()
+    assert 'data-check="units_without_report"' in page and "sans rapport pour l&#x27;année" in page
     # ...and nothing was changed by looking
     assert Total.objects.get(pk=tampered.pk).kg_co2e == tampered.kg_co2e + 1000
     assert not Report.objects.filter(year_id=YEAR, unit_id=lost_unit).exists()
