@@ -22,7 +22,6 @@ from ingestion import job_types
 from ingestion import selectors as ingestion_selectors
 from ingestion.models import Export, Factor, Upload, Year
 from ingestion.modules import MODULES, TARGET_DATA, TARGET_FACTORS, TARGETS
-from ingestion.validations import selectors as validation_selectors
 from pipelines import messages
 from pipelines import selectors as pipeline_selectors
 from pipelines.models import DONE_STATUSES, Job, JobEvent, JobResult, Pipeline
@@ -162,8 +161,8 @@ def page(*, user: Any, year: int | None) -> Page:
         result.exports = list(
             Export.objects.filter(year_id=chosen.year).select_related("pipeline", "created_by")[:EXPORTS_SHOWN]
         )
-        result.validation = validation_selectors.latest_validation(year=chosen.year)
-        result.findings = validation_selectors.findings_of(result.validation) if result.validation else []
+        result.validation = ingestion_selectors.latest_validation(year=chosen.year)
+        result.findings = ingestion_selectors.findings_of(result.validation) if result.validation else []
     result.active = _active_pipelines(chosen.year, grants)
     # Where each running pipeline's bar goes (the page's script places live ones alike):
     # an export or validation on their part, other module-less ones (unit sync) on the year bar,

@@ -16,7 +16,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from backoffice import access, labels
-from ingestion.validations.selectors import findings_of
+from ingestion.selectors import findings_of
 from pipelines import events, messages
 from pipelines.models import Job, JobEvent, JobResult, JobState, OperatorAction, Pipeline
 

@@ -17,12 +17,12 @@ from django.db import connection
 from django.db.models import QuerySet
 from django.utils.translation import gettext as _
 
-from ingestion.job_types import INGEST_JOB_TYPES
+from ingestion.job_types import INGEST_JOB_TYPES, VALIDATE_YEAR
 from ingestion.models import ModuleState, RowError, Total, Upload, Year
 from ingestion.modules import MODULES, TARGETS, get_module
 from ingestion.parsing import open_stored
-from ingestion.validations.selectors import validation_gate_reasons
-from pipelines.models import DONE_STATUSES, Job, Pipeline
+from pipelines import messages
+from pipelines.models import DONE_STATUSES, Job, JobResult, Pipeline
 
 NAMED_MAX = 10
 
@@ -79,6 +79,38 @@ def module_incomplete_reasons(*, year: int, module: str) -> list[str]:
     if not missing and not stale and state.totals_version != state.data_version:
         reasons.append(_("totals not computed from the current data yet (a pipeline is running or failed)"))
     return reasons
+
+
+# --- validation runs (issue 15; the checks are in ingestion.validations) ----------------------
+
+# A run that ended with its findings (one that failed or was cancelled checked nothing).
+VALIDATION_COMPLETED = (JobResult.SUCCESS, JobResult.WARNING)
+
+
+def latest_validation(*, year: int) -> Job | None:
+    """The newest ``validate_year`` job of the year that completed its checks."""
+    return (Job.objects.filter(pipeline__year=year, job_type=VALIDATE_YEAR.name, result__in=VALIDATION_COMPLETED)
+            .select_related("pipeline").order_by("-finished_at", "-id").first())
+
+
+def findings_of(job: Job) -> list[dict[str, Any]]:
+    """The job's findings, each with ``text`` in the active language."""
+    out = []
+    for f in (job.meta or {}).get("findings") or []:
+        i18n = f.get("message_i18n") or {}
+        out.append({**f, "text": messages.text_of(i18n.get("key") or "", i18n.get("params"), f.get("message", ""))})
+    return out
+
+
+def validation_gate_reasons(*, year: int) -> list[str]:
+    """Why the latest validation keeps the year closed (empty: it found no error, or none ran)."""
+    job = latest_validation(year=year)
+    errors = int((job.meta or {}).get("findings_error") or 0) if job else 0
+    if job is None or not errors:
+        return []
+    first = next((f["text"] for f in findings_of(job) if f.get("severity") == "error"), "")
+    return [_("the latest validation (pipeline %(pipeline)s) found %(n)s error(s) — first: %(first)s; fix them "
+              "and run a validation again") % {"pipeline": str(job.pipeline_id)[:8], "n": errors, "first": first}]
 
 
 def year_incomplete_reasons(*, year: Year) -> dict[str, list[str]]:

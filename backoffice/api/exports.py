@@ -1,7 +1,7 @@
 """Year exports over the API: start one, read its status, download its file.
 
 Access: an export spans every module of a year (its totals and data entries), so it
-follows the year-wide rules of ``ingestion.api``: starting one needs an operator
+follows the year-wide rules of ``backoffice.api.ingestion``: starting one needs an operator
 without module restrictions (``require_operate(user, None)``); reading and
 downloading need a viewer without module restrictions. A module-granted user does not
 see exports at all (404, like the module-less pipelines that produce them) rather than

@@ -1,6 +1,6 @@
 """Year validations over the API: start one, read its findings.
 
-Access as for exports (``ingestion.exports.api``): a validation checks every module of
+Access as for exports (``backoffice.api.exports``): a validation checks every module of
 the year, so starting one needs an operator without module restrictions and reading
 one a viewer without module restrictions; others get 404. A validation is identified
 by its pipeline's id.
@@ -23,8 +23,9 @@ from backoffice.api.errors import error_responses
 from backoffice.api.ingestion import _visible_year
 from backoffice.api.schema import declare_links, link, pipeline_links
 from backoffice.api.views import require_operate
+from ingestion import selectors
 from ingestion.job_types import VALIDATE_YEAR
-from ingestion.validations import selectors, services
+from ingestion.validations import services
 from ingestion.validations.checks import SEVERITIES
 from pipelines.models import Job
 

@@ -5,7 +5,7 @@
 The findings live with the job (``meta.findings``, at most ``FINDINGS_KEPT``, the counts
 always exact): they are the pipeline's record like any job's meta, purged with it by
 retention. The "Open year" gate reads the latest completed validation of the year
-(``ingestion.validations.selectors``).
+(``ingestion.selectors`` ``latest_validation``).
 """
 
 from __future__ import annotations
