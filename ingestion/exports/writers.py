@@ -3,7 +3,7 @@
 - CSV (the ``csv`` module): one table; the ``record`` column says what a row is
   (``module_total``, ``unit_total``, ``entry``), the other columns are the union of
   both sections' (a total leaves the entry columns empty).
-- XLSX (XlsxWriter, ``constant_memory``): a "Totals" sheet and a "Data entries" sheet
+- XLSX (XlsxWriter, ``constant_memory``; ``ingestion.exports.xlsx``): a "Totals" sheet and a "Data entries" sheet
   (continued on "Data entries 2", … past a sheet's 1,048,576 rows). In
   ``constant_memory`` mode each row is flushed to disk as soon as the next one starts,
   so memory stays flat whatever the row count (measured in docs/BENCHMARKS.md).
@@ -16,11 +16,10 @@ errors.csv uses too); numbers stay numbers. XlsxWriter's own string conversions
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 from collections.abc import Sequence
 from typing import IO, Any, Protocol
-
-import xlsxwriter
 
 from pipelines.formula_safety import formula_safe
 
@@ -83,47 +82,11 @@ class CsvExportWriter:
         self._text.detach()  # leave the underlying scratch file open for the caller
 
 
-class XlsxExportWriter:
-    def __init__(self, out: IO[bytes]) -> None:
-        self._book = xlsxwriter.Workbook(out, {
-            "constant_memory": True,
-            "strings_to_formulas": False,
-            "strings_to_numbers": False,
-            "strings_to_urls": False,
-        })
-        self._bold = self._book.add_format({"bold": True})
-        self._sheet: Any = None
-        self._name = ""
-        self._part = 0
-        self._row = 0
-
-    def _new_sheet(self) -> None:
-        self._part += 1
-        title = SHEET_TITLES[self._name] + (f" {self._part}" if self._part > 1 else "")
-        self._sheet = self._book.add_worksheet(title)
-        self._sheet.write_row(0, 0, SECTION_COLUMNS[self._name], self._bold)
-        self._row = 1
-
-    def section(self, name: str) -> None:
-        self._name, self._part = name, 0
-        self._new_sheet()
-
-    def row(self, values: Sequence[Any]) -> None:
-        if self._row >= XLSX_MAX_ROWS:
-            self._new_sheet()
-        sheet, r = self._sheet, self._row
-        for c, value in enumerate(values):
-            v = cell(value)
-            if isinstance(v, str):
-                if v:
-                    sheet.write_string(r, c, v)
-            else:
-                sheet.write_number(r, c, v)
-        self._row += 1
-
-    def close(self) -> None:
-        self._book.close()
-
-
 def writer_for(fmt: str, out: IO[bytes]) -> ExportWriter:
-    return XlsxExportWriter(out) if fmt == "xlsx" else CsvExportWriter(out)
+    if fmt == "xlsx":
+        # Loaded on the first XLSX export, not at import: every process imports the job
+        # handlers at start (web, beat, each worker, manage.py), and only the workers that
+        # write an XLSX need XlsxWriter in memory.
+        xlsx: Any = importlib.import_module("ingestion.exports.xlsx")
+        return xlsx.XlsxExportWriter(out)  # type: ignore[no-any-return]
+    return CsvExportWriter(out)
