@@ -49,16 +49,14 @@ EVENT_KINDS = {"state": gettext_noop("state"), "progress": gettext_noop("progres
 KINDS = {
     "upload": gettext_noop("upload"), "rerun": gettext_noop("run again"), "recalculate": gettext_noop("recalculation"),
     "unit_sync": gettext_noop("unit sync"), "noop": gettext_noop("no-op"), "source": gettext_noop("scheduled source"),
-    "retention": gettext_noop("retention purge"),
-    "export": gettext_noop("export"),
-    "export": gettext_noop("export"), "validation": gettext_noop("validation"),
+    "retention": gettext_noop("retention purge"), "export": gettext_noop("export"),
+    "validation": gettext_noop("validation"),
 }
 JOB_TYPES = {
     "csv_ingest": gettext_noop("data entries ingest"), "factor_ingest": gettext_noop("factors ingest"),
     "emission_recalc": gettext_noop("recalculation"), "aggregation": gettext_noop("totals"),
     "unit_sync": gettext_noop("unit sync"), "noop": gettext_noop("no-op"),
     "source_fetch": gettext_noop("source fetch"), "retention_purge": gettext_noop("retention purge"),
-    "export": gettext_noop("export"),
     "export": gettext_noop("export"), "validate_year": gettext_noop("year validation"),
 }
 # Phases handlers report (ingestion.services, pipelines.builtin_handlers) and the
