@@ -10,7 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ingestion import jobs, unit_sync
-from ingestion.job_types import AGGREGATION, CSV_INGEST, EMISSION_RECALC, FACTOR_INGEST, UNIT_SYNC, JobTypeDecl
+from ingestion.exports import services as exports
+from ingestion.job_types import (
+    AGGREGATION,
+    CSV_INGEST,
+    EMISSION_RECALC,
+    EXPORT,
+    FACTOR_INGEST,
+    UNIT_SYNC,
+    VALIDATE_YEAR,
+    JobTypeDecl,
+)
+from ingestion.validations import services as validations
 from pipelines.context import JobContext
 from pipelines.registry import Handler, Outcome, register
 

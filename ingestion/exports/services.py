@@ -23,7 +23,7 @@ from ingestion.exports.rows import year_snapshot
 from ingestion.exports.writers import writer_for
 from ingestion.job_types import EXPORT, EXPORT_KIND
 from ingestion.models import Export, ExportFormat, Year
-from pipelines.engine import JobContext
+from pipelines.context import JobContext
 from pipelines.messages import msg
 from pipelines.models import JobResult, OperatorActionKind, Pipeline
 from pipelines.registry import Outcome

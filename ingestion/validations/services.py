@@ -19,7 +19,7 @@ from ingestion.job_types import VALIDATE_YEAR, VALIDATION_KIND
 from ingestion.models import Year
 from ingestion.validations import checks
 from ingestion.validations.checks import ERROR, INFO, WARNING, Finding
-from pipelines.engine import JobContext
+from pipelines.context import JobContext
 from pipelines.messages import Message, msg
 from pipelines.models import JobResult, OperatorActionKind, Pipeline
 from pipelines.registry import Outcome

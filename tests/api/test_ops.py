@@ -29,7 +29,7 @@ def test_queues_list(client_for: Any, make_pipeline: Any) -> None:
     body = client_for("viewer").get("/api/v1/queues/").json()
     # The registered job types' queues (the test job types add their own), the default last.
     names = [q["name"] for q in body]
-    assert [n for n in names if not n.startswith("test_")] == ["ingest", "recalc", "aggregate", "default"]
+    assert [n for n in names if not n.startswith("test_")] == ["ingest", "recalc", "aggregate", "export", "default"]
     default = body[-1]
     assert default["queued_jobs"] == 1 and default["paused"] is False and default["consumers"] == []
     assert default["oldest_waiting_seconds"] is not None
