@@ -42,7 +42,7 @@ lint: $(STAMP)
 	# DEBUG is off: a throwaway one (nothing is served).
 	DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-mypy-only-not-a-secret} $(BIN)/mypy
 
-# The committed OpenAPI document (docs/api/openapi.yaml) that tests/api/test_schema_version.py
+# The committed OpenAPI document (docs/api/openapi.yaml) that tests/backoffice/api/test_schema_version.py
 # holds the live /api/schema/ to: run after a deliberate API change and commit the diff.
 .PHONY: schema
 schema: $(STAMP)

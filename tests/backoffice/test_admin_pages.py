@@ -9,7 +9,7 @@ from django.test import Client
 
 from pipelines import registry
 from pipelines.models import Job, OperatorAction, Pipeline, QueueState
-from tests.live.conftest import make_user, no_dispatch, plan, run_pipeline  # noqa: F401 - no_dispatch is a fixture
+from tests.backoffice.live.conftest import make_user, no_dispatch, plan, run_pipeline  # noqa: F401 - no_dispatch is a fixture
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_dispatch")]
 

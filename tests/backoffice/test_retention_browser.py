@@ -32,7 +32,7 @@ def test_operator_purges_from_the_page_and_sees_its_progress_live(open_page: Any
     from ingestion import services
     from ingestion.models import Upload, Year
     from pipelines.models import Job, OperatorAction, Pipeline
-    from tests.live.conftest import plan
+    from tests.backoffice.live.conftest import plan
 
     Year.objects.create(year=2031, configured_at=timezone.now())
     upload, uploaded = services.upload_create(year=2031, module="headcount", target="data_entries",

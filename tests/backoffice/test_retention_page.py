@@ -11,7 +11,7 @@ from django.test import Client
 from django.utils import timezone
 
 from pipelines.models import Job, OperatorAction, Pipeline
-from tests.live.conftest import make_user, no_dispatch, plan  # noqa: F401 - no_dispatch is a fixture
+from tests.backoffice.live.conftest import make_user, no_dispatch, plan  # noqa: F401 - no_dispatch is a fixture
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_dispatch")]
 

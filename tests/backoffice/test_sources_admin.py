@@ -11,7 +11,7 @@ from django_celery_beat.models import PeriodicTask
 from ingestion.models import Source
 from pipelines.models import OperatorAction
 from tests.backoffice.conftest import SAMPLES
-from tests.live.conftest import make_user
+from tests.backoffice.live.conftest import make_user
 
 pytestmark = pytest.mark.django_db
 

@@ -27,7 +27,7 @@ from tests.chaos.conftest import wait_pipeline
 from tests.chaos.harness import YEAR, CaseResult, check_totals, compare_rows
 from tests.conftest import wait_until
 from tests.ingestion.test_bad_inputs import HEADER, REFUSED, ROWS
-from tests.live.conftest import Store, session_cookie
+from tests.backoffice.live.conftest import Store, session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.slow]
 

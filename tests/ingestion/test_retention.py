@@ -23,7 +23,7 @@ from ingestion.services import raw_response_name
 from pipelines import retention
 from pipelines.errors import ConflictError
 from pipelines.models import Job, JobEvent, OperatorAction, Pipeline
-from tests.live.conftest import no_dispatch, plan  # noqa: F401 - no_dispatch is a fixture
+from tests.backoffice.live.conftest import no_dispatch, plan  # noqa: F401 - no_dispatch is a fixture
 from tests.support.fixtures import wait_for
 
 pytestmark = pytest.mark.usefixtures("no_dispatch")

@@ -20,7 +20,7 @@ from django.utils import timezone
 from pipelines import alerts, counters
 from pipelines.models import Job, JobState, Pipeline
 from pipelines.services import JobSpec, job_claim, pipeline_plan
-from tests.live.conftest import no_dispatch  # noqa: F401 - a fixture
+from tests.backoffice.live.conftest import no_dispatch  # noqa: F401 - a fixture
 from tests.support.fixtures import small_dag, wait_for
 
 MODULES = ("headcount", "buildings")

@@ -10,7 +10,7 @@ from django_celery_beat.models import PeriodicTask
 from ingestion.models import Source, SourceRun
 from ingestion.sources import services
 from pipelines.models import OperatorAction
-from tests.api.conftest import GRANTED_MODULE, OTHER_MODULE
+from tests.backoffice.api.conftest import GRANTED_MODULE, OTHER_MODULE
 
 pytestmark = pytest.mark.django_db
 

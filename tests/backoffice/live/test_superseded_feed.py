@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.live.conftest import Socket, Store, db, flush_publisher, make_user, plan, session_cookie
+from tests.backoffice.live.conftest import Socket, Store, db, flush_publisher, make_user, plan, session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_dispatch")]
 

@@ -23,7 +23,7 @@ from django.test import Client
 from rest_framework.authtoken.models import Token
 
 from pipelines.models import JobEvent, Pipeline
-from tests.api.conftest import GRANTED_MODULE, OTHER_MODULE
+from tests.backoffice.api.conftest import GRANTED_MODULE, OTHER_MODULE
 from tests.conftest import ROOT, worker_env
 from tests.support.fixtures import small_dag, wait_for
 from tests.support.openapi import assert_matches

@@ -12,7 +12,7 @@ from django.utils import timezone
 from config.storage import s3_storage
 from ingestion.models import Upload, Year
 from pipelines.models import OperatorAction, Pipeline
-from tests.api.conftest import GRANTED_MODULE, OTHER_MODULE
+from tests.backoffice.api.conftest import GRANTED_MODULE, OTHER_MODULE
 
 pytestmark = pytest.mark.django_db
 

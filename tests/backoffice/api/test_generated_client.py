@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from pipelines.models import DONE_STATUSES
-from tests.api.conftest import LIVE_PASSWORD
+from tests.backoffice.api.conftest import LIVE_PASSWORD
 from tests.conftest import wait_until
 from tests.ingestion.conftest import reference_totals, sample
 from tests.support.browser import Server

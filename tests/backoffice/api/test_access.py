@@ -1,6 +1,6 @@
 """Module scope is explicit: ``all_modules`` or module grants; losing the last grant
 narrows a user to nothing on every surface (API, admin, live console page; SSE and
-WebSockets in tests/live/test_access_live.py). Year details never show a user what
+WebSockets in tests/backoffice/live/test_access_live.py). Year details never show a user what
 lies outside their scope."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from backoffice import access
 from backoffice.models import ModuleGrant
 from ingestion.models import Year
 from pipelines.models import Job
-from tests.api.conftest import GRANTED_MODULE, OTHER_MODULE
+from tests.backoffice.api.conftest import GRANTED_MODULE, OTHER_MODULE
 from tests.support.fixtures import RoleFactory, UserFactory
 
 # transaction=True: the live console page reads its snapshot in its own REPEATABLE READ transaction.

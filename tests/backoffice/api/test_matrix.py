@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from ingestion.models import Upload, Year
 from ingestion.sources import services as sources
-from tests.api.conftest import OTHER_MODULE
+from tests.backoffice.api.conftest import OTHER_MODULE
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,7 @@ from rest_framework.authtoken.models import Token
 
 from backoffice.api.auth import TokenRateThrottle
 from pipelines.models import Job, JobResult, JobState, OperatorAction, QueueState
-from tests.api.conftest import OTHER_MODULE
+from tests.backoffice.api.conftest import OTHER_MODULE
 
 pytestmark = pytest.mark.django_db
 

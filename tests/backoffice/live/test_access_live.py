@@ -11,7 +11,7 @@ import pytest
 from django.test import AsyncClient
 
 from backoffice import live
-from tests.live.conftest import Socket, db, flush_publisher, make_user, plan, run_job, session_cookie
+from tests.backoffice.live.conftest import Socket, db, flush_publisher, make_user, plan, run_job, session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_dispatch")]
 

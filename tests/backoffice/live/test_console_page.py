@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from tests.live.conftest import make_user, plan
+from tests.backoffice.live.conftest import make_user, plan
 
 pytestmark = pytest.mark.django_db
 

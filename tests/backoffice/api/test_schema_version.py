@@ -21,7 +21,7 @@ from django.test import Client
 
 from tests.support.schema_diff import breaking_changes
 
-COMMITTED = Path(__file__).resolve().parents[2] / "docs" / "api" / "openapi.yaml"
+COMMITTED = Path(__file__).resolve().parents[3] / "docs" / "api" / "openapi.yaml"
 HOW_TO_UPDATE = (
     "If the change is deliberate, run `make schema` to rewrite docs/api/openapi.yaml, commit it and "
     "describe the change under *Changes* in docs/API.md (clients generated from the old copy break)."

@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 
 from pipelines.models import Job, JobResult, JobState, OperatorAction
-from tests.api.conftest import GRANTED_MODULE, OTHER_MODULE
+from tests.backoffice.api.conftest import GRANTED_MODULE, OTHER_MODULE
 
 pytestmark = pytest.mark.django_db
 

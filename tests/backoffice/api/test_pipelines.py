@@ -9,7 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from pipelines.models import Job, JobState, OperatorAction, Pipeline
-from tests.api.conftest import GRANTED_MODULE, OTHER_MODULE
+from tests.backoffice.api.conftest import GRANTED_MODULE, OTHER_MODULE
 
 pytestmark = pytest.mark.django_db
 

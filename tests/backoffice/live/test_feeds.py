@@ -11,7 +11,7 @@ import pytest
 
 from backoffice import live
 from pipelines import publish
-from tests.live.conftest import (
+from tests.backoffice.live.conftest import (
     Socket,
     Store,
     db,

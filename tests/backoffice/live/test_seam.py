@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pipelines import publish
-from tests.live.conftest import Socket, db, flush_publisher, make_user, plan, run_job, session_cookie
+from tests.backoffice.live.conftest import Socket, db, flush_publisher, make_user, plan, run_job, session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_dispatch")]
 
