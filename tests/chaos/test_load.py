@@ -22,12 +22,12 @@ from backoffice import live
 from ingestion import selectors
 from ingestion.models import DataEntry, ModuleState
 from pipelines.models import Job, Pipeline
+from tests.backoffice.live.conftest import Store, session_cookie
 from tests.chaos import harness
 from tests.chaos.conftest import wait_pipeline
 from tests.chaos.harness import YEAR, CaseResult, check_totals, compare_rows
 from tests.conftest import wait_until
 from tests.ingestion.test_bad_inputs import HEADER, REFUSED, ROWS
-from tests.backoffice.live.conftest import Store, session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.slow]
 
