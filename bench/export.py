@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,28 +33,13 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ingest import RssSampler, drop_database, generate, recreate_database  # noqa: E402
-
-QUEUES = "ingest,recalc,aggregate,default,export"
+from bench.ingest import RssSampler, drop_database, generate, recreate_database, start_worker  # noqa: E402
 
 
 def bench_database_url() -> tuple[str, str]:
     base = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/sluice")
     name = os.environ.get("BENCH_DATABASE_NAME", "sluice_bench_export")
     return base, urlsplit(base)._replace(path="/" + name).geturl()
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", QUEUES, "-c", "1", "-P", "prefork",
-           "-n", "bench-export@%h", "--without-mingle", "--without-gossip", "-l", "info"]
-    out = open(log, "wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while b"ready." not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(log.read_text()[-3000:])
-        time.sleep(0.1)
-    return proc
 
 
 def wait_done(pipeline_id: object) -> None:
@@ -135,7 +119,7 @@ def main() -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    worker = start_worker(env, tmp / "worker.log")
+    worker = start_worker(env, tmp / "worker.log", name="bench-export")
     try:
         import psutil
 

@@ -132,11 +132,12 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_worker(env: dict[str, str], log: Path, *, name: str = "bench-ingest") -> subprocess.Popen[bytes]:
+    """One worker process on every registered queue (also bench/export.py's), once it says ready."""
     from pipelines import registry  # after django.setup(): the registered job types' queues
 
     cmd = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", ",".join(registry.queues()),
-           "-c", "1", "-P", "prefork", "-n", "bench-ingest@%h", "--without-mingle", "--without-gossip", "-l", "info"]
+           "-c", "1", "-P", "prefork", "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "-l", "info"]
     out = open(log, "wb")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60

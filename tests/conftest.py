@@ -24,6 +24,7 @@ from django.utils import translation
 import tests.support.handlers  # the test process plans the test job kinds too
 from pipelines import registry
 from tests.support.fixtures import wait_for
+from tests.support.processes import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,13 +103,7 @@ class WorkerProcess:
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_group(self.proc)
         self.log.close()
 
     def log_text(self) -> str:

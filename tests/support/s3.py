@@ -7,9 +7,7 @@ and cut it (a storage outage as a worker sees it: connections dropped, then refu
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +18,8 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+
+from tests.support.processes import stop_group
 
 BUCKET = "sluice-test"
 ACCESS_KEY = "sluice-test-key"
@@ -97,13 +97,7 @@ class SeaweedServer:
         return sorted(o["Key"] for o in listed.get("Contents", []))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        stop_group(self.proc)
         self.log.close()
 
 
