@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import HAVE_CHROMIUM, NO_CHROMIUM, SCREENSHOTS, Server, chromium
+from tests.support.browser import HAVE_CHROMIUM, NO_CHROMIUM, SCREENSHOTS, Server
 from tests.support.fixtures import UserFactory, small_dag, wait_for
 
 SCREENSHOT = SCREENSHOTS / "live-console.png"
@@ -34,15 +34,6 @@ def server(worker_factory: Any) -> Iterator[Server]:
     srv.start()
     yield srv
     srv.stop()
-
-
-@pytest.fixture
-def browser(monkeypatch: Any) -> Iterator[Any]:
-    # Playwright's sync API keeps an event loop running in this thread; the ORM calls
-    # here are plain blocking test code, not code running inside that loop.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with chromium() as b:
-        yield b
 
 
 def _slow_pipeline() -> Any:
