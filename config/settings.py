@@ -385,6 +385,10 @@ CACHES = {
         "KEY_PREFIX": "sluice-throttle",
     },
 }
+# SSE streams are woken by the channel layer (backoffice/api/stream.py). They re-read the
+# database anyway after this long without a read, in case a message was lost (the layer is
+# at-most-once), and every SLUICE_SSE_POLL_SECONDS when the layer cannot be reached.
+SLUICE_SSE_SAFETY_READ_SECONDS = env_float("SLUICE_SSE_SAFETY_READ_SECONDS", 12.0, minimum=0.05)
 SLUICE_SSE_POLL_SECONDS = env_float("SLUICE_SSE_POLL_SECONDS", 0.25, minimum=0.01)
 SLUICE_SSE_PING_SECONDS = env_float("SLUICE_SSE_PING_SECONDS", 15.0, minimum=0.1)
 # Open WebSockets and SSE streams re-read their user this often: revoked access stops

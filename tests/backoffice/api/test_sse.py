@@ -4,6 +4,10 @@ Given a pipeline whose jobs report progress, when a client reads part of the str
 disconnects mid-pipeline and reconnects with ``Last-Event-ID``, then it has received
 every event of the pipeline exactly once, in ``seq`` order, byte-equal to the stored
 payloads, and the stream ended by itself when the pipeline was done.
+
+The servers here re-read the database without a wake-up only every 120 s
+(``SLUICE_SSE_SAFETY_READ_SECONDS``): every event these tests receive within their
+timeouts was rung in by the channel layer, not found by a timer.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,13 +27,20 @@ from django.contrib.auth.models import User
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from pipelines.models import JobEvent, Pipeline
+from pipelines import publish
+from pipelines.models import Job, JobEvent, JobState, Pipeline
+from pipelines.registry import Outcome
+from pipelines.services import job_claim, job_finish, pipeline_cancel
 from tests.backoffice.api.conftest import GRANTED_MODULE, OTHER_MODULE
-from tests.conftest import ROOT, worker_env
+from tests.conftest import ROOT, _test_database_url, worker_env
+from tests.support.browser import Server
 from tests.support.fixtures import small_dag, wait_for
 from tests.support.openapi import assert_matches
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+# Far beyond every wait below: an event that arrives came through the channel layer.
+SAFETY_READ = "120"
 
 
 def _free_port() -> int:
@@ -43,7 +55,7 @@ def asgi_server(celery_worker: Any) -> Iterator[str]:
     log = open(ROOT / ".var" / "test-logs" / f"api-uvicorn-{port}.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=worker_env(SLUICE_SSE_PING_SECONDS="0.3", SLUICE_SSE_POLL_SECONDS="0.05"),
+        cwd=ROOT, env=worker_env(SLUICE_SSE_PING_SECONDS="0.3", SLUICE_SSE_SAFETY_READ_SECONDS=SAFETY_READ),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -149,3 +161,115 @@ def test_stream_access(asgi_server: str, users: dict[str, User]) -> None:
         assert response.status_code == 200
         events, _ = read_events(response)
     assert events[-1]["pipeline"]["status"] == "success"
+
+
+# --- woken by the channel layer, silent in between ------------------------------------------
+
+
+class Reader(threading.Thread):
+    """One SSE client in a thread: every frame as received (raw ``data`` text kept), with pings."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        super().__init__(daemon=True)
+        self.url, self.headers = url, headers
+        self.frames: list[dict[str, str]] = []
+        self.pings = 0
+        self.status = 0
+        self.ended = False
+
+    def run(self) -> None:
+        with httpx.stream("GET", self.url, headers=self.headers, timeout=60) as response:
+            self.status = response.status_code
+            fields: dict[str, str] = {}
+            for line in response.iter_lines():
+                if line.startswith(": ping"):
+                    self.pings += 1
+                elif line == "":
+                    if "data" in fields:
+                        self.frames.append(fields)
+                    fields = {}
+                elif not line.startswith(":"):
+                    key, _, value = line.partition(":")
+                    fields[key] = value.removeprefix(" ")
+        self.ended = True  # the server closed the stream
+
+    def seqs(self) -> list[int]:
+        return [int(f["id"]) for f in self.frames]
+
+
+def server_queries(application_name: str) -> set[tuple[int, Any]]:
+    """(backend pid, start of its last statement) of every connection the server holds."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid, query_start FROM pg_stat_activity WHERE application_name = %s",
+                       [application_name])
+        return set(cursor.fetchall())
+
+
+@pytest.fixture
+def quiet_server(users: dict[str, User]) -> Iterator[tuple[Server, str]]:
+    """uvicorn without a worker of its own, tagging its database connections with an
+    ``application_name`` (so PostgreSQL can tell what it ran), access re-checked only
+    every 120 s and pings every 0.3 s."""
+    name = f"sse-quiet-{time.monotonic_ns()}"
+    server = Server(
+        "sse-quiet", DATABASE_URL=f"{_test_database_url()}?application_name={name}",
+        SLUICE_SSE_PING_SECONDS="0.3", SLUICE_SSE_SAFETY_READ_SECONDS=SAFETY_READ,
+        SLUICE_LIVE_ACCESS_RECHECK_SECONDS=SAFETY_READ,
+    )
+    server.start()
+    yield server, name
+    server.stop()
+
+
+def test_a_committed_event_wakes_every_stream_and_idle_streams_query_nothing(
+    quiet_server: tuple[Server, str], users: dict[str, User]
+) -> None:
+    server, application_name = quiet_server
+    # Given a pipeline nobody runs (its jobs wait on a queue no worker of this test consumes)
+    pipeline = small_dag(job_type="noop_iso", module=GRANTED_MODULE)
+    token = Token.objects.create(user=users["viewer"]).key
+    url = f"{server.base}/api/v1/pipelines/{pipeline.pk}/stream/"
+    stored_at_start = JobEvent.objects.filter(pipeline_id=pipeline.pk).count()
+    # ...followed by three clients, who have received its history and are idle (pinged)
+    readers = [Reader(url, {"Authorization": f"Token {token}"}) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    wait_for(lambda: all(len(r.frames) == stored_at_start and r.pings for r in readers), timeout=20,
+             message="every client has the history and a ping")
+
+    # When nothing happens for a while, then the server runs no statement at all
+    before = server_queries(application_name)
+    assert before, "the server's connections are visible to PostgreSQL by their application_name"
+    pings = [r.pings for r in readers]
+    time.sleep(1.5)
+    assert all(r.pings >= p + 3 for r, p in zip(readers, pings, strict=True)), "streams alive (pinged)"
+    assert server_queries(application_name) == before, "an idle stream ran a query"
+
+    # When a transition commits, then every client receives it long before a timer read would
+    start = Job.objects.filter(pipeline=pipeline, state=JobState.QUEUED).order_by("id").first()
+    assert start is not None
+    claimed = job_claim(job_id=start.pk, task_id="sse-test", worker="sse-test")
+    assert claimed.job is not None, claimed.reason
+    job_finish(job_id=start.pk, attempt=claimed.job.attempts, outcome=Outcome(message="done"))
+    publish.flush(5)
+    newest = JobEvent.objects.filter(pipeline_id=pipeline.pk).order_by("-seq").values_list("seq", flat=True)[0]
+    wait_for(lambda: all(newest in r.seqs() for r in readers), timeout=30,
+             message=f"seq {newest} on every stream (the safety read is {SAFETY_READ} s away)")
+
+    # When the rest of the pipeline is cancelled, then the streams deliver its last events and end by themselves
+    pipeline_cancel(pipeline_id=pipeline.pk, reason="test over")
+    publish.flush(5)
+    wait_for(lambda: all(r.ended for r in readers), timeout=30, message="every stream ended")
+    for reader in readers:
+        reader.join(5)
+
+    # ...and each got exactly the stored events, in seq order, byte for byte as stored
+    stored = list(JobEvent.objects.filter(pipeline_id=pipeline.pk).order_by("seq").values_list("payload", flat=True))
+    for reader in readers:
+        assert reader.status == 200
+        assert reader.seqs() == [e["seq"] for e in stored]
+        assert [f["data"] for f in reader.frames] == [json.dumps(e, separators=(",", ":")) for e in stored]
+        assert [f["event"] for f in reader.frames] == [e["type"] for e in stored]
+    assert stored[-1]["pipeline"]["status"] == "cancelled"
