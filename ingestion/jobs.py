@@ -17,6 +17,7 @@ from ingestion import apply, emissions, parsing, staging, validation
 from ingestion.job_types import EMISSION_RECALC
 from ingestion.models import DataEntry, ModuleState, Upload
 from ingestion.modules import MODULES, TARGET_DATA, get_module
+from ingestion.statement_guard import cancel_running_statements
 from ingestion.storage import StorageReadError
 from pipelines.context import RetryableError
 from pipelines.messages import Message, msg
@@ -44,14 +45,23 @@ def _fmt_error(err: dict[str, Any]) -> Message:
 
 # Share of an ingest's work per phase, so its percentage moves through every phase and
 # reaches 100 only when the job finishes (it used to read 100 % "validating" for minutes).
-# From bench/ingest.py, 1 M rows: load 0.95 s, validate 4.2 s, apply 4.0 s (docs/BENCHMARKS.md).
-INGEST_PHASE_SHARE = {"loading": 0.10, "validating": 0.45, "applying": 0.45}
+# From bench/ingest.py, 1 M clean rows after issue 13 (docs/BENCHMARKS.md): load 0.9 s,
+# validate 2.4 s, apply 1.7 s. Validation moves by its statements (``VALIDATION_STEPS``);
+# the apply is one transaction, so its percentage is reported when it starts.
+INGEST_PHASE_SHARE = {"loading": 0.20, "validating": 0.45, "applying": 0.35}
 
 
 def _ingest_done_before(phase: str, total: int) -> int:
     """Progress units (row equivalents out of ``total``) done when ``phase`` starts."""
     shares = list(INGEST_PHASE_SHARE)
     return int(total * sum(INGEST_PHASE_SHARE[p] for p in shares[: shares.index(phase)]))
+
+
+def _validation_done_before(step: str, total: int) -> int:
+    """Progress units done when validation step ``step`` starts."""
+    steps = list(validation.VALIDATION_STEPS)
+    within = sum(validation.VALIDATION_STEPS[s] for s in steps[: steps.index(step)])
+    return _ingest_done_before("validating", total) + int(total * INGEST_PHASE_SHARE["validating"] * within)
 
 
 def ingest_run(*, ctx: JobContext) -> Outcome:
@@ -85,73 +95,84 @@ def ingest_run(*, ctx: JobContext) -> Outcome:
     ctx.progress(0, total, phase="loading", force=True)
     started = time.monotonic()
     try:
-        try:
-            stats = staging.stage_file(name=upload.stored_name, size=upload.size, schema=schema,
-                                       on_progress=on_progress, should_stop=ctx.raise_if_aborted)
-        except StorageReadError as exc:
-            # Storage unreachable, or it stopped answering mid-stream: nothing was applied
-            # (the COPY only filled this session's TEMP table), so another attempt may
-            # simply succeed; after the last one the job fails with this message.
-            raise StorageUnavailable(
-                f"upload #{upload.pk}'s stored file could not be read from storage ({exc}); "
-                "nothing was loaded and the module-year's data is unchanged"
-            ) from exc
-        except FileNotFoundError:
-            # Worded like a file refusal (same message key): the reason is what is wrong.
-            gone = f"the stored file of upload #{upload.pk} is gone (retention?)"
-            return Outcome(
-                JobResult.ERROR, msg(gettext_noop("%(prefix)sNothing loaded: %(reason)s"), prefix=prefix,
-                                     reason=gone),
-                {**base_meta, "rows_loaded": 0, "file_error": {"line": None, "code": "file_missing", "reason": gone}},
-            )
-        except parsing.FileRejected as exc:
-            return Outcome(
-                JobResult.ERROR, msg(gettext_noop("%(prefix)sNothing loaded: %(reason)s"), prefix=prefix,
-                                     reason=exc.message),
-                {**base_meta, "rows_loaded": 0, "file_error": {"line": exc.line, "code": exc.code,
-                                                                "reason": exc.message}},
-            )
-        loaded_at = time.monotonic()
-        ctx.checkpoint()
-        ctx.set_stage("validate")
-        ctx.progress(_ingest_done_before("validating", total), total, phase="validating", force=True)
-        assert stats.header is not None
-        check = validation.validate_staged(schema=schema, delimiter=stats.header.delimiter)
-        validated_at = time.monotonic()
-        rows_loaded = stats.rows_staged - check.rows_rejected
-        meta = {
-            **base_meta,
-            "rows_total": stats.rows_total,
-            "rows_processed": stats.rows_total,
-            "rows_loaded": rows_loaded,
-            # A record that swallowed lines is one row error; its lines are all rejected.
-            "rows_rejected": check.rows_rejected + stats.lines_merged,
-            "rows_skipped": stats.rows_skipped,
-            "row_errors_total": check.errors_total,
-            "row_errors": check.first_errors,
-            "parser": stats.parser,
-        }
-        ctx.checkpoint()
-        ctx.set_stage("apply")
-        ctx.progress(_ingest_done_before("applying", total), total, phase="applying", force=True)
-        with ctx.effect() as eff:
-            applied: apply.ApplyResult | None = None
-            if rows_loaded > 0:
-                replace = apply.replace_data_entries if upload.target == TARGET_DATA else apply.upsert_factors
-                applied = replace(mod=mod, year=upload.year_id, upload_id=upload.pk, job_id=ctx.job_id)
-                if upload.target != TARGET_DATA and applied.applied:
-                    meta["factors_upserted"] = applied.rows
-                    meta["factors_stale"] = applied.factors_stale
-            apply.store_row_errors(job_id=ctx.job_id)
-            Upload.objects.filter(pk=upload.pk).update(row_count=stats.rows_total - stats.rows_skipped)
-            # Where the time went (the benchmark and the console read these).
-            meta["timings_s"] = {
-                "load": round(loaded_at - started, 3),
-                "validate": round(validated_at - loaded_at, 3),
-                "apply": round(time.monotonic() - validated_at, 3),
+        # A cancel stops the running statement too (ingestion.statement_guard).
+        with cancel_running_statements(ctx):
+            try:
+                stats = staging.stage_file(name=upload.stored_name, size=upload.size, schema=schema,
+                                           on_progress=on_progress, should_stop=ctx.raise_if_aborted)
+            except StorageReadError as exc:
+                # Storage unreachable, or it stopped answering mid-stream: nothing was applied
+                # (the COPY only filled this session's TEMP table), so another attempt may
+                # simply succeed; after the last one the job fails with this message.
+                raise StorageUnavailable(
+                    f"upload #{upload.pk}'s stored file could not be read from storage ({exc}); "
+                    "nothing was loaded and the module-year's data is unchanged"
+                ) from exc
+            except FileNotFoundError:
+                # Worded like a file refusal (same message key): the reason is what is wrong.
+                gone = f"the stored file of upload #{upload.pk} is gone (retention?)"
+                return Outcome(
+                    JobResult.ERROR, msg(gettext_noop("%(prefix)sNothing loaded: %(reason)s"), prefix=prefix,
+                                         reason=gone),
+                    {**base_meta, "rows_loaded": 0,
+                     "file_error": {"line": None, "code": "file_missing", "reason": gone}},
+                )
+            except parsing.FileRejected as exc:
+                return Outcome(
+                    JobResult.ERROR, msg(gettext_noop("%(prefix)sNothing loaded: %(reason)s"), prefix=prefix,
+                                         reason=exc.message),
+                    {**base_meta, "rows_loaded": 0, "file_error": {"line": exc.line, "code": exc.code,
+                                                                    "reason": exc.message}},
+                )
+            loaded_at = time.monotonic()
+            ctx.checkpoint()
+            ctx.set_stage("validate")
+
+            def on_step(step: str) -> None:
+                ctx.checkpoint()
+                ctx.progress(_validation_done_before(step, total), total, phase="validating",
+                             meta={"step": step}, force=True)
+
+            assert stats.header is not None
+            check = validation.validate_staged(schema=schema, delimiter=stats.header.delimiter, on_step=on_step)
+            validated_at = time.monotonic()
+            rows_loaded = stats.rows_staged - check.rows_rejected
+            meta = {
+                **base_meta,
+                "rows_total": stats.rows_total,
+                "rows_processed": stats.rows_total,
+                "rows_loaded": rows_loaded,
+                # A record that swallowed lines is one row error; its lines are all rejected.
+                "rows_rejected": check.rows_rejected + stats.lines_merged,
+                "rows_skipped": stats.rows_skipped,
+                "row_errors_total": check.errors_total,
+                "row_errors": check.first_errors,
+                "parser": stats.parser,
             }
-            eff.outcome = _ingest_outcome(prefix, meta, check, applied, stats)
-        return eff.outcome
+            ctx.checkpoint()
+            ctx.set_stage("apply")
+            ctx.progress(_ingest_done_before("applying", total), total, phase="applying", force=True)
+            with ctx.effect() as eff:
+                applied: apply.ApplyResult | None = None
+                if rows_loaded > 0:
+                    replace = apply.replace_data_entries if upload.target == TARGET_DATA else apply.upsert_factors
+                    applied = replace(mod=mod, year=upload.year_id, upload_id=upload.pk, job_id=ctx.job_id)
+                    if upload.target != TARGET_DATA and applied.applied:
+                        meta["factors_upserted"] = applied.rows
+                        meta["factors_stale"] = applied.factors_stale
+                apply.store_row_errors(job_id=ctx.job_id)
+                Upload.objects.filter(pk=upload.pk).update(row_count=stats.rows_total - stats.rows_skipped)
+                # Where the time went (the benchmark and the console read these).
+                meta["timings_s"] = {
+                    "load": round(loaded_at - started, 3),
+                    "validate": round(validated_at - loaded_at, 3),
+                    "apply": round(time.monotonic() - validated_at, 3),
+                }
+                eff.outcome = _ingest_outcome(prefix, meta, check, applied, stats)
+            if applied is not None and applied.applied and upload.target == TARGET_DATA:
+                # After the commit: dropping a partition locks the parent table (best effort).
+                apply.drop_replaced_partitions()
+            return eff.outcome
     finally:
         staging.drop_staging()
 

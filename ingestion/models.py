@@ -136,12 +136,9 @@ class DataEntry(models.Model):
     upload_id = models.BigIntegerField()
     source_row = models.BigIntegerField()
 
-    class Meta:
-        # One int column, not (year, module, det): maintaining a three-text-column
-        # index costs more than the rest of a million-row insert. All rows of a
-        # module-year carry the upload that replaced them (``ModuleState.data_upload_id``),
-        # so reads and deletes of a module-year go through this index.
-        indexes = [models.Index(fields=["upload_id"], name="entry_upload")]
+    # No Meta.indexes: the table is partitioned by LIST (upload_id), one partition per
+    # upload (migration 0007, ``ingestion.apply``). Every reader selects one upload's rows
+    # (``ModuleState.data_upload_id``): that is one whole partition, found without an index.
 
     def __str__(self) -> str:
         return f"{self.year}/{self.module}/{self.det} {self.unit_id} {self.category}"

@@ -13,6 +13,7 @@ the job's ``ctx.effect()``.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,11 +22,13 @@ from typing import Any
 
 import psycopg
 from django.core.files.storage import default_storage
-from django.db import connection, connections
+from django.db import DatabaseError, connection, connections
 from psycopg import sql
 
 from ingestion import parsing
 from ingestion.modules import Column
+
+logger = logging.getLogger(__name__)
 
 # The TEMP tables of one ingest (session-local): the staged rows, and their errors.
 STAGE_TABLE, ERRS_TABLE = "ingest_stage", "ingest_errs"
@@ -265,5 +268,10 @@ class _ProgressThread(threading.Thread):
 
 
 def drop_staging() -> None:
-    with connection.cursor() as cur:
-        cur.execute(_DROP)
+    """Drop this session's staging tables; best effort (the next ingest drops them first,
+    and a late cancel of a cancelled ingest may stop this statement too)."""
+    try:
+        with connection.cursor() as cur:
+            cur.execute(_DROP)
+    except DatabaseError:
+        logger.info("staging tables not dropped (dropped by the next ingest)", exc_info=True)
