@@ -66,8 +66,9 @@ ENTRY_PARTITION_PREFIX = "ingestion_dataentry_u"
 # 2^32 rows), so the insert draws no sequence value per row (0.3 s of 1.7 s per 1 M rows).
 ROW_ID_SHIFT = 1 << 32
 # Dropping a replaced partition locks the whole parent (ACCESS EXCLUSIVE): it waits at
-# most this long for readers of other module-years, else it is left for the next ingest.
-DROP_LOCK_TIMEOUT = "1s"
+# most this long (a queued lock also holds up every later reader) for readers of other
+# module-years; else the emptied partition is left for the next ingest to drop.
+DROP_LOCK_TIMEOUT = "200ms"
 
 
 def entry_partition(upload_id: int) -> sql.Identifier:
