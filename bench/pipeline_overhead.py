@@ -11,7 +11,7 @@ Two shapes, each a chain whose tail is a chord:
 Plain Celery runs the canvas of a no-op task; Sluice plans each pipeline in PostgreSQL
 (jobs, edges, events), sends the same canvas, and every task claims, finishes and
 publishes through the database. Each side is fired all at once and timed until the last
-pipeline completes, on the same 2-process worker; the four runs (plain/Sluice × the two
+pipeline completes, on the same 2-process worker; the four runs (plain or Sluice, either
 shapes) alternate within every round and the medians are compared. Last line: one JSON
 object with the figures (``ratio`` the narrow shape's, ``wide_ratio`` the wide one's).
 """
@@ -29,7 +29,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._scratch import scratch_database_url, setup_django, start_worker
-
 
 NARROW, WIDE = 3, 50
 

@@ -113,6 +113,34 @@ def pipeline_dict(pipeline: Pipeline) -> PipelineDict:
     }
 
 
+def message_in_order(
+    payload: dict[str, Any], *, status_params: dict[int, dict[str, Any]], counts: dict[int, dict[str, Any]]
+) -> dict[str, Any]:
+    """An event built by the database (``jsonb``: keys in its own order) as :func:`append`
+    builds it, key for key, so the live feeds send the same bytes whichever path made it.
+    ``status_params``/``counts``: the dicts the caller wrote, by job id (their order too)."""
+    job = payload["job"]
+    if job is not None:
+        progress = job["progress"]
+        job = {
+            "id": job["id"], "job_type": job["job_type"], "det": job["det"], "queue": job["queue"],
+            "state": job["state"], "result": job["result"], "status_message": job["status_message"],
+            "status_key": job["status_key"], "status_params": status_params.get(job["id"], job["status_params"]),
+            "progress": {"processed": progress["processed"], "total": progress["total"],
+                         "percent": progress["percent"], "phase": progress["phase"]},
+            "counts": counts.get(job["id"], job["counts"]), "attempts": job["attempts"],
+        }
+    p = payload["pipeline"]
+    pipeline = {
+        "id": p["id"], "kind": p["kind"], "year": p["year"], "module": p["module"], "status": p["status"],
+        "progress": {"processed": p["progress"]["processed"], "total": p["progress"]["total"],
+                     "percent": p["progress"]["percent"], "phase": p["progress"]["phase"]},
+        "jobs_total": p["jobs_total"], "jobs_finished": p["jobs_finished"], "error_count": p["error_count"],
+    }
+    return {"type": payload["type"], "seq": payload["seq"], "pipeline_seq": payload["pipeline_seq"],
+            "pipeline_id": payload["pipeline_id"], "kind": payload["kind"], "job": job, "pipeline": pipeline}
+
+
 def append(
     pipeline: Pipeline,
     *,

@@ -102,6 +102,14 @@ class Pipeline(models.Model):
     jobs_finished = models.IntegerField(verbose_name=_("jobs finished"), default=0)
     error_count = models.IntegerField(verbose_name=_("errors"), default=0)
     warning_count = models.IntegerField(verbose_name=_("warnings"), default=0)
+    # The rest of what the status and progress need, kept the same way: the claim and the
+    # finish (``pipelines.services.sql_transitions``) update them with the transition,
+    # so a transition never re-reads the pipeline's jobs to know where it stands.
+    jobs_queued = models.IntegerField(verbose_name=_("jobs queued"), default=0)
+    jobs_running = models.IntegerField(verbose_name=_("jobs running"), default=0)
+    success_count = models.IntegerField(verbose_name=_("successes"), default=0)
+    cancelled_count = models.IntegerField(verbose_name=_("cancelled jobs"), default=0)
+    superseded_count = models.IntegerField(verbose_name=_("superseded jobs"), default=0)
     progress_percent = models.FloatField(verbose_name=_("progress (%)"), default=0.0)
     phase = models.CharField(verbose_name=_("phase"), max_length=200, blank=True, default="")
     last_error = models.TextField(verbose_name=_("last error"), blank=True, default="")
@@ -190,6 +198,10 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["state", "queue"], name="job_state_queue"),
             models.Index(fields=["state", "heartbeat_at"], name="job_state_heartbeat"),
+            # A pipeline's running jobs in id order: the phase label ("noop part1 (+2 more)")
+            # of every transition, read without visiting the pipeline's other jobs.
+            models.Index(fields=["pipeline", "id"], name="job_running_in_pipeline",
+                         condition=models.Q(state="running")),
             models.Index(fields=["job_type", "-created_at"], name="job_type_newest"),
             models.Index(fields=["-created_at"], name="job_newest"),
             models.Index(fields=["result", "-created_at"], name="job_result_newest"),

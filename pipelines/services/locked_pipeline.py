@@ -50,7 +50,9 @@ def edges_of(pipeline_id: Any) -> Adjacency:
     """(depends_on, dependents) adjacency of one pipeline."""
     depends_on: dict[int, list[int]] = defaultdict(list)
     dependents: dict[int, list[int]] = defaultdict(list)
-    for child, parent in Edge.objects.filter(from_job__pipeline_id=pipeline_id).values_list(
+    # In edge order: the order downstream jobs are promoted in, and so their events
+    # (the SQL path, ``sluice_job_finish``, walks the edges the same way).
+    for child, parent in Edge.objects.filter(from_job__pipeline_id=pipeline_id).order_by("id").values_list(
         "from_job_id", "to_job_id"
     ):
         depends_on[child].append(parent)
@@ -240,6 +242,12 @@ class LockedPipeline:
             "jobs_finished": sum(1 for j in jobs if j.state == JobState.FINISHED),
             "error_count": len(errors),
             "warning_count": sum(1 for j in jobs if j.result == JobResult.WARNING),
+            # What the SQL path moves with each transition instead of recounting.
+            "jobs_queued": sum(1 for j in jobs if j.state == JobState.QUEUED),
+            "jobs_running": sum(1 for j in jobs if j.state == JobState.RUNNING),
+            "success_count": sum(1 for j in jobs if j.result == JobResult.SUCCESS),
+            "cancelled_count": sum(1 for j in jobs if j.result == JobResult.CANCELLED),
+            "superseded_count": sum(1 for s in snaps if s.superseded_by and s.state == JobState.FINISHED),
             "last_error": f"{job_label(latest_error)}: {latest_error.status_message}" if latest_error else "",
             "updated_at": now,
             "last_pipeline_seq": pipeline.last_pipeline_seq + n_events,

@@ -20,6 +20,7 @@ from pipelines.errors import JobAborted
 from pipelines.messages import Message, msg, result_message
 from pipelines.models import Job, JobResult, JobState, Pipeline
 from pipelines.registry import Outcome
+from pipelines.services import sql_transitions
 from pipelines.services.locked_pipeline import (
     LOCK_BY_JOB_SQL,
     LockedPipeline,
@@ -49,6 +50,11 @@ def job_claim(*, job_id: int, task_id: str, worker: str) -> Claim:
     without waiting for the reaper, and a live one is never aborted.
     """
     now = timezone.now()
+    claimed = sql_transitions.claim(job_id=job_id, now=now, values=_claim_values(
+        now=now, task_id=task_id, worker=worker, message=msg(gettext_noop("Running on %(worker)s"), worker=worker),
+    ))
+    if claimed is not None:  # the plain case, in one round trip; every other case below
+        return Claim(claimed, "claimed")
     with transaction.atomic():
         try:
             work = LockedPipeline.lock_for_job(job_id)
@@ -82,26 +88,30 @@ def job_claim(*, job_id: int, task_id: str, worker: str) -> Claim:
             transition, attempt = transitions.TAKE_OVER, job.attempts
             running = msg(gettext_noop("Running on %(worker)s (took over from lost worker %(lost)s)"),
                           worker=worker, lost=job.worker)
-        claimed = work.apply(
-            transition,
-            [job_id],
-            attempt=attempt,
-            attempts=job.attempts + 1,
-            started_at=now,
-            heartbeat_at=now,
-            worker=worker[:200],
-            celery_task_id=task_id[:64],
-            status_message=running,
-            phase="",
-            # A new attempt starts from zero: a lost attempt's 60 % is not this one's.
-            progress_processed=0,
-            progress_total=None,
-            dispatch_when_ready=False,
+        won = work.apply(
+            transition, [job_id], attempt=attempt, attempts=job.attempts + 1,
+            **_claim_values(now=now, task_id=task_id, worker=worker, message=running),
         )
-        if not claimed:
+        if not won:
             return Claim(None, "lost the claim to another delivery")
         work.record_changes()
     return Claim(job, "claimed")
+
+
+def _claim_values(*, now: Any, task_id: str, worker: str, message: Message) -> dict[str, Any]:
+    """The columns a claim or a take-over writes, but ``attempts``."""
+    return {
+        "started_at": now,
+        "heartbeat_at": now,
+        "worker": worker[:200],
+        "celery_task_id": task_id[:64],
+        "status_message": message,
+        "phase": "",
+        # A new attempt starts from zero: a lost attempt's 60 % is not this one's.
+        "progress_processed": 0,
+        "progress_total": None,
+        "dispatch_when_ready": False,
+    }
 
 
 def exhaust(work: LockedPipeline, job: Job, why: Message) -> str:
@@ -192,6 +202,11 @@ def job_commit_effect(*, job_id: int, attempt: int, outcome: Outcome) -> None:
 
 def job_finish(*, job_id: int, attempt: int, outcome: Outcome, error: dict[str, Any] | None = None) -> bool:
     """running → finished with the handler's outcome; promotes or skips downstream."""
+    if error is None:
+        # An OK outcome in one round trip (sql_transitions); failures and the rest below.
+        done = sql_transitions.finish(job_id=job_id, attempt=attempt, outcome=outcome, now=timezone.now())
+        if done is not None:
+            return done
     with transaction.atomic():
         work = LockedPipeline.lock_for_job(job_id)
         job = work.jobs[job_id]

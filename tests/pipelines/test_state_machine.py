@@ -48,7 +48,7 @@ from pipelines import dag, dispatch, events, services, transitions
 from pipelines.errors import JobAborted
 from pipelines.models import DONE_STATUSES, Job, JobEvent, JobResult, JobState, OperatorAction, Pipeline, QueueState
 from pipelines.registry import Outcome
-from pipelines.services import ConflictError, IllegalTransition, JobSpec
+from pipelines.services import ConflictError, IllegalTransition, JobSpec, sql_transitions
 from pipelines.services.locked_pipeline import edges_of
 
 pytestmark = pytest.mark.django_db
@@ -133,6 +133,7 @@ class JobStateMachine(RuleBasedStateMachine):
         self.last_state_event: dict[int, str] = {}
 
     def teardown(self) -> None:
+        sql_transitions.ENABLED = True
         try:
             if not connection.needs_rollback:
                 self._drive_to_completion()
@@ -317,6 +318,13 @@ class JobStateMachine(RuleBasedStateMachine):
         assert ok == current, f"finish of {a} accepted={ok} while it owns the job={current}"
         self._end(a)
 
+    @rule(on=st.booleans())
+    def sql_path(self, on: bool) -> None:
+        """Claims and OK finishes go through the PL/pgSQL path or the Python one from here
+        on (pipelines.services.sql_transitions): both keep one set of counters, so any
+        interleaving of the two must hold every invariant."""
+        sql_transitions.ENABLED = on
+
     @rule(a=consumes(attempts))
     def worker_dies(self, a: Attempt) -> None:
         """SIGKILL: the attempt writes nothing more; its job keeps its last heartbeat."""
@@ -450,12 +458,25 @@ class JobStateMachine(RuleBasedStateMachine):
             by_pipeline[job.pipeline_id].append(job)
         for pipeline in pipelines.values():
             jobs = by_pipeline[pipeline.pk]
-            snaps = [dag.JobSnapshot(id=j.pk, job_type=j.job_type, state=j.state, result=j.result,
-                                     processed=j.progress_processed, total=j.progress_total,
-                                     superseded_by=(j.meta or {}).get("superseded_by", "")) for j in jobs]
+            snaps = [dag.JobSnapshot(id=j.pk, job_type=j.job_type, state=j.state, result=j.result, det=j.det,
+                                     processed=j.progress_processed, total=j.progress_total, phase=j.phase,
+                                     superseded_by=(j.meta or {}).get("superseded_by", ""))
+                     for j in sorted(jobs, key=lambda j: j.pk)]
             assert pipeline.status == dag.pipeline_status(snaps), f"pipeline {pipeline.pk} reads {pipeline.status}"
-            assert pipeline.jobs_finished == sum(j.state == S.FINISHED for j in jobs)
-            assert pipeline.error_count == sum(j.result == R.ERROR for j in jobs)
+            percent, phase = dag.pipeline_progress(snaps)
+            assert (pipeline.progress_percent, pipeline.phase) == (percent, phase[:200])
+            # The counters the SQL path moves instead of recounting (and the Python path recounts).
+            counters = {
+                "jobs_finished": sum(j.state == S.FINISHED for j in jobs),
+                "jobs_queued": sum(j.state == S.QUEUED for j in jobs),
+                "jobs_running": sum(j.state == S.RUNNING for j in jobs),
+                "success_count": sum(j.result == R.SUCCESS for j in jobs),
+                "warning_count": sum(j.result == R.WARNING for j in jobs),
+                "error_count": sum(j.result == R.ERROR for j in jobs),
+                "cancelled_count": sum(j.result == R.CANCELLED for j in jobs),
+                "superseded_count": sum(bool(s.superseded_by) and s.state == S.FINISHED for s in snaps),
+            }
+            assert {k: getattr(pipeline, k) for k in counters} == counters, f"pipeline {pipeline.pk}'s counters"
             assert (pipeline.finished_at is not None) == pipeline.is_done
             assert (pipeline.progress_percent == 100.0) == pipeline.is_done, (
                 f"pipeline {pipeline.pk} {pipeline.status} at {pipeline.progress_percent} %"
