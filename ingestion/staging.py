@@ -30,15 +30,17 @@ from ingestion.modules import Column
 
 logger = logging.getLogger(__name__)
 
-# The TEMP tables of one ingest (session-local): the staged rows, and their errors.
-STAGE_TABLE, ERRS_TABLE = "ingest_stage", "ingest_errs"
-STAGE, ERRS = sql.Identifier(STAGE_TABLE), sql.Identifier(ERRS_TABLE)
+# The TEMP tables of one ingest (session-local): the staged rows, their errors, and the
+# rows normalisation changed (``ingestion.validation``).
+STAGE_TABLE, ERRS_TABLE, NORM_TABLE = "ingest_stage", "ingest_errs", "ingest_norm"
+STAGE, ERRS, NORM = sql.Identifier(STAGE_TABLE), sql.Identifier(ERRS_TABLE), sql.Identifier(NORM_TABLE)
 STAGE_BLOCK_ROWS = 20_000
 STAGE_SLICE_SECONDS = 0.25
 
 
-_DROP = sql.SQL("DROP TABLE IF EXISTS {}, {}").format(
-    sql.Identifier("pg_temp", STAGE_TABLE), sql.Identifier("pg_temp", ERRS_TABLE)
+_DROP = sql.SQL("DROP TABLE IF EXISTS {}, {}, {}").format(
+    sql.Identifier("pg_temp", STAGE_TABLE), sql.Identifier("pg_temp", ERRS_TABLE),
+    sql.Identifier("pg_temp", NORM_TABLE),
 )
 
 

@@ -235,3 +235,37 @@ def test_semicolon_file_with_bom_decimal_commas_spaces_and_capitals_loads_normal
     ]
 
 
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.worker
+def test_values_valid_only_once_normalised_and_free_text_that_needs_it_are_normalised_before_judging(
+    configured_year: Any, load: Any
+) -> None:
+    # Given a file where normalising (trim, lower-case) decides validity and duplicates:
+    # free text that passes its checks as written, and values that pass only once normal
+    body = (HEADER.decode() + "ENG-0001,staff,professor,2.5,\n"
+            "ENG-0001,staff,Professor ,3,\n"        # row 2: a duplicate of row 1 once lower-cased
+            "ENG-0007,staff,   ,1,\n"                # row 3: a category of blanks is missing
+            "ENG-0007,staff,Économie,1, kept \n"     # row 4: non-ASCII capitals lower-cased
+            " ENG-0007 ,STAFF, Postdoc, 4 ,\n"      # row 5: valid once trimmed
+            "ENG-0007,staff,phd_student, x1 ,\n"     # row 6: still bad once trimmed, named trimmed
+            ).encode()
+    # When it is ingested
+    pipeline = load("headcount", "data_entries", body)
+    ingest = jobs_of(pipeline)["ingest"]
+
+    # Then each row is judged on its normalised values
+    assert ingest.result == "warning", ingest.status_message
+    errors = [(e["row"], e["column"], e["reason"]) for e in selectors.job_row_errors(job_id=ingest.pk)]
+    assert errors == [
+        (2, "category", "duplicate of row 1 (same unit_id, det, category)"),
+        (3, "category", "missing (required)"),
+        (6, "fte", 'not a number: "x1"'),
+    ]
+    entries = DataEntry.objects.filter(year=YEAR, module="headcount").order_by("source_row")
+    assert [(e.source_row, e.unit_id, e.det, e.category, e.activity, e.comment) for e in entries] == [
+        (1, "ENG-0001", "staff", "professor", 2.5, ""),
+        (4, "ENG-0007", "staff", "économie", 1.0, "kept"),
+        (5, "ENG-0007", "staff", "postdoc", 4.0, ""),
+    ]
