@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,14 +73,16 @@ def drop_database(base_url: str, name: str) -> None:
 def generate(path: Path, *, rows: int, units: list[str], comment_width: int = 0, seed: int = 7) -> int:
     """``_generate`` in a child process: its string buffers would otherwise stay in this
     process's heap and inflate the uploader's RSS measured next."""
-    child = multiprocessing.get_context("fork").Process(
-        target=_generate, args=(path,), kwargs={"rows": rows, "units": units, "comment_width": comment_width,
-                                                "seed": seed})
+    _fork(_generate, path, rows=rows, units=units, comment_width=comment_width, seed=seed)
+    return path.stat().st_size
+
+
+def _fork(target: Any, path: Path, **kwargs: Any) -> None:
+    child = multiprocessing.get_context("fork").Process(target=target, args=(path,), kwargs=kwargs)
     child.start()
     child.join()
     if child.exitcode != 0:
         raise RuntimeError(f"generating {path} failed ({child.exitcode})")
-    return path.stat().st_size
 
 
 def _generate(path: Path, *, rows: int, units: list[str], comment_width: int = 0, seed: int = 7) -> int:
@@ -100,6 +103,50 @@ def _generate(path: Path, *, rows: int, units: list[str], comment_width: int = 0
                 buf.clear()
         f.write("".join(buf))
     return path.stat().st_size
+
+
+def _generate_worst(path: Path, *, case: str, rows: int, units: list[str], seed: int = 11) -> None:
+    """The worst cases of issue 13, beside the clean file (same shape, same size):
+
+    - ``duplicates``: every key twice (rows 2k and 2k+1 share unit, det and category), so
+      50 % of the rows are duplicates of the row before them;
+    - ``one_key``: every row the same key (the case a self-join made quadratic);
+    - ``invalid``: every row rejected (a distance that is not a number);
+    - ``long_line``: one 100 MB line (a comment) between two good rows.
+    """
+    rnd = random.Random(seed)
+    dets = list(CATEGORIES)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("unit_id,det,category,distance_km,round_trip,comment\n")
+        if case == "long_line":
+            f.write(f"{units[0]},plane,short_haul_economy,100,false,\n")
+            f.write(f"{units[1]},plane,short_haul_economy,100,false,")
+            chunk = "x" * 2**20
+            for _ in range(100):
+                f.write(chunk)
+            f.write(f"\n{units[2]},train,regional,50,true,\n")
+            return
+        buf = []
+        for i in range(rows):
+            k = i // 2 if case == "duplicates" else (0 if case == "one_key" else i)
+            det = dets[k % 3]
+            cat = f"{CATEGORIES[det][(k // 3) % 2]}_{k // (6 * len(units))}"
+            unit = units[(k // 6) % len(units)]
+            distance = "x" if case == "invalid" else rnd.randint(10, 20000)
+            buf.append(f"{unit},{det},{cat},{distance},{'true' if i % 2 else 'false'},\n")
+            if len(buf) >= 50_000:
+                f.write("".join(buf))
+                buf.clear()
+        f.write("".join(buf))
+
+
+WORST_CASES = {
+    # case: the ingest results it may end with
+    "duplicates": ("warning",),
+    "one_key": ("warning",),
+    "invalid": ("error",),
+    "long_line": ("warning",),
+}
 
 
 class RssSampler(threading.Thread):
@@ -148,7 +195,7 @@ def start_worker(env: dict[str, str], log: Path, *, name: str = "bench-ingest") 
     return proc
 
 
-def run_upload(path: Path, *, year: int, worker_pid: int) -> dict[str, float]:
+def run_upload(path: Path, *, year: int, worker_pid: int, results: tuple[str, ...] = ("success",)) -> dict[str, Any]:
     import psutil
 
     from ingestion import services
@@ -171,10 +218,17 @@ def run_upload(path: Path, *, year: int, worker_pid: int) -> dict[str, float]:
     pipeline_s = time.monotonic() - t0
     peak = sampler.stop()
     job = Job.objects.get(pipeline=pipeline, job_type="csv_ingest")
-    if job.result != "success":
+    if job.result not in results:
         raise RuntimeError(f"ingest ended {job.result}: {job.status_message}")
     seconds = (job.finished_at - job.started_at).total_seconds()
-    return {"rows": job.meta["rows_loaded"], "ingest_s": seconds, "upload_scan_s": upload_s,
+    # Each job's own time (claim to finish), by type: where the rest of the pipeline goes.
+    jobs_s: dict[str, float] = {}
+    for job_type, started, finished in Job.objects.filter(pipeline=pipeline).values_list(
+            "job_type", "started_at", "finished_at"):
+        if started and finished:
+            jobs_s[job_type] = round(jobs_s.get(job_type, 0.0) + (finished - started).total_seconds(), 2)
+    return {"rows": job.meta["rows_loaded"], "ingest_s": seconds, "upload_scan_s": upload_s, "jobs_s": jobs_s,
+            "result": job.result, "rows_rejected": job.meta.get("rows_rejected", 0),
             "pipeline_s": pipeline_s, "peak_rss_mb": peak / 2**20, "bytes": upload.size,
             "uploader_peak_rss_mb": uploader_peak / 2**20, "uploader_baseline_rss_mb": baseline / 2**20,
             "timings_s": job.meta.get("timings_s", {}), "parser": job.meta.get("parser")}
@@ -184,6 +238,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--skip-1gb", action="store_true")
+    parser.add_argument("--worst-cases", default=",".join(WORST_CASES),
+                        help="after the clean file, these (comma-separated; '' for none): " + ", ".join(WORST_CASES))
     parser.add_argument("--gb-bytes", type=int, default=1024**3)
     parser.add_argument("--storage", choices=["filesystem", "s3"], default="filesystem")
     parser.add_argument("--rss-sizes-mb", default="", help="e.g. 100,400,1024: peak RSS per file size")
@@ -229,7 +285,12 @@ def main() -> None:
 
         result: dict[str, object] = {"storage": args.storage}
         if args.rows:
-            result.update(ratio_run(args.rows, units=units, tmp=tmp, url=url, year=year, worker_pid=worker.pid))
+            worst = [c for c in args.worst_cases.split(",") if c]
+            unknown = set(worst) - set(WORST_CASES)
+            if unknown:
+                sys.exit(f"unknown --worst-cases {sorted(unknown)}; known: {', '.join(WORST_CASES)}")
+            result.update(ratio_run(args.rows, units=units, tmp=tmp, url=url, year=year, worker_pid=worker.pid,
+                                    worst_cases=worst))
         if not args.skip_1gb and not args.rss_sizes_mb:
             big = tmp / "travel_1gb.csv"
             rows_1gb = args.gb_bytes // 460
@@ -271,8 +332,10 @@ def main() -> None:
         drop_database(base_url, name)
 
 
-def ratio_run(rows: int, *, units: list[str], tmp: Path, url: str, year: int, worker_pid: int) -> dict[str, object]:
-    """The 1 M-row part: ``psql \\copy`` vs the ingest job on the same file."""
+def ratio_run(rows: int, *, units: list[str], tmp: Path, url: str, year: int, worker_pid: int,
+              worst_cases: list[str]) -> dict[str, object]:
+    """The 1 M-row part: ``psql \\copy`` vs the ingest job on the same file, then the
+    worst cases (``_generate_worst``), each timed against that clean file's ingest."""
     csv_path = tmp / "travel_1m.csv"
     size = generate(csv_path, rows=rows, units=units)
     print(f"generated {rows:,} rows, {size / 2**20:.1f} MiB", flush=True)
@@ -290,10 +353,25 @@ def ratio_run(rows: int, *, units: list[str], tmp: Path, url: str, year: int, wo
     run = run_upload(csv_path, year=year, worker_pid=worker_pid)
     sluice_rps = run["rows"] / run["ingest_s"]
     print(f"sluice ingest job: {run['ingest_s']:.2f}s, {sluice_rps:,.0f} rows/s "
-          f"(upload scan {run['upload_scan_s']:.2f}s, whole pipeline {run['pipeline_s']:.2f}s), "
+          f"(upload scan {run['upload_scan_s']:.2f}s, whole pipeline {run['pipeline_s']:.2f}s = "
+          f"{run['pipeline_s'] / copy_s:.1f}x \\copy; jobs {run['jobs_s']}), "
           f"peak RSS {run['peak_rss_mb']:.0f} MB", flush=True)
     csv_path.unlink()
     shutil.rmtree(tmp / "media", ignore_errors=True)
+    worst: dict[str, object] = {}
+    for case in worst_cases:
+        path = tmp / f"travel_{case}.csv"
+        _fork(_generate_worst, path, case=case, rows=rows, units=units)
+        w = run_upload(path, year=year, worker_pid=worker_pid, results=WORST_CASES[case])
+        print(f"worst case {case}: ingest {w['ingest_s']:.2f}s = {w['ingest_s'] / run['ingest_s']:.2f}x the clean "
+              f"file ({w['result']}, {w['rows']:,} loaded, {w['rows_rejected']:,} rejected; "
+              f"phases {w['timings_s']})", flush=True)
+        worst[case] = {"file_mb": round(path.stat().st_size / 2**20, 1), "ingest_s": round(w["ingest_s"], 2),
+                       "vs_clean": round(w["ingest_s"] / run["ingest_s"], 2), "result": w["result"],
+                       "rows_loaded": w["rows"], "rows_rejected": w["rows_rejected"],
+                       "ingest_phases_s": w["timings_s"]}
+        path.unlink()
+        shutil.rmtree(tmp / "media", ignore_errors=True)
     return {
         "rows": rows,
         "file_mb": round(size / 2**20, 1),
@@ -303,6 +381,11 @@ def ratio_run(rows: int, *, units: list[str], tmp: Path, url: str, year: int, wo
         "ingest_s": round(run["ingest_s"], 2),
         "upload_scan_s": round(run["upload_scan_s"], 2),
         "pipeline_s": round(run["pipeline_s"], 2),
+        "copy_s": round(copy_s, 2),
+        # Upload to updated totals (the whole pipeline) over \copy of the same file.
+        "pipeline_vs_copy": round(run["pipeline_s"] / copy_s, 1),
+        "pipeline_jobs_s": run["jobs_s"],
+        "worst_cases": worst,
         "peak_rss_mb": round(run["peak_rss_mb"], 1),
         "uploader_peak_rss_mb": round(run["uploader_peak_rss_mb"], 1),
         "ingest_phases_s": run["timings_s"],

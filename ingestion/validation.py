@@ -201,6 +201,7 @@ _PER_COLUMN_ERRORS = sql.SQL(
     FROM (
         SELECT row, {nonnull} FROM (
             SELECT s.row, {reasons} FROM {stage} s {join} WHERE s.err IS NULL {only}
+            OFFSET 0  -- a fence: without it the reasons are inlined and computed 3 times a bad row
         ) checked
         WHERE num_nonnulls({nonnull}) > 0
     ) b
