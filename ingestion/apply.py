@@ -88,7 +88,8 @@ def replace_data_entries(*, mod: ModuleDef, year: int, upload_id: int, job_id: i
        upload empties its existing partition instead.
     3. Insert the valid staged rows through the parent (routed to that partition): a
        heap without any index to maintain.
-    4. ``TRUNCATE`` the replaced upload's partition (it locks that partition only).
+    4. ``ANALYZE`` it (the recalcs read it next), and ``TRUNCATE`` the replaced
+       upload's partition (it locks that partition only).
 
     Readers keep seeing the old rows until this transaction commits (MVCC; TRUNCATE's
     lock makes readers of the old partition wait for the commit, then find it empty and
@@ -136,6 +137,9 @@ def replace_data_entries(*, mod: ModuleDef, year: int, upload_id: int, job_id: i
             [year, mod.key, upload_id],
         )
         rows = cur.rowcount
+        # Statistics now, not when autovacuum comes by: the recalcs that read this
+        # partition next plan a hash join and aggregate instead of loops over "1 row".
+        cur.execute(sql.SQL("ANALYZE {}").format(partition))
         if old_upload_id is not None and old_upload_id != upload_id:
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{ENTRY_PARTITION_PREFIX}{int(old_upload_id)}"])
             if cur.fetchone()[0]:
