@@ -11,6 +11,7 @@ take the module-year advisory lock first (``ingestion.locks``), then the
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from psycopg import sql
 
 from ingestion.locks import lock_module_year
 from ingestion.modules import ROLE_ACTIVITY, ROLE_FACTOR, ROLE_MODIFIER, TARGET_DATA, TARGET_FACTORS, ModuleDef
-from ingestion.staging import ERRS, STAGE
+from ingestion.staging import ERRS, STAGE, STAGE_TABLE
 from ingestion.validation import staged_value, valid_rows
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ ENTRY_PARTITION_PREFIX = "ingestion_dataentry_u"
 # ``id`` = upload_id * 2^32 + source_row: unique by construction (a file has fewer than
 # 2^32 rows), so the insert draws no sequence value per row (0.3 s of 1.7 s per 1 M rows).
 ROW_ID_SHIFT = 1 << 32
+# The insert runs in this many statements (``on_slice`` is called after each).
+APPLY_SLICES = 10
 # Dropping a replaced partition locks the whole parent (ACCESS EXCLUSIVE): it waits at
 # most this long (a queued lock also holds up every later reader) for readers of other
 # module-years; else the emptied partition is left for the next ingest to drop.
@@ -75,7 +78,10 @@ def entry_partition(upload_id: int) -> sql.Identifier:
     return sql.Identifier(f"{ENTRY_PARTITION_PREFIX}{int(upload_id)}")
 
 
-def replace_data_entries(*, mod: ModuleDef, year: int, upload_id: int, job_id: int) -> ApplyResult:
+def replace_data_entries(
+    *, mod: ModuleDef, year: int, upload_id: int, job_id: int,
+    on_slice: Callable[[int, int], None] = lambda done, slices: None,
+) -> ApplyResult:
     """Atomically replace the module-year's data entries with the staged valid rows.
 
     ``ingestion_dataentry`` is partitioned by upload (migration 0007), so in the effect
@@ -87,7 +93,8 @@ def replace_data_entries(*, mod: ModuleDef, year: int, upload_id: int, job_id: i
        EXCLUSIVE on the parent: readers and other writers go on); a re-run of the same
        upload empties its existing partition instead.
     3. Insert the valid staged rows through the parent (routed to that partition): a
-       heap without any index to maintain.
+       heap without any index to maintain; in ``APPLY_SLICES`` statements over ranges of
+       the staging table's pages, ``on_slice(done, slices)`` after each.
     4. ``ANALYZE`` it (the recalcs read it next), and ``TRUNCATE`` the replaced
        upload's partition (it locks that partition only).
 
@@ -122,21 +129,30 @@ def replace_data_entries(*, mod: ModuleDef, year: int, upload_id: int, job_id: i
                     sql.Identifier(ENTRY_TABLE), partition, sql.Literal(int(upload_id))
                 )
             )
-        cur.execute(
-            sql.SQL(
-                """
-                INSERT INTO ingestion_dataentry
-                    (id, year, module, det, unit_id, category, activity, modifier, comment, upload_id, source_row)
-                SELECT {base} + s.row, %s, %s, s.det, s.unit_id, s.category, ({activity})::float8, {modifier},
-                       s.comment, %s, s.row
-                FROM {stage} s
-                WHERE {valid}
-                """
-            ).format(base=sql.Literal(int(upload_id) * ROW_ID_SHIFT), activity=activity, modifier=modifier,
-                     stage=STAGE, valid=valid_rows(cur)),
-            [year, mod.key, upload_id],
-        )
-        rows = cur.rowcount
+        insert = sql.SQL(
+            """
+            INSERT INTO ingestion_dataentry
+                (id, year, module, det, unit_id, category, activity, modifier, comment, upload_id, source_row)
+            SELECT {base} + s.row, %s, %s, s.det, s.unit_id, s.category, ({activity})::float8, {modifier},
+                   s.comment, %s, s.row
+            FROM {stage} s
+            WHERE {valid} AND s.ctid >= %s::tid AND s.ctid < %s::tid
+            """
+        ).format(base=sql.Literal(int(upload_id) * ROW_ID_SHIFT), activity=activity, modifier=modifier,
+                 stage=STAGE, valid=valid_rows(cur))
+        # In slices of the staging table's pages (a TID range scan reads only those), so
+        # progress can be reported between them and no single statement is long.
+        cur.execute(sql.SQL("SELECT pg_relation_size({}::regclass) / current_setting('block_size')::int").format(
+            sql.Literal(f"pg_temp.{STAGE_TABLE}")))
+        pages = int(cur.fetchone()[0])
+        slices = max(1, min(APPLY_SLICES, pages))
+        rows = 0
+        for i in range(slices):
+            low = pages * i // slices
+            high = pages * (i + 1) // slices if i < slices - 1 else pages + 1
+            cur.execute(insert, [year, mod.key, upload_id, f"({low},0)", f"({high},0)"])
+            rows += cur.rowcount
+            on_slice(i + 1, slices)
         # Statistics now, not when autovacuum comes by: the recalcs that read this
         # partition next plan a hash join and aggregate instead of loops over "1 row".
         cur.execute(sql.SQL("ANALYZE {}").format(partition))

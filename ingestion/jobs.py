@@ -46,9 +46,13 @@ def _fmt_error(err: dict[str, Any]) -> Message:
 # Share of an ingest's work per phase, so its percentage moves through every phase and
 # reaches 100 only when the job finishes (it used to read 100 % "validating" for minutes).
 # From bench/ingest.py, 1 M clean rows after issue 13 (docs/BENCHMARKS.md): load 0.9 s,
-# validate 2.4 s, apply 1.7 s. Validation moves by its statements (``VALIDATION_STEPS``);
-# the apply is one transaction, so its percentage is reported when it starts.
+# validate 2.4 s, apply 1.7 s. Validation moves by its statements (``VALIDATION_STEPS``),
+# the apply by the slices of its insert (reported from the statement guard's connection:
+# the apply is one transaction, and progress written in it would show only at its commit).
 INGEST_PHASE_SHARE = {"loading": 0.20, "validating": 0.45, "applying": 0.35}
+# Of the apply: the insert of the rows (reported slice by slice, ``apply.APPLY_SLICES``);
+# the rest is ANALYZE, the row errors and the commit.
+APPLY_INSERT_SHARE = 0.8
 
 
 def _ingest_done_before(phase: str, total: int) -> int:
@@ -96,7 +100,7 @@ def ingest_run(*, ctx: JobContext) -> Outcome:
     started = time.monotonic()
     try:
         # A cancel stops the running statement too (ingestion.statement_guard).
-        with cancel_running_statements(ctx):
+        with cancel_running_statements(ctx) as guard:
             try:
                 stats = staging.stage_file(name=upload.stored_name, size=upload.size, schema=schema,
                                            on_progress=on_progress, should_stop=ctx.raise_if_aborted)
@@ -128,7 +132,10 @@ def ingest_run(*, ctx: JobContext) -> Outcome:
             ctx.checkpoint()
             ctx.set_stage("validate")
 
+            step_started: list[tuple[str, float]] = []
+
             def on_step(step: str) -> None:
+                step_started.append((step, time.monotonic()))
                 ctx.checkpoint()
                 ctx.progress(_validation_done_before(step, total), total, phase="validating",
                              meta={"step": step}, force=True)
@@ -154,10 +161,19 @@ def ingest_run(*, ctx: JobContext) -> Outcome:
             ctx.progress(_ingest_done_before("applying", total), total, phase="applying", force=True)
             with ctx.effect() as eff:
                 applied: apply.ApplyResult | None = None
-                if rows_loaded > 0:
-                    replace = apply.replace_data_entries if upload.target == TARGET_DATA else apply.upsert_factors
-                    applied = replace(mod=mod, year=upload.year_id, upload_id=upload.pk, job_id=ctx.job_id)
-                    if upload.target != TARGET_DATA and applied.applied:
+                if rows_loaded > 0 and upload.target == TARGET_DATA:
+
+                    def on_slice(done: int, slices: int) -> None:
+                        units = _ingest_done_before("applying", total) + int(
+                            total * INGEST_PHASE_SHARE["applying"] * APPLY_INSERT_SHARE * done / slices)
+                        guard.report_progress(units, total, phase="applying", meta={"step": "inserting rows"})
+
+                    applied = apply.replace_data_entries(mod=mod, year=upload.year_id, upload_id=upload.pk,
+                                                         job_id=ctx.job_id, on_slice=on_slice)
+                elif rows_loaded > 0:
+                    applied = apply.upsert_factors(mod=mod, year=upload.year_id, upload_id=upload.pk,
+                                                   job_id=ctx.job_id)
+                    if applied.applied:
                         meta["factors_upserted"] = applied.rows
                         meta["factors_stale"] = applied.factors_stale
                 apply.store_row_errors(job_id=ctx.job_id)
@@ -167,6 +183,12 @@ def ingest_run(*, ctx: JobContext) -> Outcome:
                     "load": round(loaded_at - started, 3),
                     "validate": round(validated_at - loaded_at, 3),
                     "apply": round(time.monotonic() - validated_at, 3),
+                    # Each validation statement's share (docs/BENCHMARKS.md reads these).
+                    "validate_steps": {
+                        step: round(end - start, 3)
+                        for (step, start), (_, end) in zip(
+                            step_started, [*step_started[1:], ("", validated_at)], strict=True)
+                    },
                 }
                 eff.outcome = _ingest_outcome(prefix, meta, check, applied, stats)
             if applied is not None and applied.applied and upload.target == TARGET_DATA:

@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, connection, connections
 
@@ -35,20 +35,45 @@ logger = logging.getLogger(__name__)
 WATCH_SECONDS = 0.5
 
 
-class _Watcher(threading.Thread):
+class StatementGuard(threading.Thread):
+    """The watcher thread; also publishes progress the handler cannot write itself."""
+
     def __init__(self, ctx: JobContext, backend_pid: int) -> None:
         super().__init__(daemon=True, name=f"ingest-cancel-{ctx.job_id}")
         self.ctx = ctx
         self.backend_pid = backend_pid
         self.stopped = threading.Event()
+        self.wake = threading.Event()
         # Held while cancelling, and by ``stop``: no cancel is sent once the guarded
         # block is over (it would hit whatever the connection runs next).
         self.lock = threading.Lock()
         self.cancelled = False
+        self._pending: tuple[int, int, str, dict[str, Any]] | None = None
+
+    def report_progress(self, processed: int, total: int, *, phase: str, meta: dict[str, Any]) -> None:
+        """Progress from inside the effect transaction: written by this thread on its own
+        connection (written by the handler's, it would stay invisible until the commit)."""
+        self._pending = (processed, total, phase, meta)
+        self.wake.set()
+
+    def _publish(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or self.ctx.aborted.is_set():
+            return
+        processed, total, phase, meta = pending
+        try:
+            self.ctx.progress(processed, total, phase=phase, meta=meta, force=True)
+        except JobAborted:
+            pass  # noticed below: the job is no longer this attempt's
 
     def run(self) -> None:
         try:
-            while not self.stopped.wait(WATCH_SECONDS):
+            while not self.stopped.is_set():
+                self.wake.wait(WATCH_SECONDS)
+                self.wake.clear()
+                self._publish()  # the last report too, when stopping
+                if self.stopped.is_set():
+                    return
                 if not self.ctx.aborted.is_set():
                     try:
                         current = worker_side.job_is_current(job_id=self.ctx.job_id, attempt=self.ctx.attempt)
@@ -74,11 +99,12 @@ class _Watcher(threading.Thread):
     def stop(self) -> None:
         with self.lock:
             self.stopped.set()
+        self.wake.set()
         self.join(timeout=10)
 
 
 @contextmanager
-def cancel_running_statements(ctx: JobContext) -> Iterator[None]:
+def cancel_running_statements(ctx: JobContext) -> Iterator[StatementGuard]:
     """While the block runs, a cancelled job's running statement is cancelled too.
 
     A statement stopped that way raises a ``DatabaseError`` (``QueryCanceled``) in the
@@ -88,10 +114,10 @@ def cancel_running_statements(ctx: JobContext) -> Iterator[None]:
     with connection.cursor() as cur:
         cur.execute("SELECT pg_backend_pid()")
         pid = int(cur.fetchone()[0])
-    watcher = _Watcher(ctx, pid)
+    watcher = StatementGuard(ctx, pid)
     watcher.start()
     try:
-        yield
+        yield watcher
     except DatabaseError as exc:
         if ctx.aborted.is_set():
             raise JobAborted(f"job {ctx.job_id} attempt {ctx.attempt} was cancelled mid-statement") from exc

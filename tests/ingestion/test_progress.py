@@ -42,6 +42,10 @@ def test_ingest_percentage_covers_every_phase_and_finished_jobs_read_done(
     assert all(pct < 100 for pct in percents), seen
     at = {phase: pct for phase, pct in reversed(running)}  # the first percentage of each phase
     assert at["loading"] < at["validating"] < at["applying"] < 100, seen
+    # And it moved inside validation (statement by statement) and inside the apply's
+    # transaction (slice by slice of its insert), not only when each phase began
+    for phase in ("validating", "applying"):
+        assert len({pct for p, pct in running if p == phase}) >= 2, (phase, seen)
     assert seen[-1] == ("finished", "done", 100.0)
 
     # And every finished job (ingest, recalcs, aggregation) reads "done", in the API too
