@@ -4,7 +4,7 @@ Usage (servers from the environment, like the tests; the script creates and drop
 own database ``BENCH_DATABASE_NAME`` on that server, default ``sluice_bench_ingest``):
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/sluice REDIS_URL=redis://127.0.0.1:6379/13 \\
-        .venv/bin/python bench/ingest.py [--rows 1000000] [--skip-1gb]
+        .venv/bin/python bench/ingest.py [--rows 1000000] [--skip-1gb] [--worst-cases duplicates,invalid]
 
 1. Generate a professional-travel data-entries CSV (6 columns, like a typical upload)
    of ``--rows`` rows for the sample units, in a temp directory.
@@ -12,8 +12,11 @@ own database ``BENCH_DATABASE_NAME`` on that server, default ``sluice_bench_inge
 3. Upload it through ``ingestion.services.upload_create`` and let a real Celery worker
    (1 process) run the pipeline; the ingest job's rows/s is rows / (finished_at -
    started_at) of the ``csv_ingest`` job: parse, COPY to staging, validate, type and
-   atomically replace. Peak RSS is sampled from the worker's pool process.
-4. The same for a ~1 GB file (wide comment column) for the peak RSS bound.
+   atomically replace. Peak RSS is sampled from the worker's pool process. The whole
+   pipeline (upload to updated totals) is reported against the same ``\\copy`` time.
+4. The worst cases of issue 13 (``_generate_worst``: 50 % duplicate keys, one key, all
+   rows invalid, one 100 MB line), each ingest timed against the clean file's.
+5. The same for a ~1 GB file (wide comment column) for the peak RSS bound.
 The last line is one JSON object with the figures.
 
 ``--storage s3`` runs the same on the S3 backend (docs/STORAGE.md): a SeaweedFS server
