@@ -356,15 +356,19 @@ def test_export_and_validation_from_the_page_show_progress_then_the_file_and_fin
     page.wait_for_selector('.dm-live[data-slot=export][data-status=success] .live-pct:has-text("100%")',
                            timeout=WAIT)
     page.wait_for_selector("#dm-exports tbody tr .chip.success", timeout=WAIT)
-    link = page.wait_for_selector("#dm-exports a.dm-export-file", timeout=WAIT)
-    assert link.inner_text().endswith(".xlsx")
+    # A locator, not an element handle: the table re-renders on each of the export's live
+    # events, and a handle to the replaced link would be detached when clicked.
+    link = page.locator("#dm-exports a.dm-export-file")
+    link.wait_for(timeout=WAIT)
+    name = link.inner_text()
+    assert name.endswith(".xlsx")
     row = page.inner_text("#dm-exports tbody tr")
     # (its rows: every total of the year and every data entry)
     rows = Total.objects.filter(year=2031).count() + data_rows("headcount", "data_entries")
     assert "XLSX" in row and "success" in row and f"{rows:,}" in row
     with page.expect_download() as download:
         link.click()
-    assert download.value.suggested_filename == link.inner_text()
+    assert download.value.suggested_filename == name
 
     # When the operator validates the year (four modules have no data yet)
     assert "Never validated." in page.inner_text("#dm-validation-summary")
