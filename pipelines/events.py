@@ -11,12 +11,13 @@ become visible in ``seq`` order.
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypedDict
 
 from django.db import connection, transaction
 
 from pipelines import publish, registry
-from pipelines.models import Job, JobEvent, Pipeline
+from pipelines.models import Job, Pipeline
 
 # Not a count, yet it travels with them: the pipeline status is derived from it
 # (``dag.pipeline_status``), and it is the engine's own (``Outcome.superseded_by``).
@@ -141,6 +142,26 @@ def message_in_order(
             "pipeline_id": payload["pipeline_id"], "kind": payload["kind"], "job": job, "pipeline": pipeline}
 
 
+# Upsert, because the counter row may be missing after a TRUNCATE (test isolation,
+# manual resets). Each event's ``seq`` is written into its payload by the database.
+APPEND_SQL = """
+WITH counter AS (
+    INSERT INTO pipelines_eventcounter (id, value) VALUES (1, %(n)s)
+    ON CONFLICT (id) DO UPDATE SET value = pipelines_eventcounter.value + EXCLUDED.value
+    RETURNING value
+), appended AS (
+    INSERT INTO pipelines_jobevent (seq, pipeline_seq, type, kind, year, module, payload, created_at, job_id,
+                                    pipeline_id)
+    SELECT counter.value - %(n)s + e.ord, (e.payload ->> 'pipeline_seq')::bigint, e.payload ->> 'type',
+           e.payload ->> 'kind', %(year)s::integer, %(module)s,
+           jsonb_set(e.payload, '{seq}', to_jsonb(counter.value - %(n)s + e.ord)), clock_timestamp(),
+           (e.payload -> 'job' ->> 'id')::bigint, %(pipeline)s::uuid
+      FROM counter, jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e (payload, ord)
+)
+SELECT value FROM counter
+"""
+
+
 def append(
     pipeline: Pipeline,
     *,
@@ -158,44 +179,31 @@ def append(
     count = len(jobs) + (1 if pipeline_changed else 0)
     if count == 0:
         return []
-    with connection.cursor() as cursor:
-        # The last lock of the transaction: see the module docstring. Upsert, because the
-        # row may be missing after a TRUNCATE (test isolation, manual resets).
-        cursor.execute(
-            "INSERT INTO pipelines_eventcounter (id, value) VALUES (1, %s) "
-            "ON CONFLICT (id) DO UPDATE SET value = pipelines_eventcounter.value + EXCLUDED.value "
-            "RETURNING value",
-            [count],
-        )
-        row = cursor.fetchone()
-        assert row is not None
-    seq = int(row[0]) - count
-    pseq = base_pipeline_seq
     pdict = pipeline_dict(pipeline)
-    rows: list[JobEvent] = []
     messages: list[dict[str, Any]] = []
     entries: list[tuple[Job | None, str, str]] = [(job, "job.update", kind) for job, kind in jobs]
     if pipeline_changed:
         entries.append((None, "pipeline.update", kind_for_pipeline))
-    for job, type_, kind in entries:
-        seq += 1
-        pseq += 1
-        message = {
+    for pseq, (job, type_, kind) in enumerate(entries, start=base_pipeline_seq + 1):
+        messages.append({
             "type": type_,
-            "seq": seq,
+            "seq": 0,  # the global seq, handed out by the statement below
             "pipeline_seq": pseq,
             "pipeline_id": str(pipeline.pk),
             "kind": kind,
             "job": job_dict(job) if job is not None else None,
             "pipeline": pdict,
-        }
-        messages.append(message)
-        rows.append(
-            JobEvent(
-                seq=seq, pipeline=pipeline, job=job, pipeline_seq=pseq, type=type_, kind=kind,
-                year=pipeline.year, module=pipeline.module, payload=message,
-            )
-        )
-    JobEvent.objects.bulk_create(rows)
+        })
+    with connection.cursor() as cursor:
+        # The counter and the rows in one statement: the counter is the last lock of the
+        # transaction (see the module docstring), and one round trip less is held under it.
+        cursor.execute(APPEND_SQL, {
+            "n": count, "year": pipeline.year, "module": pipeline.module, "pipeline": pipeline.pk,
+            "events": json.dumps(messages),
+        })
+        row = cursor.fetchone()
+        assert row is not None
+    for seq, message in enumerate(messages, start=int(row[0]) - count + 1):
+        message["seq"] = seq
     transaction.on_commit(lambda: publish.publish(messages))
     return messages
