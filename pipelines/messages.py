@@ -16,6 +16,7 @@ numbers with grouping ("48,210" / "48 210"): pass ids and years as ``str``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -78,9 +79,25 @@ def columns(message: Message | str | None) -> dict[str, Any]:
     """The job columns one message is stored in (a plain string has no key: shown as is)."""
     if isinstance(message, Message):
         data = message.as_json()
-        return {"status_message": render(data["key"], data["params"], ENGLISH),
+        return {"status_message": _english(data["key"], data["params"]),
                 "status_key": data["key"], "status_params": data["params"]}
     return {"status_message": message or "", "status_key": "", "status_params": {}}
+
+
+def _english(key: str, params: Mapping[str, Any]) -> str:
+    """``render`` in English, remembered for flat parameters: every claim renders "Running
+    on <its worker>", and switching the active language per call showed in the
+    worker's profile (issue 13)."""
+    try:
+        # The type is part of the key: True == 1 to a dict, not to the rendered text.
+        return _english_flat(key, tuple((k, type(v), v) for k, v in params.items()))
+    except TypeError:  # a parameter that is itself a message (a dict): not hashable
+        return render(key, params, ENGLISH)
+
+
+@functools.lru_cache(maxsize=4096)
+def _english_flat(key: str, params: tuple[tuple[str, type, Any], ...]) -> str:
+    return render(key, {k: v for k, _, v in params}, ENGLISH)
 
 
 def _value(value: Any) -> Any:

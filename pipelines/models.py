@@ -292,8 +292,11 @@ class EventCounter(models.Model):
 
 class JobEvent(models.Model):
     seq = models.BigIntegerField(unique=True)
-    pipeline = models.ForeignKey(Pipeline, on_delete=models.CASCADE, related_name="events")
-    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
+    # No index of their own: (pipeline, seq) and (job, seq) below lead with them, and two
+    # more indexes per event were two more inserts under the event counter (issue 13).
+    pipeline = models.ForeignKey(Pipeline, on_delete=models.CASCADE, related_name="events", db_index=False)
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.CASCADE, related_name="events",
+                            db_index=False)
     pipeline_seq = models.BigIntegerField()
     type = models.CharField(max_length=30)
     kind = models.CharField(max_length=30)  # state | progress | message | control

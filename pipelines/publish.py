@@ -69,6 +69,9 @@ def batches_by_group(messages: list[dict[str, Any]]) -> dict[str, list[dict[str,
 # Batches waiting for Redis beyond this are dropped (and logged): with Redis down a
 # worker must not grow without bound. Clients see the gap by ``pipeline_seq`` and resync.
 MAX_PENDING_BATCHES = 10_000
+# Transactions' batches sent as one channel message per group, at most (a bound on the
+# message size a backlog can build).
+MAX_COALESCED_BATCHES = 50
 # A batch Redis refused is re-sent for this long (below the layer's 60 s message expiry,
 # after which a receiver would drop it anyway).
 RESEND_FOR_SECONDS = 30.0
@@ -103,25 +106,32 @@ class _Publisher:
 
     async def _drain(self) -> None:
         while True:
-            messages = await self.queue.get()
+            taken = [await self.queue.get()]
+            # Transactions that committed while the last send was in flight go out
+            # together, still in seq order: one channel message per group for all of
+            # them. A busy worker then pays the Redis round trips per send, not per
+            # transaction (they were ~half of the engine's CPU in a worker, py-spy,
+            # issue 13); receivers handle a batch event by event either way.
+            while len(taken) < MAX_COALESCED_BATCHES and not self.queue.empty():
+                taken.append(self.queue.get_nowait())
             try:
                 if self.layer is not None:
-                    await self._send(batches_by_group(messages))
+                    await self._send(batches_by_group([m for messages in taken for m in messages]))
             except Exception:
                 logger.warning("event publish failed", exc_info=True)
             finally:
                 with self.lock:
-                    self.pending -= 1
+                    self.pending -= len(taken)
                     if self.pending == 0:
                         self.idle.set()
 
     async def _send(self, batches: dict[str, list[dict[str, Any]]]) -> None:
         """Send each group its batch; re-send the groups that failed until RESEND_FOR_SECONDS.
 
-        One channel message per group per committed transaction, carrying that group's
-        events in seq order: a transition's 2-6 events cost one Redis round trip per
-        group, not one per event. Groups are independent streams, so they go in
-        parallel. Each message names its group: a web process receives every group on
+        One channel message per group per send (one committed transaction, or several
+        that queued up meanwhile: ``_drain``), carrying that group's events in seq order:
+        a transition's 2-6 events cost one Redis round trip per group, not one per event.
+        Groups are independent streams, so they go in parallel. Each message names its group: a web process receives every group on
         one channel (``backoffice.live.Hub``) and routes by it.
 
         A failed send is retried, not dropped: right after Redis restarts, the first
