@@ -131,8 +131,9 @@ class _Publisher:
         One channel message per group per send (one committed transaction, or several
         that queued up meanwhile: ``_drain``), carrying that group's events in seq order:
         a transition's 2-6 events cost one Redis round trip per group, not one per event.
-        Groups are independent streams, so they go in parallel. Each message names its group: a web process receives every group on
-        one channel (``backoffice.live.Hub``) and routes by it.
+        Groups are independent streams, so they go in parallel. Each message names its
+        group: a web process receives every group on one channel (``backoffice.live.Hub``)
+        and routes by it.
 
         A failed send is retried, not dropped: right after Redis restarts, the first
         command on each pooled connection fails, and that batch used to be lost. Later
