@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from celery import chain, current_app, group
@@ -29,23 +30,39 @@ logger = logging.getLogger(__name__)
 RUN_JOB = "sluice.run_job"
 
 
-def build_canvas(job_ids: Iterable[int]) -> Any:
-    jobs = {j.pk: j for j in Job.objects.filter(pk__in=list(job_ids)).exclude(state=JobState.FINISHED)}
-    if not jobs:
+@dataclass(frozen=True)
+class Plan:
+    """What a canvas needs of jobs their caller already holds (planning just inserted
+    them, none finished): their queues and dependency edges, so sending reads nothing."""
+
+    queues: dict[int, str]
+    depends_on: dict[int, list[int]]
+
+
+def build_canvas(job_ids: Iterable[int], *, plan: Plan | None = None) -> Any:
+    if plan is not None:
+        queues = {pk: plan.queues[pk] for pk in job_ids}
+        depends_on = plan.depends_on
+    else:
+        queues = {
+            pk: queue for pk, queue in
+            Job.objects.filter(pk__in=list(job_ids)).exclude(state=JobState.FINISHED).values_list("pk", "queue")
+        }
+        depends_on = {}
+        for child, parent in Job.depends_on.through.objects.filter(from_job_id__in=list(queues)).values_list(
+            "from_job_id", "to_job_id"
+        ):
+            depends_on.setdefault(child, []).append(parent)
+    if not queues:
         return None
-    depends_on: dict[int, list[int]] = {}
-    for child, parent in Job.depends_on.through.objects.filter(from_job_id__in=list(jobs)).values_list(
-        "from_job_id", "to_job_id"
-    ):
-        depends_on.setdefault(child, []).append(parent)
     parts = []
-    for layer in dag.layers(jobs, depends_on):
-        sigs = [current_app.signature(RUN_JOB, args=(pk,), immutable=True, queue=jobs[pk].queue) for pk in layer]
+    for layer in dag.layers(queues, depends_on):
+        sigs = [current_app.signature(RUN_JOB, args=(pk,), immutable=True, queue=queues[pk]) for pk in layer]
         parts.append(sigs[0] if len(sigs) == 1 else group(sigs))
     return parts[0] if len(parts) == 1 else chain(*parts)
 
 
-def send(job_ids: Iterable[int], *, countdown: float | None = None) -> bool:
+def send(job_ids: Iterable[int], *, countdown: float | None = None, plan: Plan | None = None) -> bool:
     """Publish the jobs' canvas; False (and the jobs left to the reaper) if Redis refused.
 
     The plan is already committed, so a failed publish must neither raise into the
@@ -54,7 +71,7 @@ def send(job_ids: Iterable[int], *, countdown: float | None = None) -> bool:
     (``SLUICE_UNSENT_GRACE_SECONDS``), without waiting for the lost-message threshold.
     """
     ids = list(job_ids)
-    canvas = build_canvas(ids)
+    canvas = build_canvas(ids) if plan is None else build_canvas(ids, plan=plan)
     if canvas is None:
         return True
     options: dict[str, Any] = {"retry": True, "retry_policy": settings.SLUICE_PUBLISH_RETRY_POLICY}

@@ -64,11 +64,13 @@ def job_label(job: Job) -> str:
     return f"{job.job_type}{' ' + job.det if job.det else ''} #{job.pk}"
 
 
-def dispatch_on_commit(job_ids: list[int], *, countdown: float | None = None) -> None:
+def dispatch_on_commit(
+    job_ids: list[int], *, countdown: float | None = None, plan: dispatch.Plan | None = None
+) -> None:
     if not job_ids:
         return
     ids = sorted(set(job_ids))
-    transaction.on_commit(lambda: dispatch.send(ids, countdown=countdown), robust=True)
+    transaction.on_commit(lambda: dispatch.send(ids, countdown=countdown, plan=plan), robust=True)
 
 
 def unfinished_closure(pipeline_id: Any, roots: list[int]) -> list[int]:
@@ -114,11 +116,17 @@ class LockedPipeline:
     ``heartbeat_at`` alone), so the in-memory rows are the rows.
     """
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, *, planned: list[Job] | None = None) -> None:
         self.pipeline = pipeline
-        # Raw SQL: this runs twice per job, and compiling the equivalent ORM query
-        # (annotations, Exists) cost more than executing it (bench/pipeline_overhead.py).
-        self.jobs: dict[int, Job] = {j.pk: j for j in Job.objects.raw(_jobs_sql(events.count_keys()), [pipeline.pk])}
+        if planned is not None:
+            # Rows this transaction just inserted (planning): nothing to read back.
+            for job in planned:
+                job.counts = events.counts_of(job.meta or {})  # type: ignore[attr-defined]
+            self.jobs: dict[int, Job] = {j.pk: j for j in planned}
+        else:
+            # Raw SQL: this runs twice per job, and compiling the equivalent ORM query
+            # (annotations, Exists) cost more than executing it (bench/pipeline_overhead.py).
+            self.jobs = {j.pk: j for j in Job.objects.raw(_jobs_sql(events.count_keys()), [pipeline.pk])}
         for job in self.jobs.values():
             job.pipeline = pipeline  # no lazy query when a handler reads ctx.year/module
             if isinstance(job.counts, str):  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from pipelines import dag, messages, registry, transitions
+from pipelines import dag, dispatch, messages, registry, transitions
 from pipelines.messages import WAITING_UPSTREAM, WAITING_WORKER
 from pipelines.models import Job, JobState, OperatorActionKind, Pipeline
 from pipelines.services.audit import actor_user, operator_action_record
@@ -72,10 +72,16 @@ def pipeline_plan(
                 for d in s.depends_on
             ]
         )
-        work = LockedPipeline(pipeline)  # a new row nobody else can see yet: no lock needed
+        # A new row nobody else can see yet: no lock needed, and its jobs are in hand.
+        work = LockedPipeline(pipeline, planned=jobs)
         work.note_planned([j.pk for j in jobs])
         work.record_changes(pipeline_event="created")
-        dispatch_on_commit([j.pk for j in jobs])
+        # The canvas from what was just inserted: sending it reads nothing back.
+        plan = dispatch.Plan(
+            queues={j.pk: j.queue for j in jobs},
+            depends_on={jobs[i].pk: [jobs[index[d]].pk for d in s.depends_on] for i, s in enumerate(specs)},
+        )
+        dispatch_on_commit([j.pk for j in jobs], plan=plan)
     return pipeline
 
 

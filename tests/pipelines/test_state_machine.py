@@ -548,8 +548,8 @@ class _Unsent:
 def test_the_job_state_machine_holds_under_any_sequence_of_controls(monkeypatch: pytest.MonkeyPatch) -> None:
     build = dispatch.build_canvas
 
-    def build_unsent(job_ids: Any) -> Any:
-        canvas = build(job_ids)
+    def build_unsent(job_ids: Any, **options: Any) -> Any:
+        canvas = build(job_ids, **options)
         return None if canvas is None else _Unsent(canvas)
 
     monkeypatch.setattr(dispatch, "build_canvas", build_unsent)
