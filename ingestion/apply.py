@@ -21,7 +21,7 @@ from psycopg import sql
 
 from ingestion.locks import lock_module_year
 from ingestion.modules import ROLE_ACTIVITY, ROLE_FACTOR, ROLE_MODIFIER, TARGET_DATA, TARGET_FACTORS, ModuleDef
-from ingestion.staging import ERRS, STAGE, STAGE_TABLE
+from ingestion.staging import ERRS, STAGE, STAGE_TABLE, analyze
 from ingestion.validation import staged_value, valid_rows
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def replace_data_entries(
             on_slice(i + 1, slices)
         # Statistics now, not when autovacuum comes by: the recalcs that read this
         # partition next plan a hash join and aggregate instead of loops over "1 row".
-        cur.execute(sql.SQL("ANALYZE {}").format(partition))
+        analyze(cur, partition)
         if old_upload_id is not None and old_upload_id != upload_id:
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{ENTRY_PARTITION_PREFIX}{int(old_upload_id)}"])
             if cur.fetchone()[0]:

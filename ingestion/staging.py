@@ -44,6 +44,24 @@ _DROP = sql.SQL("DROP TABLE IF EXISTS {}, {}, {}").format(
 )
 
 
+# The statistics target of the ingest's ANALYZEs (default 100): what the planner needs
+# here (row counts, a few common values, whether keys are unique) shows in a 3,000-row
+# sample as well as in 30,000, and ANALYZE of a million rows drops from 0.2 s to 0.02 s.
+ANALYZE_STATISTICS_TARGET = 10
+
+
+def analyze(cur: Any, table: sql.Composable) -> None:
+    """``ANALYZE table`` with the ingest's small sample (``ANALYZE_STATISTICS_TARGET``).
+
+    No ``finally``: in a failed transaction the RESET would fail too and hide the error
+    (the SET is rolled back with it); after a failure in autocommit the setting stays on
+    this connection, where only ANALYZE reads it.
+    """
+    cur.execute(sql.SQL("SET default_statistics_target = {}").format(sql.Literal(ANALYZE_STATISTICS_TARGET)))
+    cur.execute(sql.SQL("ANALYZE {}").format(table))
+    cur.execute("RESET default_statistics_target")
+
+
 def column_list(names: Any) -> sql.Composed:
     """``"a", "b", …``: quoted column names."""
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
@@ -186,7 +204,7 @@ def stage_file(
                     else:
                         finished = True
                 on_progress(stats)
-            cur.execute(sql.SQL("ANALYZE {}").format(STAGE))
+            analyze(cur, STAGE)
         return stats
     finally:
         stream.close()
@@ -237,7 +255,7 @@ def _stage_server_side(
     # Python path can name the lines each such record swallowed, and count them.
     if staged != newlines - (last == b"\n"):
         return False
-    cur.execute(sql.SQL("ANALYZE {}").format(STAGE))
+    analyze(cur, STAGE)
     stats.rows_total = stats.rows_staged = staged
     return True
 

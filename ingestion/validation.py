@@ -16,7 +16,7 @@ from django.db import connection
 from psycopg import sql
 
 from ingestion.modules import ROLE_CATEGORY, ROLE_DET, ROLE_UNIT, Column
-from ingestion.staging import ERRS, NORM, STAGE, column_list
+from ingestion.staging import ERRS, NORM, STAGE, analyze, column_list
 
 META_ROW_ERRORS = 1000
 
@@ -125,8 +125,8 @@ def normalize_staged(*, schema: tuple[Column, ...], delimiter: str) -> bool:
         )
         if not cur.rowcount:
             return False
-        cur.execute(sql.SQL("ANALYZE {}").format(STAGE))
-        cur.execute(sql.SQL("ANALYZE {}").format(NORM))
+        analyze(cur, STAGE)
+        analyze(cur, NORM)
     return True
 
 
@@ -202,7 +202,7 @@ class Validation:
 
 _STAGING_ERRORS = sql.SQL(
     "CREATE TEMP TABLE {errs} AS SELECT s.row, 0 AS ord, NULL::text AS col, s.err AS reason"
-    " FROM {stage} s WHERE s.err IS NOT NULL"
+    " FROM {stage} s WHERE {flagged}"
 )
 
 # Rows ``s`` of the stage filtered by ``{only}`` (all, or those just normalised).
@@ -258,7 +258,8 @@ VALIDATION_STEPS = {"checking values": 0.55, "normalising": 0.15, "finding dupli
 
 
 def validate_staged(
-    *, schema: tuple[Column, ...], delimiter: str, on_step: Callable[[str], None] = lambda step: None
+    *, schema: tuple[Column, ...], delimiter: str, on_step: Callable[[str], None] = lambda step: None,
+    staged_errors: bool = True,
 ) -> Validation:
     """Fill the TEMP errors table from the staged rows; returns counts and the first errors.
 
@@ -271,7 +272,8 @@ def validate_staged(
        aggregate over the rows (linear; ``work_mem`` raised for this statement so a
        million keys stay in memory), joined back only for the keys seen twice.
 
-    ``on_step`` is called with each step's name (``VALIDATION_STEPS``) before it runs.
+    ``on_step`` is called with each step's name (``VALIDATION_STEPS``) before it runs;
+    ``staged_errors=False`` says no row was flagged while staging (PostgreSQL's parser).
     """
     unit = next((c for c in schema if c.role == ROLE_UNIT), None)
     join = (
@@ -301,16 +303,19 @@ def validate_staged(
     key_names = [c.name for c in schema if c.role in (ROLE_UNIT, ROLE_DET, ROLE_CATEGORY)]
     with connection.cursor() as cur:
         on_step("checking values")
-        cur.execute(_STAGING_ERRORS.format(errs=ERRS, stage=STAGE))
+        # Only the Python path flags rows while staging: after PostgreSQL's parser, the
+        # scan for them would find none.
+        flagged = sql.SQL("s.err IS NOT NULL" if staged_errors else "false")
+        cur.execute(_STAGING_ERRORS.format(errs=ERRS, stage=STAGE, flagged=flagged))
         cur.execute(per_column(sql.SQL("")))
         cur.execute(sql.SQL("CREATE INDEX ON {} (row)").format(ERRS))
-        cur.execute(sql.SQL("ANALYZE {}").format(ERRS))
+        analyze(cur, ERRS)
         on_step("normalising")
         if normalize_staged(schema=schema, delimiter=delimiter):
             # The rows just normalised are checked again, on their normal values.
             cur.execute(sql.SQL("DELETE FROM {} e USING {} n WHERE e.row = n.row").format(ERRS, NORM))
             cur.execute(per_column(sql.SQL("AND s.row IN (SELECT row FROM {})").format(NORM)))
-            cur.execute(sql.SQL("ANALYZE {}").format(ERRS))
+            analyze(cur, ERRS)
         on_step("finding duplicate keys")
         duplicates = _DUPLICATE_ERRORS.format(
             errs=ERRS,
@@ -332,7 +337,7 @@ def validate_staged(
         finally:
             cur.execute("RESET work_mem")
         if cur.rowcount:
-            cur.execute(sql.SQL("ANALYZE {}").format(ERRS))
+            analyze(cur, ERRS)
         cur.execute(sql.SQL("SELECT count(DISTINCT row), count(*) FROM {}").format(ERRS))
         rejected, total = cur.fetchone()
         cur.execute(
