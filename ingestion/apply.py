@@ -68,6 +68,7 @@ ENTRY_PARTITION_PREFIX = "ingestion_dataentry_u"
 ROW_ID_SHIFT = 1 << 32
 # The insert runs in this many statements (``on_slice`` is called after each).
 APPLY_SLICES = 10
+APPLY_SLICED_MAX_ERRORS = 50_000
 # Dropping a replaced partition locks the whole parent (ACCESS EXCLUSIVE): it waits at
 # most this long (a queued lock also holds up every later reader) for readers of other
 # module-years; else the emptied partition is left for the next ingest to drop.
@@ -145,7 +146,12 @@ def replace_data_entries(
         cur.execute(sql.SQL("SELECT pg_relation_size({}::regclass) / current_setting('block_size')::int").format(
             sql.Literal(f"pg_temp.{STAGE_TABLE}")))
         pages = int(cur.fetchone()[0])
-        slices = max(1, min(APPLY_SLICES, pages))
+        cur.execute(sql.SQL("SELECT count(*) > %s FROM (SELECT 1 FROM {} LIMIT %s) e").format(ERRS),
+                    [APPLY_SLICED_MAX_ERRORS, APPLY_SLICED_MAX_ERRORS + 1])
+        # Each slice's anti-join builds its hash of the errors again: with many errors,
+        # one statement (1 M errors: 10 slices cost 5 s more than one).
+        many_errors = bool(cur.fetchone()[0])
+        slices = 1 if many_errors else max(1, min(APPLY_SLICES, pages))
         rows = 0
         for i in range(slices):
             low = pages * i // slices

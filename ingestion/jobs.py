@@ -142,7 +142,8 @@ def ingest_run(*, ctx: JobContext) -> Outcome:
 
             assert stats.header is not None
             check = validation.validate_staged(schema=schema, delimiter=stats.header.delimiter, on_step=on_step,
-                                               staged_errors=stats.parser != "postgresql")
+                                               staged_errors=stats.parser != "postgresql",
+                                               rows_staged=stats.rows_staged)
             validated_at = time.monotonic()
             rows_loaded = stats.rows_staged - check.rows_rejected
             meta = {

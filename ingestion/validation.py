@@ -59,23 +59,15 @@ def _normal_sql(col: Column, semicolon: bool) -> sql.Composable:
     return v
 
 
-def _whitespace_at_ends(names: list[str]) -> sql.Composable:
-    return sql.SQL(r"concat_ws(chr(31), {}) ~ '(^|\x1f)[ \t]|[ \t](\x1f|$)'").format(column_list(names))
-
-
-def _not_normal(columns: tuple[Column, ...] | list[Column], semicolon: bool) -> sql.Composable:
-    """True for a staged row where normalising would change one of ``columns``: by two
-    regexes over concatenations (comparing each column with its normalised form costs
-    three times as much, for rows that are nearly always already normal)."""
-    differs = [_whitespace_at_ends([c.name for c in columns])]
-    lowered = [c.name for c in columns if _lowered(c)]
-    if lowered:
-        differs.append(sql.SQL("concat({}) ~ '[[:upper:]]'").format(column_list(lowered)))
-    numeric = [c.name for c in columns if c.type in ("decimal", "int")]
-    if semicolon and numeric:
-        # No parameters go with this statement, so '%' is a plain character here.
-        differs.append(sql.SQL("concat({}) LIKE '%,%'").format(column_list(numeric)))
-    return sql.SQL("({})").format(sql.SQL(" OR ").join(differs))
+def _column_not_normal(col: Column, semicolon: bool) -> sql.Composable:
+    """True where normalising would change this column of the staged row ``s``."""
+    v = sql.Identifier("s", col.name)
+    tests = [sql.SQL("{} LIKE {}").format(v, sql.Literal(p)) for p in (" %", "% ", "\t%", "%\t")]
+    if _lowered(col):
+        tests.append(sql.SQL("{} ~ '[[:upper:]]'").format(v))
+    if semicolon and col.type in ("decimal", "int"):
+        tests.append(sql.SQL("strpos({}, ',') > 0").format(v))
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(tests))
 
 
 def _free_text_not_normal(columns: list[Column]) -> sql.Composable:
@@ -93,11 +85,11 @@ def normalize_staged(*, schema: tuple[Column, ...], delimiter: str) -> bool:
 
     Why after, and only where it can matter: a number, a choice or a unit that is not
     normal (" 12", "Plane", " ENG", "1,5" in a ';' file) already failed its check, so it
-    is among the rows with errors; only free text (``str`` columns: category, comment…)
-    can pass its checks and still need trimming or lower-casing. So the full "is it
-    normal?" test runs on the rows with errors, and the cheap free-text one on the others,
-    instead of one scan of every column of every row (1 s per million rows). The rows
-    changed are checked again (``validate_staged``).
+    is among the errors, named with its column; only free text (``str`` columns:
+    category, comment…) can pass its checks and still need trimming or lower-casing. So
+    the rows tested are those with an error in a column that is not normal, and those
+    whose free text is not normal — instead of a test of every column of every row
+    (1 s per million rows). The rows changed are checked again (``validate_staged``).
     """
     semicolon = delimiter == ";"
     sets = sql.SQL(", ").join(
@@ -105,25 +97,32 @@ def normalize_staged(*, schema: tuple[Column, ...], delimiter: str) -> bool:
     )
     # Free text: ``str`` columns, but not the unit, whose check is a join on the synced
     # directory (ids stored stripped, ``ingestion.unit_sync``): one that is not normal
-    # fails it. Tested by LIKE at both ends, half the cost of the regex of ``_not_normal``.
+    # fails it. Tested by LIKE at both ends (half the cost of a regex over them).
     free_text = [c for c in schema if c.type == "str" and c.role != ROLE_UNIT]
-    suspects = [_free_text_not_normal(free_text)] if free_text else []
+    # A row with errors: only a column that failed can be not normal (a value that passed
+    # its format, choice or unit check is normal; free text is tested apart), so only the
+    # failed columns are tested, through a join with the errors (a probe per staged row
+    # cost 2 s on a file of a million bad numbers).
+    failed_not_normal = sql.SQL("CASE e.col {} ELSE false END").format(sql.SQL(" ").join(
+        sql.SQL("WHEN {} THEN {}").format(sql.Literal(c.name), _column_not_normal(c, semicolon)) for c in schema
+    ))
+    normalise = sql.SQL(
+        "WITH changed AS (UPDATE {stage} s SET {sets} {source} WHERE s.err IS NULL AND {cond} RETURNING s.row)"
+        " INSERT INTO {norm} SELECT row FROM changed"
+    )
+    changed = 0
     with connection.cursor() as cur:
+        cur.execute(sql.SQL("CREATE TEMP TABLE {} (row bigint)").format(NORM))
+        if free_text:
+            cur.execute(normalise.format(stage=STAGE, sets=sets, source=sql.SQL(""), norm=NORM,
+                                         cond=_free_text_not_normal(free_text)))
+            changed += cur.rowcount
         cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(ERRS))
         if cur.fetchone()[0]:
-            # The index probe first: on most rows it is false and the regexes never run.
-            suspects.append(sql.SQL("(EXISTS (SELECT 1 FROM {} e WHERE e.row = s.row) AND {})").format(
-                ERRS, _not_normal(schema, semicolon)))
-        if not suspects:
-            return False
-        cur.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE {norm} AS WITH changed AS ("
-                " UPDATE {stage} s SET {sets} WHERE s.err IS NULL AND ({suspects}) RETURNING s.row"
-                ") SELECT row FROM changed"
-            ).format(norm=NORM, stage=STAGE, sets=sets, suspects=sql.SQL(" OR ").join(suspects))
-        )
-        if not cur.rowcount:
+            cur.execute(normalise.format(stage=STAGE, sets=sets, source=sql.SQL("FROM {} e").format(ERRS), norm=NORM,
+                                         cond=sql.SQL("e.row = s.row AND {}").format(failed_not_normal)))
+            changed += cur.rowcount
+        if not changed:
             return False
         analyze(cur, STAGE)
         analyze(cur, NORM)
@@ -259,7 +258,7 @@ VALIDATION_STEPS = {"checking values": 0.55, "normalising": 0.15, "finding dupli
 
 def validate_staged(
     *, schema: tuple[Column, ...], delimiter: str, on_step: Callable[[str], None] = lambda step: None,
-    staged_errors: bool = True,
+    staged_errors: bool = True, rows_staged: int | None = None,
 ) -> Validation:
     """Fill the TEMP errors table from the staged rows; returns counts and the first errors.
 
@@ -273,7 +272,8 @@ def validate_staged(
        million keys stay in memory), joined back only for the keys seen twice.
 
     ``on_step`` is called with each step's name (``VALIDATION_STEPS``) before it runs;
-    ``staged_errors=False`` says no row was flagged while staging (PostgreSQL's parser).
+    ``staged_errors=False`` says no row was flagged while staging (PostgreSQL's parser);
+    ``rows_staged``, when given, lets a file without two valid rows skip step 4.
     """
     unit = next((c for c in schema if c.role == ROLE_UNIT), None)
     join = (
@@ -331,13 +331,19 @@ def validate_staged(
                 sql.SQL("{} = {}").format(k, sql.Identifier("d", f"k{i}")) for i, k in enumerate(keys)
             ),
         )
-        cur.execute("SET work_mem = '256MB'")
-        try:
-            cur.execute(duplicates)
-        finally:
-            cur.execute("RESET work_mem")
-        if cur.rowcount:
-            analyze(cur, ERRS)
+        cur.execute(sql.SQL("SELECT count(DISTINCT row) FROM {}").format(ERRS))
+        rejected_so_far = int(cur.fetchone()[0])
+        # Fewer than two valid rows cannot repeat a key (a file of a million bad rows
+        # would otherwise pay a hash anti-join of all of them for nothing).
+        if rows_staged is None or rows_staged - rejected_so_far >= 2:
+            cur.execute("SET work_mem = '256MB'")
+            try:
+                cur.execute(duplicates)
+                found = cur.rowcount
+            finally:
+                cur.execute("RESET work_mem")
+            if found:
+                analyze(cur, ERRS)
         cur.execute(sql.SQL("SELECT count(DISTINCT row), count(*) FROM {}").format(ERRS))
         rejected, total = cur.fetchone()
         cur.execute(
