@@ -275,6 +275,12 @@ async def pipeline_stream(request: HttpRequest, pipeline_id: Any) -> HttpRespons
     after = _after(request)
     if after is None:
         return _error(400, "Last-Event-ID / after must be a non-negative integer.", "invalid")
+    # Authentication and the check above ran in this request's own thread, whose
+    # connection Django returns only when the request finishes -- for a stream, when the
+    # client leaves. Hand it back now: with the web process's pool (10 connections) the
+    # 11th open stream made every request wait 10 s and fail (bench/ws_latency.py, 50 SSE
+    # clients). The stream's reads take a connection only while they run.
+    await sync_to_async(close_old_connections)()
     response = StreamingHttpResponse(events_stream(pipeline_id, after, user), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream

@@ -207,16 +207,20 @@ def server_queries(application_name: str) -> set[tuple[int, Any]]:
         return set(cursor.fetchall())
 
 
+POOL = 2
+
+
 @pytest.fixture
 def quiet_server(users: dict[str, User]) -> Iterator[tuple[Server, str]]:
     """uvicorn without a worker of its own, tagging its database connections with an
     ``application_name`` (so PostgreSQL can tell what it ran), access re-checked only
-    every 120 s and pings every 0.3 s."""
+    every 120 s, pings every 0.3 s, and a pool of only 2 connections (waits 3 s at most)."""
     name = f"sse-quiet-{time.monotonic_ns()}"
     server = Server(
         "sse-quiet", DATABASE_URL=f"{_test_database_url()}?application_name={name}",
         SLUICE_SSE_PING_SECONDS="0.3", SLUICE_SSE_SAFETY_READ_SECONDS=SAFETY_READ,
         SLUICE_LIVE_ACCESS_RECHECK_SECONDS=SAFETY_READ,
+        SLUICE_DB_POOL_MIN_SIZE="1", SLUICE_DB_POOL_MAX_SIZE=str(POOL), SLUICE_DB_POOL_TIMEOUT="3",
     )
     server.start()
     yield server, name
@@ -232,12 +236,16 @@ def test_a_committed_event_wakes_every_stream_and_idle_streams_query_nothing(
     token = Token.objects.create(user=users["viewer"]).key
     url = f"{server.base}/api/v1/pipelines/{pipeline.pk}/stream/"
     stored_at_start = JobEvent.objects.filter(pipeline_id=pipeline.pk).count()
-    # ...followed by three clients, who have received its history and are idle (pinged)
-    readers = [Reader(url, {"Authorization": f"Token {token}"}) for _ in range(3)]
+    # ...followed by more clients than the server has database connections, who have
+    # received its history and are idle (pinged)
+    readers = [Reader(url, {"Authorization": f"Token {token}"}) for _ in range(POOL + 2)]
     for reader in readers:
         reader.start()
     wait_for(lambda: all(len(r.frames) == stored_at_start and r.pings for r in readers), timeout=20,
              message="every client has the history and a ping")
+    # ...then open streams hold no connection: the API still answers
+    listing = httpx.get(f"{server.base}/api/v1/pipelines/", headers={"Authorization": f"Token {token}"}, timeout=10)
+    assert listing.status_code == 200, listing.text
 
     # When nothing happens for a while, then the server runs no statement at all
     before = server_queries(application_name)
