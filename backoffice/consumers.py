@@ -47,6 +47,26 @@ CLOSE_TOO_SLOW = 4008
 CLOSE_NOT_FOUND = 4404
 
 
+# The ASGI server's own ``send``, kept in the scope by ``ServerSendMiddleware``.
+SERVER_SEND = "sluice.server_send"
+
+
+class ServerSendMiddleware:
+    """Keep the ASGI server's ``send`` in the scope, for the live writers (config/asgi.py).
+
+    Channels' session middleware wraps ``send`` to save the session on HTTP responses; on
+    a socket it only inspects the lazy session on every frame. At 200 sockets that was
+    ~10 % of the server's fan-out CPU (py-spy, docs/LIVE.md), so live frames skip it and
+    the consumer's ``send`` layers; the snapshot, replay and close go the usual way.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        return await self.app({**scope, SERVER_SEND: send}, receive, send)
+
+
 class LiveConsumer(AsyncWebsocketConsumer):
     feed: live.Feed = "console"
     refresh_seconds: float = GROUP_REFRESH_SECONDS
@@ -150,8 +170,10 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def _write(self) -> None:
         # One writer per socket keeps its events in order; a slow socket delays only itself.
+        send = self.scope.get(SERVER_SEND) or self.base_send
+        outbox = self.outbox
         while True:
-            await self.send(text_data=await self.outbox.get())
+            await send({"type": "websocket.send", "text": await outbox.get()})
 
     # --- internals --------------------------------------------------------------------
 
@@ -214,9 +236,13 @@ class LiveConsumer(AsyncWebsocketConsumer):
         seconds = float(settings.SLUICE_LIVE_ACCESS_RECHECK_SECONDS)
         while True:
             await asyncio.sleep(seconds)
+            user = self.scope.get("user")
+            where: dict[str, Any] = {"feed": self.feed, "pipeline_id": self.pipeline_id, "year": self.year}
             try:
-                access = await database_sync_to_async(live.recheck_access)(
-                    self.scope.get("user"), feed=self.feed, pipeline_id=self.pipeline_id, year=self.year
+                # A fresh answer for this user and feed is taken here, in the loop: 200
+                # sockets of one user cost one thread hop and query per second, not 66.
+                access = live.cached_access(user, **where) or await database_sync_to_async(live.recheck_access)(
+                    user, **where
                 )
             except Exception:
                 logger.exception("live access re-check failed")  # database blip: next round

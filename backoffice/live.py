@@ -102,17 +102,26 @@ RECHECK_CACHE_SECONDS = 1.0
 _rechecks: dict[tuple[Any, ...], tuple[float, Access]] = {}
 
 
+def cached_access(user: Any, *, feed: Feed, pipeline_id: str | None = None, year: int | None = None) -> Access | None:
+    """The answer :func:`recheck_access` gave for this user and feed less than
+    ``RECHECK_CACHE_SECONDS`` ago, else ``None``. No database: callable from the event loop."""
+    cached = _rechecks.get((getattr(user, "pk", None), feed, pipeline_id, year))
+    if cached is not None and time.monotonic() - cached[0] < RECHECK_CACHE_SECONDS:
+        return cached[1]
+    return None
+
+
 def recheck_access(user: Any, *, feed: Feed, pipeline_id: str | None = None, year: int | None = None) -> Access:
     """:func:`resolve_access` for the user *as stored now* (deactivated, roles or grants changed).
 
     The socket's user object was loaded at connect and caches its permissions; it is
     re-read so a revocation is seen.
     """
+    cached = cached_access(user, feed=feed, pipeline_id=pipeline_id, year=year)
+    if cached is not None:
+        return cached
     key = (getattr(user, "pk", None), feed, pipeline_id, year)
     now = time.monotonic()
-    cached = _rechecks.get(key)
-    if cached is not None and now - cached[0] < RECHECK_CACHE_SECONDS:
-        return cached[1]
     result = resolve_access(access.reload(user), feed=feed, pipeline_id=pipeline_id, year=year)
     if len(_rechecks) > 10_000:
         _rechecks.clear()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import socket
@@ -52,64 +53,137 @@ DB_NAME = "sluice_bench_ws"
 # --- receiver (subprocess) -----------------------------------------------------------
 
 
-async def _client(url: str, headers: dict[str, str], arrivals: list[tuple[int, float]], ready: asyncio.Event,
-                  sockets: list[Any]) -> None:
-    import websockets
+class _WebSocketClient(asyncio.Protocol):
+    """A minimal WebSocket client that stamps each frame in the read callback.
 
-    # Generous handshake timeout: 200 console snapshots are read one after another.
-    async with websockets.connect(url, additional_headers=headers, max_queue=None, open_timeout=120) as ws:
-        sockets.append(ws)
-        first = json.loads(await ws.recv())
-        assert first["type"] == "snapshot", first
-        ready.set()
-        # No per-message timeout (a wait_for per frame costs more than the frame):
-        # the run ends by closing the sockets.
-        async for raw in ws:
-            now = time.time()
-            # Only the seq is needed; a full json.loads per delivery would be the
-            # receiver's cost, not the platform's.
-            head = raw[:200] if isinstance(raw, str) else raw[:200].decode()
-            if '"type":"job.update"' in head:
-                start = head.index('"seq":') + 6
-                end = head.index(",", start)
-                arrivals.append((int(head[start:end]), now))
+    Why not the ``websockets`` library (used until 2026-12): with 200 sockets in one
+    process its per-frame work (futures, a queue per socket, UTF-8 decoding) put the
+    receiver itself ~10 ms behind the frames it stamped, which the bench then charged to
+    the platform. Here a frame costs a header parse and a substring test; server frames
+    are never masked or fragmented (uvicorn sends each message whole).
+    """
+
+    def __init__(self, request: bytes, arrivals: list[tuple[int, float]], ready: asyncio.Event) -> None:
+        self.request, self.arrivals, self.ready = request, arrivals, ready
+        self.buffer = bytearray()
+        self.open = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buf = self.buffer
+        buf += data
+        if not self.open:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                raise RuntimeError(f"handshake refused: {bytes(buf[:200])!r}")
+            del buf[: end + 4]
+            self.open = True
+        while len(buf) >= 2:
+            size, at = buf[1] & 0x7F, 2
+            if size == 126:
+                size, at = int.from_bytes(buf[2:4], "big"), 4
+            elif size == 127:
+                size, at = int.from_bytes(buf[2:10], "big"), 10
+            if len(buf) < at + size:
+                return  # the rest of the frame is still on its way
+            opcode = buf[0] & 0x0F
+            head = bytes(buf[at : at + min(size, 200)])
+            payload = bytes(buf[at : at + size]) if opcode == 0x9 else b""
+            del buf[: at + size]
+            if opcode == 0x1:
+                if not self.ready.is_set():
+                    assert b'"type":"snapshot"' in head, head
+                    self.ready.set()
+                elif b'"type":"job.update"' in head:
+                    start = head.index(b'"seq":') + 6
+                    self.arrivals.append((int(head[start : head.index(b",", start)]), now))
+            elif opcode == 0x9 and self.transport is not None:  # ping: pong (client frames are masked)
+                self.transport.write(bytes([0x8A, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(bytes([0x88, 0x82]) + b"\0\0\0\0" + (1000).to_bytes(2, "big"))
+            self.transport.close()
 
 
 async def _receive(url: str, cookie: str, origin: str, clients: int, out: str) -> None:
-    headers = {"Cookie": cookie, "Origin": origin}
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    loop = asyncio.get_running_loop()
     per_client: list[list[tuple[int, float]]] = [[] for _ in range(clients)]
     readies = [asyncio.Event() for _ in range(clients)]
-    sockets: list[Any] = []
-    tasks = []
+    sockets: list[_WebSocketClient] = []
     for i in range(clients):
-        tasks.append(asyncio.create_task(_client(url, headers, per_client[i], readies[i], sockets)))
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nCookie: {cookie}\r\nOrigin: {origin}\r\n\r\n"
+        ).encode()
+        client = _WebSocketClient(request, per_client[i], readies[i])
+        await loop.create_connection(lambda c=client: c, parts.hostname, parts.port)  # type: ignore[misc]
+        sockets.append(client)
         await asyncio.sleep(0.002)  # do not stampede the handshake
+    # Generous: 200 console snapshots are read one after another.
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 300)
     print("ready", flush=True)
-    loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.readline)  # "stop" from the producer
-    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-    await asyncio.gather(*tasks, return_exceptions=True)
+    for client in sockets:
+        client.close()
     Path(out).write_text(json.dumps(per_client))
 
 
-async def _sse_client(url: str, cookie: str, arrivals: list[tuple[int, float]], ready: asyncio.Event) -> None:
-    import httpx
+class _SseClient(asyncio.Protocol):
+    """A minimal SSE client stamping ``id:`` lines in the read callback (see ``_WebSocketClient``).
 
-    async with httpx.AsyncClient(timeout=httpx.Timeout(60, connect=30)) as client:
-        async with client.stream("GET", url, headers={"Cookie": cookie}) as response:
-            assert response.status_code == 200, response.status_code
-            async for line in response.aiter_lines():
-                if line.startswith("id: "):
-                    arrivals.append((int(line[4:]), time.time()))
-                elif line.startswith("retry:"):
-                    ready.set()  # sent after the stream joined the pipeline's group
+    The response is chunked, one chunk per frame, so an ``id: <seq>`` line always
+    starts a chunk's data and is never cut by a chunk header.
+    """
+
+    def __init__(self, request: bytes, arrivals: list[tuple[int, float]], ready: asyncio.Event) -> None:
+        self.request, self.arrivals, self.ready = request, arrivals, ready
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buf = self.buffer
+        buf += data
+        while (end := buf.find(b"\n")) >= 0:
+            line = bytes(buf[:end])
+            del buf[: end + 1]
+            if line.startswith(b"id: "):
+                self.arrivals.append((int(line[4:]), now))
+            elif line.startswith(b"retry:"):
+                self.ready.set()  # sent after the stream joined the pipeline's group
+            elif line.startswith(b"HTTP/1.1 ") and not line.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"stream refused: {line!r}")
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 async def _receive_sse(base: str, cookie: str, clients: int, out: str) -> None:
     """Follow each pipeline the producer names ("follow <id> <after>") with ``clients`` streams."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base)
     per_client: list[list[tuple[int, float]]] = [[] for _ in range(clients)]
-    tasks: list[asyncio.Task[None]] = []
+    streams: list[_SseClient] = []
     loop = asyncio.get_running_loop()
     print("ready", flush=True)
     while True:
@@ -117,18 +191,19 @@ async def _receive_sse(base: str, cookie: str, clients: int, out: str) -> None:
         if not line or line[0] == "stop":
             break
         _, pipeline_id, after = line
-        url = f"{base}/api/v1/pipelines/{pipeline_id}/stream/?after={after}"
+        request = (
+            f"GET /api/v1/pipelines/{pipeline_id}/stream/?after={after} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Accept: text/event-stream\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+        ).encode()
         readies = [asyncio.Event() for _ in range(clients)]
         for i in range(clients):
-            tasks.append(asyncio.create_task(_sse_client(url, cookie, per_client[i], readies[i])))
+            stream = _SseClient(request, per_client[i], readies[i])
+            await loop.create_connection(lambda s=stream: s, parts.hostname, parts.port)  # type: ignore[misc]
+            streams.append(stream)
         await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 120)
         print("ready", flush=True)
-    done, pending = await asyncio.wait(tasks, timeout=30) if tasks else (set(), set())
-    for task in pending:
-        task.cancel()
-    failed = [t for t in done if t.exception() is not None]
-    if failed:
-        print(f"{len(failed)} SSE client(s) failed: {failed[0].exception()!r}", file=sys.stderr)
+    for stream in streams:
+        stream.close()
     Path(out).write_text(json.dumps(per_client))
 
 

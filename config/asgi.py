@@ -22,6 +22,7 @@ finally:
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 
+from backoffice.consumers import ServerSendMiddleware
 from backoffice.ws_origin import OriginValidator
 from config.body_limit import BodyLimitMiddleware
 from config.routing import websocket_urlpatterns
@@ -31,6 +32,7 @@ application = ProtocolTypeRouter(
         # Body size and upload authentication checked before Django reads any body.
         "http": BodyLimitMiddleware(django_asgi_app),
         # Origin by scheme, host and port (backoffice.ws_origin), before any session lookup.
-        "websocket": OriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # The server's send kept for the live writers (backoffice.consumers.ServerSendMiddleware).
+        "websocket": OriginValidator(ServerSendMiddleware(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )
