@@ -94,13 +94,30 @@ def _access_seconds() -> float:
     return float(settings.SLUICE_LIVE_ACCESS_RECHECK_SECONDS)
 
 
+# Streams of one user on one pipeline share a re-check for this long (as the sockets do,
+# ``live.RECHECK_CACHE_SECONDS``): one check per user and pipeline, not per stream.
+_rechecks: dict[tuple[Any, str], tuple[float, bool]] = {}
+
+
+def _recently_visible(user: Any, pipeline_id: Any) -> bool | None:
+    """A re-check's answer for this user and pipeline younger than the cache, else ``None``."""
+    cached = _rechecks.get((getattr(user, "pk", None), str(pipeline_id)))
+    if cached is not None and time.monotonic() - cached[0] < live.RECHECK_CACHE_SECONDS:
+        return cached[1]
+    return None
+
+
 def _still_visible(user: Any, pipeline_id: Any) -> bool:
     """Re-read the user (deactivated? role or grant removed?) and check again."""
     close_old_connections()
     try:
-        return _visible_module(access.reload(user), pipeline_id)[0]
+        visible = _visible_module(access.reload(user), pipeline_id)[0]
     finally:
         close_old_connections()  # hand the pooled connection back (see ``_read``)
+    if len(_rechecks) > 10_000:
+        _rechecks.clear()
+    _rechecks[(getattr(user, "pk", None), str(pipeline_id))] = (time.monotonic(), visible)
+    return visible
 
 
 def _read(pipeline_id: Any, after: int) -> ReadResult:
@@ -220,7 +237,10 @@ async def events_stream(pipeline_id: Any, after: int, user: Any) -> AsyncIterato
             if time.monotonic() >= next_check:
                 # Access revoked since the stream began: end it. The browser's reconnect
                 # then gets the 403/404 and EventSource stops.
-                if not await sync_to_async(_still_visible, thread_sensitive=False)(user, pipeline_id):
+                visible = _recently_visible(user, pipeline_id)
+                if visible is None:
+                    visible = await sync_to_async(_still_visible, thread_sensitive=False)(user, pipeline_id)
+                if not visible:
                     yield ": access revoked\n\n"
                     return
                 next_check = time.monotonic() + _access_seconds()
