@@ -5,6 +5,7 @@ The Django ASGI app is built before any consumer is imported (consumers import m
 
 from __future__ import annotations
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -36,3 +37,9 @@ application = ProtocolTypeRouter(
         "websocket": OriginValidator(ServerSendMiddleware(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )
+
+# Everything alive now (Django, the apps, every import: ~150k objects) lives as long as
+# the process. Frozen, it is no longer walked by each full garbage collection, which
+# otherwise paused the event loop -- and every live socket -- ~120 ms at a time on this
+# VM (10-40 ms frozen; bench/ws_latency.py, docs/LIVE.md).
+gc.freeze()
