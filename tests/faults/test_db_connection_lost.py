@@ -32,6 +32,15 @@ def test_the_next_job_after_the_workers_sessions_were_ended_runs_first_time(
         cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                     " WHERE datname = current_database() AND application_name = %s", [APP_NAME])
         assert cur.fetchone()[0] >= 1
+    # pg_terminate_backend only signals: until the backends have exited, a health check on
+    # their connections can still pass (a restart, which this stands for, is over before
+    # new work arrives), and the claim after it fails. Wait for them to be gone.
+    def ended() -> bool:
+        with connection.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND application_name = %s", [APP_NAME])
+            return cur.fetchone()[0] == 0
+    wait_until(ended, timeout=10, message="the worker's sessions to end")
     # then the next job runs at its first delivery: the dead connection is noticed
     # before use (CONN_HEALTH_CHECKS), not by failing the job's claim on it
     second = services.pipeline_plan(kind="test", specs=[JobSpec("a", "noop_iso")])
@@ -39,4 +48,4 @@ def test_the_next_job_after_the_workers_sessions_were_ended_runs_first_time(
                       message="the second pipeline to finish without the reaper")
     assert done.status == "success"
     assert second.jobs.get().attempts == 1
-    assert "raised unexpected" not in worker.log_text()
+    assert "raised unexpected" not in worker.log_text(), worker.log_text()[-6000:]
