@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from typing import Any
 
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.conf import settings
+
+from pipelines.per_process import PerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,6 @@ class _Publisher:
     """
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self.queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
         self.pending = 0
@@ -175,18 +175,12 @@ class _Publisher:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, messages)
 
 
-_publisher: _Publisher | None = None
-_publisher_lock = threading.Lock()
+# A prefork child inherits the parent's object but not its thread: one per process.
+_publisher: PerProcess[_Publisher] = PerProcess(_Publisher)
 
 
 def _get() -> _Publisher:
-    global _publisher
-    # A prefork child inherits the parent's object but not its thread: rebuild per pid.
-    if _publisher is None or _publisher.pid != os.getpid():
-        with _publisher_lock:
-            if _publisher is None or _publisher.pid != os.getpid():
-                _publisher = _Publisher()
-    return _publisher
+    return _publisher.get()
 
 
 def publish(messages: list[dict[str, Any]]) -> None:
@@ -197,6 +191,5 @@ def publish(messages: list[dict[str, Any]]) -> None:
 
 def flush(timeout: float = 5.0) -> bool:
     """Wait until every submitted message was handed to the channel layer (tests, shutdown)."""
-    if _publisher is None or _publisher.pid != os.getpid():
-        return True
-    return _publisher.idle.wait(timeout)
+    publisher = _publisher.current()
+    return True if publisher is None else publisher.idle.wait(timeout)

@@ -11,7 +11,6 @@ business failure into a Celery retry storm).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import traceback
@@ -27,6 +26,7 @@ from pipelines.errors import JobAborted
 from pipelines.logging import log_context
 from pipelines.messages import msg, result_message
 from pipelines.models import Job, JobResult
+from pipelines.per_process import PerProcess
 from pipelines.redaction import redact_urls
 from pipelines.registry import Outcome
 from pipelines.services import worker_side
@@ -57,7 +57,6 @@ class _Heartbeats(threading.Thread):
 
     def __init__(self) -> None:
         super().__init__(name="heartbeats", daemon=True)
-        self.pid = os.getpid()
         self.changed = threading.Condition()
         self.due: dict[JobContext, float] = {}  # job → monotonic time of its next beat
 
@@ -94,19 +93,18 @@ class _Heartbeats(threading.Thread):
                     connections.close_all()  # this thread's connection: a fresh one next beat
 
 
-_heartbeats: _Heartbeats | None = None
-_heartbeats_lock = threading.Lock()
+def _started_heartbeats() -> _Heartbeats:
+    thread = _Heartbeats()
+    thread.start()
+    return thread
+
+
+_heartbeats: PerProcess[_Heartbeats] = PerProcess(_started_heartbeats)
 
 
 def heartbeats() -> _Heartbeats:
     """This process's heartbeat thread (a prefork child inherits the object, not the thread)."""
-    global _heartbeats
-    if _heartbeats is None or _heartbeats.pid != os.getpid():
-        with _heartbeats_lock:
-            if _heartbeats is None or _heartbeats.pid != os.getpid():
-                _heartbeats = _Heartbeats()
-                _heartbeats.start()
-    return _heartbeats
+    return _heartbeats.get()
 
 
 def _error_dict(exc: BaseException, stage: str) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def test_a_live_batch_published_while_redis_is_down_is_delivered_when_it_returns
             "default": {**settings.CHANNEL_LAYERS["default"],
                         "CONFIG": {**settings.CHANNEL_LAYERS["default"]["CONFIG"], "hosts": [redis_server.url]}}
         }
-        publish._publisher = None  # this process's publisher, rebuilt on the private Redis
+        publish._publisher.reset()  # this process's publisher, rebuilt on the private Redis
         receiver = publish._own_layer()
 
         async def subscribe() -> str:
@@ -113,5 +113,5 @@ def test_a_live_batch_published_while_redis_is_down_is_delivered_when_it_returns
         message = asyncio.run(receive())
         assert message["type"] == "events.batch" and message["events"][0]["seq"] == 1
     finally:
-        publish._publisher = None
+        publish._publisher.reset()
         redis_server.stop()
