@@ -53,7 +53,21 @@ DB_NAME = "sluice_bench_ws"
 # --- receiver (subprocess) -----------------------------------------------------------
 
 
-class _WebSocketClient(asyncio.Protocol):
+class _StampingClient(asyncio.Protocol):
+    """Sends its HTTP request on connect; subclasses stamp what arrives in ``arrivals``."""
+
+    def __init__(self, request: bytes, arrivals: list[tuple[int, float]], ready: asyncio.Event) -> None:
+        self.request, self.arrivals, self.ready = request, arrivals, ready
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+
+class _WebSocketClient(_StampingClient):
     """A minimal WebSocket client that stamps each frame in the read callback.
 
     Why not the ``websockets`` library (used until 2026-12): with 200 sockets in one
@@ -64,15 +78,8 @@ class _WebSocketClient(asyncio.Protocol):
     """
 
     def __init__(self, request: bytes, arrivals: list[tuple[int, float]], ready: asyncio.Event) -> None:
-        self.request, self.arrivals, self.ready = request, arrivals, ready
-        self.buffer = bytearray()
+        super().__init__(request, arrivals, ready)
         self.open = False
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
@@ -141,22 +148,12 @@ async def _receive(url: str, cookie: str, origin: str, clients: int, out: str) -
     Path(out).write_text(json.dumps(per_client))
 
 
-class _SseClient(asyncio.Protocol):
+class _SseClient(_StampingClient):
     """A minimal SSE client stamping ``id:`` lines in the read callback (see ``_WebSocketClient``).
 
     The response is chunked, one chunk per frame, so an ``id: <seq>`` line always
     starts a chunk's data and is never cut by a chunk header.
     """
-
-    def __init__(self, request: bytes, arrivals: list[tuple[int, float]], ready: asyncio.Event) -> None:
-        self.request, self.arrivals, self.ready = request, arrivals, ready
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
