@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -33,7 +32,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ingest import RssSampler, drop_database, generate, recreate_database, start_worker  # noqa: E402
+from bench.ingest import RssSampler, drop_database, generate, scratch_environment, start_worker  # noqa: E402
 
 
 def bench_database_url() -> tuple[str, str]:
@@ -106,12 +105,8 @@ def main() -> None:
     args = parser.parse_args()
 
     base_url, url = bench_database_url()
+    tmp = scratch_environment(base_url, url, "sluice-bench-export-")
     name = urlsplit(url).path.lstrip("/")
-    recreate_database(base_url, name)
-    tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-export-"))
-    os.environ.update({"DATABASE_URL": url, "SLUICE_MEDIA_ROOT": str(tmp / "media"),
-                       "DJANGO_SETTINGS_MODULE": "config.settings", "SLUICE_LOG_LEVEL": "WARNING"})
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-a-secret")  # serves nothing
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     import django
 

@@ -73,6 +73,18 @@ def drop_database(base_url: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def scratch_environment(base_url: str, url: str, prefix: str) -> Path:
+    """The bench's scratch database ``url`` created afresh and a temporary folder, set in
+    ``os.environ`` for this process and the workers it starts; the folder."""
+    recreate_database(base_url, urlsplit(url).path.lstrip("/"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.update({"DATABASE_URL": url, "SLUICE_MEDIA_ROOT": str(tmp / "media"),
+                       "DJANGO_SETTINGS_MODULE": "config.settings", "SLUICE_LOG_LEVEL": "WARNING"})
+    # A benchmark serves nothing: settings need a key when DEBUG is off (config/settings.py).
+    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-a-secret")
+    return tmp
+
+
 def generate(path: Path, *, rows: int, units: list[str], comment_width: int = 0, seed: int = 7) -> int:
     """``_generate`` in a child process: its string buffers would otherwise stay in this
     process's heap and inflate the uploader's RSS measured next."""
@@ -249,11 +261,8 @@ def main() -> None:
     args = parser.parse_args()
 
     base_url, url = bench_database_url()
+    tmp = scratch_environment(base_url, url, "sluice-bench-ingest-")
     name = urlsplit(url).path.lstrip("/")
-    recreate_database(base_url, name)
-    tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-ingest-"))
-    os.environ.update({"DATABASE_URL": url, "SLUICE_MEDIA_ROOT": str(tmp / "media"),
-                       "DJANGO_SETTINGS_MODULE": "config.settings", "SLUICE_LOG_LEVEL": "WARNING"})
     s3_server = None
     if args.storage == "s3":
         from tests.support.s3 import SeaweedServer, storage_env, weed_binary
@@ -265,8 +274,6 @@ def main() -> None:
         # The worker's media folder is another, empty one: it reads only from the bucket.
         os.environ.update({**storage_env(s3_server.endpoint, tmp / "worker-media"), "SLUICE_S3_MAX_ATTEMPTS": "3",
                            "SLUICE_S3_READ_TIMEOUT": "60"})
-    # A benchmark serves nothing: settings need a key when DEBUG is off (config/settings.py).
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-not-a-secret")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     import django
 

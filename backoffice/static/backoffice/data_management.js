@@ -271,28 +271,26 @@ async function recalculate(button) {
   state.shown.set(`m:${module}`, res.data.pipeline_id);
 }
 
-async function validateYear(button) {
+// A whole-year run (validation, export) started from its button: its bar is the slot's.
+async function startYearRun(button, path, body, slot) {
   button.disabled = true;
-  const res = await api("POST", `/api/v1/years/${root.dataset.year}/validations/`);
+  const res = await api("POST", `/api/v1/years/${root.dataset.year}/${path}/`, body);
   button.disabled = false;
-  if (!res.ok) { showError(actionError(), res.data); return; }
-  state.slotOf.set(res.data.pipeline_id, "validation");
-  state.shown.set("validation", res.data.pipeline_id);
+  if (!res.ok) { showError(actionError(), res.data); return false; }
+  state.slotOf.set(res.data.pipeline_id, slot);
+  state.shown.set(slot, res.data.pipeline_id);
   const held = state.feed?.store.pipelines.get(res.data.pipeline_id);
   if (held) drawPipeline(held);
-  else draw("validation", { percent: 0, status: "queued", label: S.queued, pipeline: res.data.pipeline_id });
+  else draw(slot, { percent: 0, status: "queued", label: S.queued, pipeline: res.data.pipeline_id });
+  return true;
+}
+
+async function validateYear(button) {
+  await startYearRun(button, "validations", undefined, "validation");
 }
 
 async function exportYear(button) {
-  button.disabled = true;
-  const res = await api("POST", `/api/v1/years/${root.dataset.year}/exports/`, { format: button.dataset.format });
-  button.disabled = false;
-  if (!res.ok) { showError(actionError(), res.data); return; }
-  state.slotOf.set(res.data.pipeline_id, "export");
-  state.shown.set("export", res.data.pipeline_id);
-  const held = state.feed?.store.pipelines.get(res.data.pipeline_id);
-  if (held) drawPipeline(held);
-  else draw("export", { percent: 0, status: "queued", label: S.queued, pipeline: res.data.pipeline_id });
+  if (!(await startYearRun(button, "exports", { format: button.dataset.format }, "export"))) return;
   scheduleRefresh(); // the new export's row (its link appears when the pipeline ends)
 }
 
